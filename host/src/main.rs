@@ -1,0 +1,2 @@
+//! The unicompute server (in progress).
+fn main() {}

@@ -1,0 +1,139 @@
+//! The trait a plugin author implements, and what the host hands a backend.
+
+use crate::error::PluginError;
+use crate::model::{
+    BackendDescription, CreateRequest, Event, HostResources, Image, Instance, StopOptions,
+    UpdateRequest, Usage,
+};
+
+/// The result of a backend operation.
+pub type Result<T> = std::result::Result<T, PluginError>;
+
+/// A compute backend: the one trait a plugin implements.
+///
+/// Calls are synchronous and may block: the host runs them on a blocking thread pool,
+/// many at once, so an implementation must be thread-safe. A plugin that needs async
+/// I/O owns its runtime (for example a static tokio runtime) and blocks on it here.
+///
+/// The host serializes operations on one instance, enforces the state rules of the
+/// contract before calling (delete of a running instance without force, pause of a
+/// stopped one) and keeps the inventory. The backend must still be idempotent: `start`
+/// of a running instance and `stop` of a stopped one succeed and change nothing.
+///
+/// Every method that returns an [`Instance`] returns it as it is after the operation.
+pub trait Backend: Send + Sync + 'static {
+    /// Versions and capabilities of the backend.
+    fn describe(&self) -> Result<BackendDescription>;
+
+    /// `Ok` when the backend's daemon answers; `BACKEND_UNAVAILABLE` otherwise.
+    fn health(&self) -> Result<()>;
+
+    /// Capacity of the host (CPUs, memory).
+    fn host_resources(&self) -> Result<HostResources>;
+
+    /// Images or templates the backend can create from.
+    fn images(&self) -> Result<Vec<Image>>;
+
+    /// Every instance this backend manages (and nothing it does not).
+    fn list(&self) -> Result<Vec<Instance>>;
+
+    /// One instance by the host's id; `INSTANCE_NOT_FOUND` if there is none.
+    fn get(&self, id: &str) -> Result<Instance>;
+
+    /// Creates an instance with the host's id and name; starts it when asked. A
+    /// failed create leaves nothing behind.
+    fn create(&self, request: CreateRequest) -> Result<Instance>;
+
+    /// Changes resources: live where possible, always for the next start. What only
+    /// takes effect at the next start is reported in `pendingResources`.
+    fn update(&self, id: &str, request: UpdateRequest) -> Result<Instance>;
+
+    /// Removes the instance and everything that belongs to it (disks, seeds). With
+    /// `force`, stops it hard first.
+    fn delete(&self, id: &str, force: bool) -> Result<()>;
+
+    /// Starts the instance.
+    fn start(&self, id: &str) -> Result<Instance>;
+
+    /// Stops the instance: gracefully, then hard when the timeout passes; hard at once
+    /// with `force`.
+    fn stop(&self, id: &str, options: StopOptions) -> Result<Instance>;
+
+    /// Stops (as [`Backend::stop`]) and starts the instance.
+    fn restart(&self, id: &str, options: StopOptions) -> Result<Instance>;
+
+    /// Freezes the instance. The default answers `OPERATION_NOT_SUPPORTED`.
+    fn pause(&self, id: &str) -> Result<Instance> {
+        let _ = id;
+        Err(PluginError::not_supported("pause"))
+    }
+
+    /// Thaws the instance. The default answers `OPERATION_NOT_SUPPORTED`.
+    fn unpause(&self, id: &str) -> Result<Instance> {
+        let _ = id;
+        Err(PluginError::not_supported("unpause"))
+    }
+
+    /// Resource usage now.
+    fn usage(&self, id: &str) -> Result<Usage>;
+
+    /// Called once when the host drops the backend (config reload, shutdown). Stop
+    /// background work here.
+    fn shutdown(&self) {}
+}
+
+/// Sends events to the host's inventory. Cheap to clone; safe from any thread.
+#[derive(Clone)]
+pub struct EventSink {
+    pub(crate) inner: std::sync::Arc<dyn Fn(&Event) + Send + Sync>,
+}
+
+impl EventSink {
+    /// A sink calling `f` for every event (for tests and in-process use).
+    pub fn from_fn(f: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        EventSink {
+            inner: std::sync::Arc::new(f),
+        }
+    }
+
+    /// A sink dropping everything.
+    pub fn discard() -> Self {
+        Self::from_fn(|_| {})
+    }
+
+    /// Tells the host about an instance that changed, appeared or vanished.
+    pub fn emit(&self, event: &Event) {
+        (self.inner)(event)
+    }
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventSink")
+    }
+}
+
+/// What the host hands a plugin to make a backend.
+#[derive(Debug, Clone)]
+pub struct BackendContext {
+    /// The backend's name in the host's config (`docker`, `kvm`, `docker-remote`...).
+    pub name: String,
+    /// The backend's table of the config, less `plugin` and `enabled`.
+    pub config: serde_json::Value,
+    /// Where to push events.
+    pub events: EventSink,
+}
+
+impl BackendContext {
+    /// Reads the config table into the plugin's own config type. Use
+    /// `#[serde(deny_unknown_fields)]` on it so a mistyped key is an error that names it.
+    pub fn parse_config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let value = if self.config.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            self.config.clone()
+        };
+        serde_json::from_value(value)
+            .map_err(|e| PluginError::config(format!("backend {}: {e}", self.name)))
+    }
+}

@@ -1,0 +1,290 @@
+//! The plugin side of the boundary: what [`crate::export_plugin!`] expands to.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RErr, ROk, RResult, RStr, RString},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, BackendContext, EventSink};
+use crate::error::PluginError;
+use crate::ffi::{BackendFfi, BackendFfiBox, BackendFfi_TO, EventSinkBox, HostLoggerBox};
+use crate::model::{CreateRequest, Event, StopOptions, UpdateRequest};
+use crate::Handshake;
+
+/// The operation names that cross the boundary.
+pub mod ops {
+    /// [`crate::Backend::describe`]
+    pub const DESCRIBE: &str = "describe";
+    /// [`crate::Backend::health`]
+    pub const HEALTH: &str = "health";
+    /// [`crate::Backend::host_resources`]
+    pub const HOST_RESOURCES: &str = "host_resources";
+    /// [`crate::Backend::images`]
+    pub const IMAGES: &str = "images";
+    /// [`crate::Backend::list`]
+    pub const LIST: &str = "list";
+    /// [`crate::Backend::get`]
+    pub const GET: &str = "get";
+    /// [`crate::Backend::create`]
+    pub const CREATE: &str = "create";
+    /// [`crate::Backend::update`]
+    pub const UPDATE: &str = "update";
+    /// [`crate::Backend::delete`]
+    pub const DELETE: &str = "delete";
+    /// [`crate::Backend::start`]
+    pub const START: &str = "start";
+    /// [`crate::Backend::stop`]
+    pub const STOP: &str = "stop";
+    /// [`crate::Backend::restart`]
+    pub const RESTART: &str = "restart";
+    /// [`crate::Backend::pause`]
+    pub const PAUSE: &str = "pause";
+    /// [`crate::Backend::unpause`]
+    pub const UNPAUSE: &str = "unpause";
+    /// [`crate::Backend::usage`]
+    pub const USAGE: &str = "usage";
+}
+
+/// The arguments of an operation on one instance, as one JSON document.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InstanceArgs {
+    pub id: String,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<StopOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateRequest>,
+}
+
+/// What a plugin declares; implemented by [`crate::export_plugin!`].
+pub trait Plugin: 'static {
+    /// The plugin's name (`docker`, `kvm`, `podman`...).
+    const NAME: &'static str;
+    /// The backend kind it provides (`docker`, `kvm`...).
+    const KIND: &'static str;
+    /// The plugin's own version.
+    const VERSION: &'static str;
+    /// Makes one backend. Must not need the backend's daemon to be up: connect lazily,
+    /// and answer `BACKEND_UNAVAILABLE` while it is down.
+    fn create(ctx: BackendContext) -> Result<Box<dyn Backend>, PluginError>;
+}
+
+fn to_json<T: Serialize>(value: &T) -> RString {
+    // Serializing our own plain data types to JSON cannot fail (no maps with
+    // non-string keys, no failing Serialize impls).
+    serde_json::to_string(value)
+        .unwrap_or_else(|e| format!("{{\"code\":\"INTERNAL_ERROR\",\"message\":\"{e}\"}}"))
+        .into()
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+#[doc(hidden)]
+pub extern "C" fn handshake<P: Plugin>() -> RString {
+    to_json(&Handshake {
+        name: P::NAME.to_owned(),
+        kind: P::KIND.to_owned(),
+        version: P::VERSION.to_owned(),
+        interface_version: crate::INTERFACE_VERSION.to_owned(),
+    })
+}
+
+#[doc(hidden)]
+pub extern "C" fn init<P: Plugin>(logger: HostLoggerBox) {
+    // Installing a subscriber cannot panic in a way we could report; guard anyway so
+    // nothing unwinds across the boundary.
+    let _ = catch_unwind(AssertUnwindSafe(|| crate::log::install(P::NAME, logger)));
+}
+
+#[doc(hidden)]
+pub extern "C" fn create_backend<P: Plugin>(
+    name: RStr<'_>,
+    config: RStr<'_>,
+    events: EventSinkBox,
+) -> RResult<BackendFfiBox, RString> {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let config: serde_json::Value = serde_json::from_str(config.as_str())
+            .map_err(|e| PluginError::config(format!("config is not valid JSON: {e}")))?;
+        let sink = EventSink::from_fn(move |event: &Event| {
+            let json = to_json(event);
+            events.emit(json.as_rstr());
+        });
+        let ctx = BackendContext {
+            name: name.as_str().to_owned(),
+            config,
+            events: sink,
+        };
+        P::create(ctx)
+    }));
+    match result {
+        Ok(Ok(backend)) => ROk(BackendFfi_TO::from_value(Dispatcher { backend }, TD_Opaque)),
+        Ok(Err(e)) => RErr(to_json(&e)),
+        Err(panic) => RErr(to_json(&PluginError::internal(format!(
+            "plugin {} panicked while creating backend: {}",
+            P::NAME,
+            panic_message(&*panic)
+        )))),
+    }
+}
+
+/// Turns `(op, payload)` calls into calls of the author's [`Backend`].
+struct Dispatcher {
+    backend: Box<dyn Backend>,
+}
+
+fn args(payload: &str) -> Result<InstanceArgs, PluginError> {
+    serde_json::from_str(payload).map_err(|e| PluginError::invalid(format!("bad arguments: {e}")))
+}
+
+fn ok<T: Serialize>(value: T) -> Result<RString, PluginError> {
+    Ok(to_json(&value))
+}
+
+/// Runs one operation on a backend. Public for in-process tests of plugins.
+pub fn dispatch(backend: &dyn Backend, op: &str, payload: &str) -> Result<RString, PluginError> {
+    match op {
+        ops::DESCRIBE => ok(backend.describe()?),
+        ops::HEALTH => ok(backend.health()?),
+        ops::HOST_RESOURCES => ok(backend.host_resources()?),
+        ops::IMAGES => ok(backend.images()?),
+        ops::LIST => ok(backend.list()?),
+        ops::GET => ok(backend.get(&args(payload)?.id)?),
+        ops::CREATE => {
+            let req: CreateRequest = serde_json::from_str(payload)
+                .map_err(|e| PluginError::invalid(format!("bad create request: {e}")))?;
+            ok(backend.create(req)?)
+        }
+        ops::UPDATE => {
+            let a = args(payload)?;
+            ok(backend.update(&a.id, a.update.unwrap_or_default())?)
+        }
+        ops::DELETE => {
+            let a = args(payload)?;
+            ok(backend.delete(&a.id, a.force)?)
+        }
+        ops::START => ok(backend.start(&args(payload)?.id)?),
+        ops::STOP => {
+            let a = args(payload)?;
+            ok(backend.stop(&a.id, a.options.unwrap_or_default())?)
+        }
+        ops::RESTART => {
+            let a = args(payload)?;
+            ok(backend.restart(&a.id, a.options.unwrap_or_default())?)
+        }
+        ops::PAUSE => ok(backend.pause(&args(payload)?.id)?),
+        ops::UNPAUSE => ok(backend.unpause(&args(payload)?.id)?),
+        ops::USAGE => ok(backend.usage(&args(payload)?.id)?),
+        other => Err(PluginError::not_supported(other)),
+    }
+}
+
+impl BackendFfi for Dispatcher {
+    fn call(&self, op: RStr<'_>, payload: RStr<'_>) -> RResult<RString, RString> {
+        let op = op.as_str();
+        match catch_unwind(AssertUnwindSafe(|| {
+            dispatch(&*self.backend, op, payload.as_str())
+        })) {
+            Ok(Ok(json)) => ROk(json),
+            Ok(Err(e)) => RErr(to_json(&e)),
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                tracing::error!(op, panic = %message, "operation panicked");
+                RErr(to_json(
+                    &PluginError::internal(format!("the plugin panicked during {op}"))
+                        .with_detail("operation", op),
+                ))
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.backend.shutdown()));
+    }
+}
+
+/// Exports a backend plugin. Put it once in the `lib.rs` of a `cdylib` crate.
+///
+/// ```ignore
+/// unicompute_plugin_api::export_plugin! {
+///     name: "fake",
+///     kind: "fake",
+///     version: env!("CARGO_PKG_VERSION"),
+///     create: my_backend::FakeBackend::new, // fn(BackendContext) -> Result<FakeBackend, PluginError>
+/// }
+/// ```
+///
+/// Every call into the plugin catches panics and returns them as `INTERNAL_ERROR`.
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:expr, kind: $kind:expr, version: $version:expr, create: $create:expr $(,)?) => {
+        #[doc(hidden)]
+        pub struct __UnicomputePlugin;
+
+        impl $crate::export::Plugin for __UnicomputePlugin {
+            const NAME: &'static str = $name;
+            const KIND: &'static str = $kind;
+            const VERSION: &'static str = $version;
+            fn create(
+                ctx: $crate::BackendContext,
+            ) -> ::std::result::Result<::std::boxed::Box<dyn $crate::Backend>, $crate::PluginError>
+            {
+                let backend = ($create)(ctx)?;
+                ::std::result::Result::Ok(::std::boxed::Box::new(backend))
+            }
+        }
+
+        #[doc(hidden)]
+        pub fn __unicompute_root_module() -> $crate::ffi::PluginModRef {
+            $crate::export::module::<__UnicomputePlugin>()
+        }
+
+        // What abi_stable's #[export_root_module] expands to, spelled through our
+        // re-export so that plugin crates need no abi_stable dependency of their own.
+        // The symbol name is checked by a test in plugin-api.
+        #[no_mangle]
+        #[doc(hidden)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader:
+            $crate::__private::abi_stable::library::LibHeader = {
+            extern "C" fn __erased_module(
+            ) -> $crate::__private::abi_stable::library::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(
+                    __unicompute_root_module,
+                )
+            }
+            // SAFETY: the constructor returns the PrefixRef of a PluginModRef, as
+            // from_constructor requires.
+            unsafe {
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::ffi::PluginModRef,
+                >(
+                    __erased_module,
+                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}
+
+#[doc(hidden)]
+pub fn module<P: Plugin>() -> crate::ffi::PluginModRef {
+    use abi_stable::prefix_type::PrefixTypeTrait;
+    crate::ffi::PluginMod {
+        handshake: handshake::<P>,
+        init: init::<P>,
+        create_backend: create_backend::<P>,
+    }
+    .leak_into_prefix()
+}

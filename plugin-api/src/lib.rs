@@ -1,0 +1,84 @@
+//! The stable boundary between the unicompute host and its backend plugins, and the
+//! SDK for writing a plugin.
+//!
+//! A plugin is a `cdylib` crate that depends on this crate alone, implements
+//! [`Backend`], and exports it with [`export_plugin!`]:
+//!
+//! ```ignore
+//! use unicompute_plugin_api::{Backend, BackendContext, PluginError};
+//!
+//! pub struct MyBackend { /* ... */ }
+//! impl MyBackend {
+//!     pub fn new(ctx: BackendContext) -> Result<Self, PluginError> { /* ... */ }
+//! }
+//! impl Backend for MyBackend { /* ... */ }
+//!
+//! unicompute_plugin_api::export_plugin! {
+//!     name: "mine", kind: "mine", version: env!("CARGO_PKG_VERSION"),
+//!     create: MyBackend::new,
+//! }
+//! ```
+//!
+//! The host loads it with [`load::load_plugin`] and sees the same [`Backend`] trait.
+//! The ABI ([`ffi`]) is frozen for all of interface 1.x: operations and data cross as
+//! JSON documents whose new fields always have defaults, so a plugin built against any
+//! 1.x interface loads in any 1.x host.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod error;
+pub mod export;
+pub mod ffi;
+pub mod load;
+pub mod log;
+pub mod model;
+
+pub use backend::{Backend, BackendContext, EventSink, Result};
+pub use error::{ErrorCode, PluginError};
+pub use model::*;
+
+use serde::{Deserialize, Serialize};
+
+/// The interface version this crate implements. A host accepts plugins with the same
+/// major version.
+pub const INTERFACE_VERSION: &str = "1.0";
+
+/// What a plugin says of itself at load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handshake {
+    /// The plugin's name, referenced by `plugin = "..."` in the config.
+    pub name: String,
+    /// The backend kind (`docker`, `kvm`...).
+    pub kind: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// The interface version it was built against.
+    pub interface_version: String,
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use abi_stable;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exported_symbol_matches_abi_stable_mangling() {
+        assert_eq!(
+            abi_stable_shared::mangled_root_module_loader_name(),
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+
+    #[test]
+    fn interface_compatibility_is_by_major() {
+        use crate::load::interface_compatible;
+        assert!(interface_compatible("1.0"));
+        assert!(interface_compatible("1.7"));
+        assert!(!interface_compatible("2.0"));
+        assert!(!interface_compatible("0.9"));
+        assert!(!interface_compatible(""));
+    }
+}

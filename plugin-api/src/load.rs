@@ -1,0 +1,256 @@
+//! The host side of the boundary: loading a plugin file and calling its backends
+//! through the same [`Backend`] trait the plugin implemented.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use abi_stable::{
+    library::{lib_header_from_path, RootModule},
+    sabi_trait::TD_Opaque,
+    std_types::{RResult, RStr},
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::{Backend, EventSink, Result};
+use crate::error::PluginError;
+use crate::export::{ops, InstanceArgs};
+use crate::ffi::{
+    BackendFfiBox, EventSinkFfi, EventSinkFfi_TO, HostLoggerFfi, HostLoggerFfi_TO, PluginModRef,
+};
+use crate::model::{
+    BackendDescription, CreateRequest, Event, HostResources, Image, Instance, StopOptions,
+    UpdateRequest, Usage,
+};
+use crate::Handshake;
+
+/// Why a file could not be loaded as a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not a loadable library, or not an abi_stable library, or the ABI does not match.
+    #[error("not a compatible unicompute plugin: {0}")]
+    Library(String),
+    /// The handshake could not be read.
+    #[error("unreadable handshake: {0}")]
+    Handshake(String),
+    /// The plugin was built against an interface this host does not speak.
+    #[error("plugin {name} speaks interface {found}, this host speaks {supported}")]
+    Incompatible {
+        /// The plugin's name.
+        name: String,
+        /// The plugin's interface version.
+        found: String,
+        /// The host's interface version.
+        supported: String,
+    },
+}
+
+/// Receives a plugin's log events: level (1 error .. 5 trace), target, message.
+pub type LogFn = Arc<dyn Fn(u8, &str, &str) + Send + Sync>;
+
+struct HostLogger(LogFn);
+
+impl HostLoggerFfi for HostLogger {
+    fn log(&self, level: u8, target: RStr<'_>, message: RStr<'_>) {
+        (self.0)(level, target.as_str(), message.as_str())
+    }
+}
+
+struct Sink(EventSink);
+
+impl EventSinkFfi for Sink {
+    fn emit(&self, event: RStr<'_>) {
+        match serde_json::from_str::<Event>(event.as_str()) {
+            Ok(ev) => self.0.emit(&ev),
+            Err(_) => self.0.emit(&Event::Resync),
+        }
+    }
+}
+
+/// A loaded plugin library. Libraries are never unloaded.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    /// What the plugin said of itself.
+    pub handshake: Handshake,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    module: PluginModRef,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("handshake", &self.handshake)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Whether a plugin's interface version is one this host accepts: the same major.
+pub fn interface_compatible(version: &str) -> bool {
+    let major = |v: &str| v.split('.').next().map(str::to_owned);
+    major(version).is_some() && major(version) == major(crate::INTERFACE_VERSION)
+}
+
+/// Loads a plugin file: checks the ABI, reads the handshake, checks the interface
+/// version, and hands the plugin the logger. Each distinct path is a distinct library;
+/// to load a newer build of the same file, copy it to a new path first.
+pub fn load_plugin(path: &Path, logger: LogFn) -> std::result::Result<LoadedPlugin, LoadError> {
+    let header = lib_header_from_path(path).map_err(|e| LoadError::Library(e.to_string()))?;
+    let module = header
+        .init_root_module::<PluginModRef>()
+        .map_err(|e| LoadError::Library(e.to_string()))?;
+    let raw = (module.handshake())();
+    let handshake: Handshake =
+        serde_json::from_str(raw.as_str()).map_err(|e| LoadError::Handshake(e.to_string()))?;
+    if !interface_compatible(&handshake.interface_version) {
+        return Err(LoadError::Incompatible {
+            name: handshake.name,
+            found: handshake.interface_version,
+            supported: crate::INTERFACE_VERSION.to_owned(),
+        });
+    }
+    (module.init())(HostLoggerFfi_TO::from_value(HostLogger(logger), TD_Opaque));
+    Ok(LoadedPlugin {
+        handshake,
+        path: path.to_owned(),
+        module,
+    })
+}
+
+/// Never fails for a well-formed root module; separate so tests can name the type.
+impl LoadedPlugin {
+    /// Makes a backend from its name and config table.
+    pub fn create_backend(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+        events: EventSink,
+    ) -> Result<RemoteBackend> {
+        let config = serde_json::to_string(config)
+            .map_err(|e| PluginError::config(format!("backend {name}: {e}")))?;
+        let sink = EventSinkFfi_TO::from_value(Sink(events), TD_Opaque);
+        match (self.module.create_backend())(RStr::from_str(name), RStr::from_str(&config), sink) {
+            RResult::ROk(ffi) => Ok(RemoteBackend { ffi }),
+            RResult::RErr(e) => Err(decode_error(e.as_str())),
+        }
+    }
+}
+
+fn decode_error(json: &str) -> PluginError {
+    serde_json::from_str(json)
+        .unwrap_or_else(|_| PluginError::internal("the plugin returned an unreadable error"))
+}
+
+/// A backend living in a plugin, seen through the [`Backend`] trait.
+pub struct RemoteBackend {
+    ffi: BackendFfiBox,
+}
+
+impl RemoteBackend {
+    fn call<A: Serialize, T: DeserializeOwned>(&self, op: &str, args: &A) -> Result<T> {
+        let payload = serde_json::to_string(args)
+            .map_err(|e| PluginError::internal(format!("cannot encode {op} arguments: {e}")))?;
+        match self.ffi.call(RStr::from_str(op), RStr::from_str(&payload)) {
+            RResult::ROk(json) => serde_json::from_str(json.as_str()).map_err(|e| {
+                PluginError::internal(format!(
+                    "the plugin returned an unreadable {op} result: {e}"
+                ))
+            }),
+            RResult::RErr(e) => Err(decode_error(e.as_str())),
+        }
+    }
+
+    fn on<T: DeserializeOwned>(&self, op: &str, args: InstanceArgs) -> Result<T> {
+        self.call(op, &args)
+    }
+}
+
+fn id_args(id: &str) -> InstanceArgs {
+    InstanceArgs {
+        id: id.to_owned(),
+        ..Default::default()
+    }
+}
+
+impl Backend for RemoteBackend {
+    fn describe(&self) -> Result<BackendDescription> {
+        self.call(ops::DESCRIBE, &())
+    }
+    fn health(&self) -> Result<()> {
+        self.call(ops::HEALTH, &())
+    }
+    fn host_resources(&self) -> Result<HostResources> {
+        self.call(ops::HOST_RESOURCES, &())
+    }
+    fn images(&self) -> Result<Vec<Image>> {
+        self.call(ops::IMAGES, &())
+    }
+    fn list(&self) -> Result<Vec<Instance>> {
+        self.call(ops::LIST, &())
+    }
+    fn get(&self, id: &str) -> Result<Instance> {
+        self.on(ops::GET, id_args(id))
+    }
+    fn create(&self, request: CreateRequest) -> Result<Instance> {
+        self.call(ops::CREATE, &request)
+    }
+    fn update(&self, id: &str, request: UpdateRequest) -> Result<Instance> {
+        self.on(
+            ops::UPDATE,
+            InstanceArgs {
+                update: Some(request),
+                ..id_args(id)
+            },
+        )
+    }
+    fn delete(&self, id: &str, force: bool) -> Result<()> {
+        self.on(
+            ops::DELETE,
+            InstanceArgs {
+                force,
+                ..id_args(id)
+            },
+        )
+    }
+    fn start(&self, id: &str) -> Result<Instance> {
+        self.on(ops::START, id_args(id))
+    }
+    fn stop(&self, id: &str, options: StopOptions) -> Result<Instance> {
+        self.on(
+            ops::STOP,
+            InstanceArgs {
+                options: Some(options),
+                ..id_args(id)
+            },
+        )
+    }
+    fn restart(&self, id: &str, options: StopOptions) -> Result<Instance> {
+        self.on(
+            ops::RESTART,
+            InstanceArgs {
+                options: Some(options),
+                ..id_args(id)
+            },
+        )
+    }
+    fn pause(&self, id: &str) -> Result<Instance> {
+        self.on(ops::PAUSE, id_args(id))
+    }
+    fn unpause(&self, id: &str) -> Result<Instance> {
+        self.on(ops::UNPAUSE, id_args(id))
+    }
+    fn usage(&self, id: &str) -> Result<Usage> {
+        self.on(ops::USAGE, id_args(id))
+    }
+    fn shutdown(&self) {
+        self.ffi.shutdown()
+    }
+}
+
+/// Keeps the `RootModule` import used (its methods are called through the trait).
+#[allow(dead_code)]
+fn _root_module_is_used(m: PluginModRef) -> &'static str {
+    let _ = m;
+    PluginModRef::NAME
+}

@@ -1,0 +1,1 @@
+//! The kvm backend plugin (in progress).

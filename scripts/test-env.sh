@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs and starts what the tests need on Debian 12: a Docker engine, libvirtd with
+# QEMU/KVM, qemu-img and busybox-static. Idempotent: does only what is missing.
+set -euo pipefail
+
+log() { printf 'test-env: %s\n' "$*" >&2; }
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+command -v libvirtd >/dev/null 2>&1 || need_pkgs+=(libvirt-daemon-system)
+[ -e /usr/include/libvirt/libvirt.h ] || need_pkgs+=(libvirt-dev)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_pkgs+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_pkgs+=(busybox-static)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  if ! $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/tmp/unicompute-apt.log 2>&1; then
+    # Some images carry a newer qemu-utils (backports) than bookworm's qemu-system;
+    # take both from bookworm so they agree.
+    log "retrying with bookworm's qemu-utils"
+    $SUDO apt-get install -y -qq --allow-downgrades "${need_pkgs[@]}" qemu-utils/bookworm \
+      >>/tmp/unicompute-apt.log 2>&1 || { cat /tmp/unicompute-apt.log >&2; exit 1; }
+  fi
+fi
+
+wait_for() { # command, what, seconds
+  local i
+  for i in $(seq 1 "$3"); do
+    if eval "$1" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  log "$2 did not come up"; return 1
+}
+
+# Docker engine
+if ! docker version >/dev/null 2>&1; then
+  log "starting dockerd"
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    $SUDO systemctl start docker || true
+  fi
+  if ! docker version >/dev/null 2>&1; then
+    pgrep -x containerd >/dev/null || (setsid containerd >/var/log/unicompute-containerd.log 2>&1 &)
+    pgrep -x dockerd >/dev/null || (setsid dockerd >/var/log/unicompute-dockerd.log 2>&1 &)
+  fi
+  wait_for "docker version" dockerd 60
+fi
+
+# libvirt
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  log "starting virtlogd and libvirtd"
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    $SUDO systemctl start virtlogd libvirtd || true
+  fi
+  if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    pgrep -x libvirtd >/dev/null || libvirtd -d
+  fi
+  wait_for "virsh -c qemu:///system version" libvirtd 60
+fi
+# The default network, when it exists, for tests that attach to it (XML only).
+virsh -c qemu:///system net-info default >/dev/null 2>&1 && \
+  { virsh -c qemu:///system net-start default >/dev/null 2>&1 || true; }
+
+log "docker $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})'), $(virsh -c qemu:///system version | grep -i 'running hypervisor' || true), kvm: $([ -w /dev/kvm ] && echo yes || echo no)"

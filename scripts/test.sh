@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: installs and starts Docker and libvirtd when missing, then
+# format check, clippy with -D warnings, and every test (unit, black-box, real backends).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/test-env.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Build the binary and the plugins once; the black-box tests use these artifacts.
+cargo build --workspace
+cargo test --workspace --no-fail-fast -- --test-threads="${UNICOMPUTE_TEST_THREADS:-4}"
