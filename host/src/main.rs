@@ -1,2 +1,215 @@
-//! The unicompute server (in progress).
-fn main() {}
+//! `unicompute`: the server. This file only wires: command line, config, plugins,
+//! service, HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+
+use unicompute_host::api::{self, auth::Auth, AppState};
+use unicompute_host::config::Config;
+use unicompute_host::plugins::{loader, registry::Registry};
+use unicompute_host::service::Service;
+
+/// One REST API for KVM virtual machines and Docker containers.
+#[derive(Parser)]
+#[command(name = "unicompute", version, about)]
+struct Cli {
+    /// Config file (default: config/unicompute.toml when it exists).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Plugin tools.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Token tools.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Every file in the plugin directories and what loading it gives.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Makes a new random token and prints it with the config entry holding its digest.
+    New {
+        /// The token's name in the config.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("UNICOMPUTE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.config.clone().or_else(|| {
+        let default = Path::new("config/unicompute.toml");
+        default.exists().then(|| default.to_owned())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let config = match Config::load(config_path(&cli).as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("unicompute: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::Plugins(PluginsCommand::List) => plugins_list(&config),
+        Command::Token(TokenCommand::New { name, role }) => {
+            let token = api::auth::generate();
+            let digest = hex::encode(api::auth::digest(&token));
+            println!("token: {token}");
+            println!(
+                "[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{digest}\"\nrole = \"{role}\""
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn plugins_list(config: &Config) -> ExitCode {
+    for entry in loader::scan(&config.plugins.dirs) {
+        match entry.outcome {
+            Ok(p) => println!(
+                "{}\tloaded\t{} {} (kind {}, interface {})",
+                entry.path.display(),
+                p.handshake.name,
+                p.handshake.version,
+                p.handshake.kind,
+                p.handshake.interface_version
+            ),
+            Err(reason) => println!("{}\tskipped\t{reason}", entry.path.display()),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve(config: Config) -> ExitCode {
+    let scanned = loader::scan(&config.plugins.dirs);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let registry = match Registry::build(&config.backends, &scanned, Service::event_sink(tx)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("unicompute: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let auth = match Auth::from_config(&config.auth) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("unicompute: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("unicompute")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("unicompute: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(config, registry, auth, rx));
+    // Blocking backend calls still running (a long graceful stop) are abandoned.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+async fn run(
+    config: Config,
+    registry: Registry,
+    auth: Auth,
+    rx: mpsc::UnboundedReceiver<(String, unicompute_plugin_api::Event)>,
+) -> ExitCode {
+    let listen = config.server.listen;
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let service = Arc::new(Service::new(config, registry));
+    tokio::spawn(Arc::clone(&service).run_events(rx));
+    service.sync_all(Duration::from_secs(10)).await;
+    tokio::spawn(Arc::clone(&service).run_maintenance());
+
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("unicompute: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = listener.local_addr().unwrap_or(listen);
+    let state = Arc::new(AppState::new(Arc::clone(&service), auth));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = warp::serve(api::filter(state))
+        .incoming(listener)
+        .graceful(async {
+            let _ = stop_rx.await;
+        })
+        .run();
+    let mut server = tokio::spawn(server);
+    tracing::info!(addr = %local, instances = service.inventory.len(), "listening");
+    println!("unicompute: listening on http://{local}");
+
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = &mut server => {
+            tracing::error!("server stopped by itself");
+            return ExitCode::FAILURE;
+        }
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(grace, server).await.is_err() {
+        tracing::warn!("requests still in flight after the grace period; exiting");
+    }
+    service.registry.shutdown();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,206 @@
+//! Bearer-token auth: tokens stored as SHA-256 digests, compared in constant time,
+//! each with a role.
+
+use std::io::Write;
+use std::path::Path;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthConfig, Role, TokenConfig};
+
+/// Why auth could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The generated token could not be written or read.
+    #[error("token file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The accepted tokens.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    tokens: Vec<(String, [u8; 32], Role)>,
+}
+
+/// The SHA-256 of a token, as 32 bytes.
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Auth {
+    /// Auth from configured tokens.
+    pub fn from_tokens(tokens: &[TokenConfig]) -> Self {
+        let tokens = tokens
+            .iter()
+            .filter_map(|t| {
+                let mut d = [0u8; 32];
+                hex::decode_to_slice(&t.sha256, &mut d).ok()?;
+                Some((t.name.clone(), d, t.role))
+            })
+            .collect();
+        Auth { tokens }
+    }
+
+    /// Auth from the config; with no token configured, an admin token read from the
+    /// token file, or made and written there (mode 0600) and printed once.
+    pub fn from_config(config: &AuthConfig) -> Result<Self, AuthError> {
+        if !config.tokens.is_empty() {
+            return Ok(Self::from_tokens(&config.tokens));
+        }
+        let path = &config.token_file;
+        let err = |source| AuthError::TokenFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let token = match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => {
+                tracing::info!(file = %path.display(), "admin token read from the token file");
+                t.trim().to_owned()
+            }
+            _ => {
+                let token = generate();
+                write_private(path, &token).map_err(err)?;
+                println!("unicompute: no token configured; made an admin token:\n{token}\n(also written to {}, readable only by its owner)", path.display());
+                tracing::info!(file = %path.display(), "admin token made");
+                token
+            }
+        };
+        Ok(Auth {
+            tokens: vec![("generated-admin".into(), digest(&token), Role::Admin)],
+        })
+    }
+
+    /// The token's name and role, if the token is accepted. Compares against every
+    /// configured digest in constant time.
+    pub fn check(&self, token: &str) -> Option<(&str, Role)> {
+        let d = digest(token);
+        let mut found = None;
+        for (name, digest, role) in &self.tokens {
+            if bool::from(digest.ct_eq(&d)) && found.is_none() {
+                found = Some((name.as_str(), *role));
+            }
+        }
+        found
+    }
+}
+
+/// A new random token: 32 bytes, hex.
+pub fn generate() -> String {
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    writeln!(f, "{token}")
+}
+
+/// The role a request needs: GET needs a viewer; start, stop, restart, pause and
+/// unpause an operator; anything else an admin.
+pub fn required_role(method: &str, path: &str) -> Role {
+    if method == "GET" || method == "HEAD" {
+        return Role::Viewer;
+    }
+    let action = path.rsplit('/').next().unwrap_or("");
+    if method == "PUT"
+        && path.starts_with("/api/v1/compute/instances/")
+        && matches!(action, "start" | "stop" | "restart" | "pause" | "unpause")
+    {
+        return Role::Operator;
+    }
+    Role::Admin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_by_digest() {
+        let auth = Auth::from_tokens(&[
+            TokenConfig {
+                name: "v".into(),
+                sha256: hex::encode(digest("viewer-token")),
+                role: Role::Viewer,
+            },
+            TokenConfig {
+                name: "a".into(),
+                sha256: hex::encode(digest("admin-token")),
+                role: Role::Admin,
+            },
+        ]);
+        assert_eq!(auth.check("viewer-token"), Some(("v", Role::Viewer)));
+        assert_eq!(auth.check("admin-token"), Some(("a", Role::Admin)));
+        assert_eq!(auth.check("admin-token "), None);
+        assert_eq!(auth.check(""), None);
+    }
+
+    #[test]
+    fn roles_per_route() {
+        assert_eq!(
+            required_role("GET", "/api/v1/compute/instances"),
+            Role::Viewer
+        );
+        assert_eq!(
+            required_role("PUT", "/api/v1/compute/instances/x/stop"),
+            Role::Operator
+        );
+        assert_eq!(
+            required_role("PUT", "/api/v1/compute/instances/x/pause"),
+            Role::Operator
+        );
+        assert_eq!(
+            required_role("PUT", "/api/v1/compute/instances/x"),
+            Role::Admin
+        );
+        assert_eq!(
+            required_role("POST", "/api/v1/compute/instances"),
+            Role::Admin
+        );
+        assert_eq!(
+            required_role("DELETE", "/api/v1/compute/instances/x"),
+            Role::Admin
+        );
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+
+    #[test]
+    fn generated_token_is_written_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("unicompute-auth-{}", generate()));
+        let config = AuthConfig {
+            tokens: vec![],
+            token_file: dir.join("admin.token"),
+        };
+        let a = Auth::from_config(&config).unwrap();
+        let token = std::fs::read_to_string(&config.token_file).unwrap();
+        let mode = std::fs::metadata(&config.token_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(a.check(token.trim()).unwrap().1, Role::Admin);
+        let b = Auth::from_config(&config).unwrap();
+        assert!(b.check(token.trim()).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

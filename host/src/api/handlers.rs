@@ -1,0 +1,459 @@
+//! One function per route: parse, call the service, shape the answer. Nothing here
+//! knows a backend.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use unicompute_plugin_api::{Instance, InstanceState, UpdateRequest, Usage};
+use warp::http::StatusCode;
+
+use crate::api::dto::{
+    BackendInfo, BackendList, BackendSummaryDto, ClusterBackend, ClusterResources, ClusterStatus,
+    CreateInstanceRequest, HealthCheck, ImageList, InstanceList, StopRequest,
+    UpdateInstanceRequest, UsedTotal,
+};
+use crate::api::error::{ApiError, ErrorEnvelope};
+use crate::api::routes::ActionKind;
+use crate::inventory::ListFilter;
+use crate::service::{Action, NewInstance, Service};
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// JSON body, if any.
+    pub body: Option<Vec<u8>>,
+    /// `Location` header, if any.
+    pub location: Option<String>,
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Reply, ApiError> {
+    let body = serde_json::to_vec(value)
+        .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
+    Ok(Reply {
+        status,
+        body: Some(body),
+        location: None,
+    })
+}
+
+/// Parses a JSON body; malformed JSON and wrong types are 400 with serde's message.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let kind = if e.is_syntax() || e.is_eof() {
+            "malformed JSON"
+        } else {
+            "invalid request body"
+        };
+        ApiError::invalid(format!("{kind}: {e}"))
+    })
+}
+
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+/// Parses the list query: `page`, `pageSize`, `backend`, `state`, `label=k=v`.
+pub fn parse_list_query(query: &str) -> Result<(ListFilter, usize, usize), ApiError> {
+    let mut filter = ListFilter::default();
+    let (mut page, mut page_size) = (1usize, 50usize);
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "page" => {
+                page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| {
+                    ApiError::invalid("page must be an integer >= 1").detail("page", v.as_str())
+                })?
+            }
+            "pageSize" => {
+                page_size = v
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=100).contains(p))
+                    .ok_or_else(|| {
+                        ApiError::invalid("pageSize must be an integer from 1 to 100")
+                            .detail("pageSize", v.as_str())
+                    })?
+            }
+            "backend" => filter.backend = Some(v),
+            "state" => {
+                filter.state = Some(InstanceState::parse(&v).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "state must be one of {}",
+                        InstanceState::ALL.map(|s| s.as_str()).join(", ")
+                    ))
+                    .detail("state", v.as_str())
+                })?)
+            }
+            "label" => {
+                let (lk, lv) = v.split_once('=').ok_or_else(|| {
+                    ApiError::invalid("label must be key=value").detail("label", v.as_str())
+                })?;
+                filter.labels.push((lk.to_owned(), lv.to_owned()));
+            }
+            other => {
+                return Err(
+                    ApiError::invalid(format!("unknown query parameter {other}"))
+                        .detail("parameter", other),
+                )
+            }
+        }
+    }
+    Ok((filter, page, page_size))
+}
+
+/// List the health of the server.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The server is up")))]
+pub fn healthz() -> Result<Reply, ApiError> {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// List compute instances.
+#[utoipa::path(get, path = "/api/v1/compute/instances",
+    params(
+        ("backend" = Option<String>, Query, description = "Only this backend"),
+        ("state" = Option<String>, Query, description = "Only this state"),
+        ("label" = Option<String>, Query, description = "key=value; repeatable, all must match"),
+        ("page" = Option<usize>, Query, description = "From 1 (default 1)"),
+        ("pageSize" = Option<usize>, Query, description = "1 to 100 (default 50)"),
+    ),
+    responses((status = 200, body = InstanceList), (status = 400, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub fn list(svc: &Service, query: &str) -> Result<Reply, ApiError> {
+    let (filter, page, page_size) = parse_list_query(query)?;
+    let (items, total) = svc.list(&filter, page, page_size)?;
+    json(
+        StatusCode::OK,
+        &InstanceList {
+            instances: items.iter().map(|i| &**i).collect(),
+            total,
+            page,
+            page_size,
+        },
+    )
+}
+
+/// Create a compute instance (not started unless `"start": true`).
+#[utoipa::path(post, path = "/api/v1/compute/instances", request_body = CreateInstanceRequest,
+    responses((status = 201, body = Instance), (status = 400, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create(svc: &Service, body: &[u8]) -> Result<Reply, ApiError> {
+    let req: CreateInstanceRequest = parse_body(body)?;
+    let resources = req.resources.validate().map_err(ApiError::invalid)?;
+    let inst = svc
+        .create(NewInstance {
+            name: req.name,
+            backend: req.backend,
+            config: req.config,
+            resources,
+            labels: req.metadata.labels,
+            start: req.start,
+        })
+        .await?;
+    let mut reply = json(StatusCode::CREATED, &*inst)?;
+    reply.location = Some(format!("/api/v1/compute/instances/{}", inst.id));
+    Ok(reply)
+}
+
+/// Get a compute instance.
+#[utoipa::path(get, path = "/api/v1/compute/instances/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Instance), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub fn get(svc: &Service, id: &str) -> Result<Reply, ApiError> {
+    json(StatusCode::OK, &*svc.get(id)?)
+}
+
+/// Get a compute instance by name.
+#[utoipa::path(get, path = "/api/v1/compute/instances/name/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Instance), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub fn get_by_name(svc: &Service, name: &str) -> Result<Reply, ApiError> {
+    json(StatusCode::OK, &*svc.get_by_name(name)?)
+}
+
+/// Update resources (live where the backend can; the rest in `pendingResources`).
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}", params(("id" = String, Path)),
+    request_body = UpdateInstanceRequest,
+    responses((status = 200, body = Instance), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn update(svc: &Service, id: &str, body: &[u8]) -> Result<Reply, ApiError> {
+    let req: UpdateInstanceRequest = parse_body(body)?;
+    let resources = req.resources.validate().map_err(ApiError::invalid)?;
+    let labels = req.metadata.map(|m| m.labels);
+    if resources.is_empty() && labels.is_none() {
+        return Err(ApiError::invalid(
+            "nothing to update: give resources or metadata.labels",
+        ));
+    }
+    let inst = svc.update(id, UpdateRequest { resources, labels }).await?;
+    json(StatusCode::OK, &*inst)
+}
+
+/// Delete an instance; a running or paused one needs `force=true`.
+#[utoipa::path(delete, path = "/api/v1/compute/instances/{id}",
+    params(("id" = String, Path), ("force" = Option<bool>, Query)),
+    responses((status = 204), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn delete(svc: &Service, id: &str, query: &str) -> Result<Reply, ApiError> {
+    let mut force = false;
+    for (k, v) in query_pairs(query) {
+        match (k.as_str(), v.as_str()) {
+            ("force", "true" | "1" | "") => force = true,
+            ("force", "false" | "0") => force = false,
+            ("force", _) => {
+                return Err(ApiError::invalid("force must be true or false").detail("force", v))
+            }
+            (other, _) => {
+                return Err(
+                    ApiError::invalid(format!("unknown query parameter {other}"))
+                        .detail("parameter", other),
+                )
+            }
+        }
+    }
+    svc.delete(id, force).await?;
+    Ok(Reply {
+        status: StatusCode::NO_CONTENT,
+        body: None,
+        location: None,
+    })
+}
+
+/// Start, stop, restart, pause or unpause.
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/{action}",
+    params(("id" = String, Path), ("action" = String, Path, description = "start, stop, restart, pause or unpause")),
+    request_body(content = Option<StopRequest>, description = "stop and restart only; optional"),
+    responses((status = 200, body = Instance), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 501, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn action(
+    svc: &Service,
+    id: &str,
+    kind: ActionKind,
+    body: &[u8],
+    max_timeout: u64,
+) -> Result<Reply, ApiError> {
+    let stop = || -> Result<StopRequest, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(StopRequest::default());
+        }
+        let req: StopRequest = parse_body(body)?;
+        if req.timeout.is_some_and(|t| t > max_timeout) {
+            return Err(ApiError::invalid(format!(
+                "timeout must be at most {max_timeout} seconds"
+            )));
+        }
+        Ok(req)
+    };
+    let action = match kind {
+        ActionKind::Start => Action::Start,
+        ActionKind::Stop => Action::Stop(stop()?.options()),
+        ActionKind::Restart => Action::Restart(stop()?.options()),
+        ActionKind::Pause => Action::Pause,
+        ActionKind::Unpause => Action::Unpause,
+    };
+    json(StatusCode::OK, &*svc.act(id, action).await?)
+}
+
+/// Resource usage now.
+#[utoipa::path(get, path = "/api/v1/compute/instances/{id}/usage", params(("id" = String, Path)),
+    responses((status = 200, body = Usage), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn usage(svc: &Service, id: &str) -> Result<Reply, ApiError> {
+    json(StatusCode::OK, &svc.usage(id).await?)
+}
+
+/// Status of every enabled backend and the whole.
+#[utoipa::path(get, path = "/api/v1/compute/cluster/status",
+    responses((status = 200, body = ClusterStatus)), security(("bearer" = [])))]
+pub fn cluster_status(svc: &Service) -> Result<Reply, ApiError> {
+    let mut backends = std::collections::BTreeMap::new();
+    let (mut total, mut healthy, mut count) = (0, 0, 0);
+    for s in svc.summaries() {
+        let status = if s.entry.status() == "healthy" {
+            "healthy"
+        } else {
+            "unavailable"
+        };
+        let host = s.entry.health().host.unwrap_or_default();
+        count += 1;
+        healthy += usize::from(status == "healthy");
+        total += s.instances;
+        backends.insert(
+            s.entry.name.clone(),
+            ClusterBackend {
+                status,
+                instances: s.instances,
+                resources: ClusterResources {
+                    cpu: UsedTotal {
+                        used: s.cpu_used,
+                        total: u64::from(host.cpus),
+                    },
+                    memory: UsedTotal {
+                        used: s.memory_used,
+                        total: host.memory,
+                    },
+                },
+            },
+        );
+    }
+    let health = if healthy == count {
+        "healthy"
+    } else if healthy == 0 {
+        "unhealthy"
+    } else {
+        "degraded"
+    };
+    json(
+        StatusCode::OK,
+        &ClusterStatus {
+            backends,
+            total_instances: total,
+            health,
+        },
+    )
+}
+
+/// Every configured backend with its status.
+#[utoipa::path(get, path = "/api/v1/compute/backends",
+    responses((status = 200, body = BackendList)), security(("bearer" = [])))]
+pub fn backends(svc: &Service) -> Result<Reply, ApiError> {
+    let counts = svc.inventory.usage_by_backend();
+    let backends = svc
+        .registry
+        .all()
+        .map(|e| BackendSummaryDto {
+            name: e.name.clone(),
+            plugin: e.config.plugin.clone(),
+            kind: e.plugin.as_ref().map(|p| p.kind.clone()),
+            enabled: e.config.enabled,
+            status: e.status(),
+            reason: if e.status() == "healthy" {
+                None
+            } else {
+                e.health().reason
+            },
+            instances: counts.get(&e.name).map(|c| c.0).unwrap_or(0),
+        })
+        .collect();
+    json(StatusCode::OK, &BackendList { backends })
+}
+
+/// Versions, capabilities and health of one backend.
+#[utoipa::path(get, path = "/api/v1/compute/backends/{backend}/info", params(("backend" = String, Path)),
+    responses((status = 200, body = BackendInfo), (status = 400, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn backend_info(svc: &Service, name: &str) -> Result<Reply, ApiError> {
+    let (entry, desc) = svc.describe(name).await?;
+    let health = entry.health();
+    let status = match entry.status() {
+        "healthy" => "running",
+        other => other,
+    };
+    let desc = desc.unwrap_or_default();
+    let info = BackendInfo {
+        name: entry.name.clone(),
+        kind: entry
+            .plugin
+            .as_ref()
+            .map(|p| p.kind.clone())
+            .unwrap_or_else(|| entry.config.plugin.clone()),
+        version: desc.version,
+        api_version: desc.api_version,
+        status,
+        capabilities: desc.capabilities,
+        supported_types: desc
+            .supported_types
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect(),
+        health_check: HealthCheck {
+            status: if entry.status() == "healthy" {
+                "healthy"
+            } else {
+                "unhealthy"
+            },
+            last_check: health.last_check,
+            reason: if entry.status() == "healthy" {
+                None
+            } else {
+                health.reason
+            },
+        },
+        plugin: entry.plugin.clone(),
+        extra: desc.extra,
+    };
+    json(StatusCode::OK, &info)
+}
+
+/// Images or templates a backend can create from.
+#[utoipa::path(get, path = "/api/v1/compute/backends/{backend}/images", params(("backend" = String, Path)),
+    responses((status = 200, body = ImageList), (status = 503, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn backend_images(svc: &Service, name: &str) -> Result<Reply, ApiError> {
+    let images = svc.images(name).await?;
+    json(
+        StatusCode::OK,
+        &ImageList {
+            backend: name.to_owned(),
+            images,
+        },
+    )
+}
+
+/// The OpenAPI document, generated from the code.
+#[utoipa::path(get, path = "/api/v1/openapi.json",
+    responses((status = 200, description = "OpenAPI 3.1 document")), security(("bearer" = [])))]
+pub fn openapi(doc: &Arc<Vec<u8>>) -> Result<Reply, ApiError> {
+    Ok(Reply {
+        status: StatusCode::OK,
+        body: Some(doc.to_vec()),
+        location: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_query_bounds() {
+        assert!(parse_list_query("").is_ok());
+        let (f, p, s) =
+            parse_list_query("page=2&pageSize=100&state=running&label=a%3Db&label=c=d&backend=kvm")
+                .unwrap();
+        assert_eq!((p, s), (2, 100));
+        assert_eq!(f.state, Some(InstanceState::Running));
+        assert_eq!(
+            f.labels,
+            vec![("a".into(), "b".into()), ("c".into(), "d".into())]
+        );
+        assert_eq!(f.backend.as_deref(), Some("kvm"));
+        for bad in [
+            "page=0",
+            "page=-1",
+            "page=x",
+            "pageSize=0",
+            "pageSize=101",
+            "state=asleep",
+            "label=nokey",
+            "pagesize=10",
+        ] {
+            let e = parse_list_query(bad).unwrap_err();
+            assert_eq!(e.code, "INVALID_REQUEST", "{bad}");
+        }
+    }
+
+    #[test]
+    fn body_errors_are_invalid_request() {
+        let e = parse_body::<CreateInstanceRequest>(b"{not json").unwrap_err();
+        assert_eq!(e.code, "INVALID_REQUEST");
+        assert!(e.message.starts_with("malformed JSON"));
+        let e = parse_body::<CreateInstanceRequest>(br#"{"name":"a","backend":"b","colour":1}"#)
+            .unwrap_err();
+        assert!(e.message.contains("colour"), "{}", e.message);
+        let e = parse_body::<CreateInstanceRequest>(br#"{"name":5,"backend":"b"}"#).unwrap_err();
+        assert!(e.message.starts_with("invalid request body"));
+    }
+}

@@ -1,0 +1,285 @@
+//! The HTTP API: one warp filter that hands every request to our router, so that
+//! auth, unknown routes, wrong methods, body limits and errors are answered the same
+//! way everywhere, in the spec's envelope.
+
+pub mod auth;
+pub mod dto;
+pub mod error;
+pub mod handlers;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tracing::Instrument;
+use utoipa::OpenApi;
+use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use warp::Filter;
+
+use crate::config::Role;
+use crate::service::Service;
+use auth::Auth;
+use error::{ApiError, RETRY_AFTER_SECS};
+use handlers::Reply;
+use routes::Route;
+
+/// The generated OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "unicompute", description = "One API for KVM virtual machines and Docker containers, as compute instances."),
+    paths(
+        handlers::healthz, handlers::list, handlers::create, handlers::get, handlers::get_by_name,
+        handlers::update, handlers::delete, handlers::action, handlers::usage,
+        handlers::cluster_status, handlers::backends, handlers::backend_info,
+        handlers::backend_images, handlers::openapi,
+    ),
+    components(schemas(
+        unicompute_plugin_api::Instance, unicompute_plugin_api::Usage, unicompute_plugin_api::Image,
+        error::ErrorEnvelope, error::ErrorBody,
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// What every request handler shares.
+pub struct AppState {
+    /// The domain.
+    pub service: Arc<Service>,
+    /// Accepted tokens.
+    pub auth: Auth,
+    /// The OpenAPI document, serialized once.
+    pub openapi: Arc<Vec<u8>>,
+}
+
+impl AppState {
+    /// State over a service.
+    pub fn new(service: Arc<Service>, auth: Auth) -> Self {
+        let openapi = serde_json::to_vec_pretty(&ApiDoc::openapi()).unwrap_or_default();
+        AppState {
+            service,
+            auth,
+            openapi: Arc::new(openapi),
+        }
+    }
+}
+
+/// The warp filter serving the whole API.
+pub fn filter(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let with_state = warp::any().map(move || Arc::clone(&state));
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    with_state
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            |state: Arc<AppState>,
+             method: Method,
+             path: warp::path::FullPath,
+             query: String,
+             headers: HeaderMap,
+             body| async move {
+                let started = Instant::now();
+                let span = tracing::info_span!("request", method = %method, path = %path.as_str());
+                let result = handle(&state, &method, path.as_str(), &query, &headers, body)
+                    .instrument(span.clone())
+                    .await;
+                let response = match result {
+                    Ok(reply) => reply_response(reply),
+                    Err(e) => error_response(&e),
+                };
+                let _enter = span.enter();
+                tracing::debug!(
+                    status = response.status().as_u16(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "answered"
+                );
+                response
+            },
+        )
+        .or(warp::any().map(|| error_response(&ApiError::internal("request could not be read"))))
+        .unify()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = || {
+        ApiError::new(
+            "PAYLOAD_TOO_LARGE",
+            format!("request body is larger than {limit} bytes"),
+        )
+        .detail("limit", limit)
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    futures_util::pin_mut!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::invalid(format!("cannot read body: {e}")))?;
+        if buf.len() + chunk.remaining() > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let c = chunk.chunk();
+            let n = c.len();
+            buf.extend_from_slice(c);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.to_vec())
+}
+
+async fn handle<S, B>(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<Reply, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if path.starts_with("/api/") {
+        let Some(token) = bearer(headers) else {
+            return Err(ApiError::new("UNAUTHORIZED", "missing bearer token"));
+        };
+        let Some((name, role)) = state.auth.check(token) else {
+            return Err(ApiError::new("UNAUTHORIZED", "invalid token"));
+        };
+        let needed = auth::required_role(method.as_str(), path);
+        if role < needed {
+            let role_name = |r: Role| format!("{r:?}").to_lowercase();
+            return Err(ApiError::new(
+                "FORBIDDEN",
+                format!(
+                    "token {name} has role {}, this needs {}",
+                    role_name(role),
+                    role_name(needed)
+                ),
+            )
+            .detail("role", role_name(role))
+            .detail("required", role_name(needed)));
+        }
+    }
+    let route = routes::route(method.as_str(), path)?;
+    let svc = &*state.service;
+    let limit = svc.config.server.max_body_bytes;
+    match route {
+        Route::Healthz => handlers::healthz(),
+        Route::OpenApi => handlers::openapi(&state.openapi),
+        Route::ListInstances => handlers::list(svc, query),
+        Route::CreateInstance => {
+            let body = read_body(headers, body, limit).await?;
+            handlers::create(svc, &body).await
+        }
+        Route::GetInstance(id) => handlers::get(svc, id),
+        Route::GetByName(name) => handlers::get_by_name(svc, name),
+        Route::UpdateInstance(id) => {
+            let body = read_body(headers, body, limit).await?;
+            handlers::update(svc, id, &body).await
+        }
+        Route::DeleteInstance(id) => handlers::delete(svc, id, query).await,
+        Route::Action(id, kind) => {
+            let body = read_body(headers, body, limit).await?;
+            handlers::action(
+                svc,
+                id,
+                kind,
+                &body,
+                svc.config.server.max_stop_timeout_secs,
+            )
+            .await
+        }
+        Route::Usage(id) => handlers::usage(svc, id).await,
+        Route::ClusterStatus => handlers::cluster_status(svc),
+        Route::Backends => handlers::backends(svc),
+        Route::BackendInfo(b) => handlers::backend_info(svc, b).await,
+        Route::BackendImages(b) => handlers::backend_images(svc, b).await,
+    }
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+fn reply_response(reply: Reply) -> warp::reply::Response {
+    let mut resp = match reply.body {
+        Some(b) => {
+            let mut r = warp::reply::Response::new(b.into());
+            r.headers_mut().insert(header::CONTENT_TYPE, JSON);
+            r
+        }
+        None => warp::reply::Response::new(Vec::new().into()),
+    };
+    *resp.status_mut() = reply.status;
+    if let Some(loc) = reply.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
+}
+
+/// The response for an error: the envelope, the status of its code, and
+/// `Retry-After`, `WWW-Authenticate` or `Allow` where they apply.
+pub fn error_response(e: &ApiError) -> warp::reply::Response {
+    let body = serde_json::to_vec(&e.envelope()).unwrap_or_default();
+    let mut resp = warp::reply::Response::new(body.into());
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, JSON);
+    match e.status() {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        StatusCode::UNAUTHORIZED => {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            if let Some(v) = e
+                .details
+                .get("allowed")
+                .and_then(|a| a.as_str())
+                .and_then(|a| HeaderValue::from_str(a).ok())
+            {
+                h.insert(header::ALLOW, v);
+            }
+        }
+        _ => {}
+    }
+    if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::warn!(code = e.code, message = %e.message, "request failed");
+    }
+    resp
+}

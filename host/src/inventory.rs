@@ -1,0 +1,320 @@
+//! The in-memory inventory: every known instance, by id and by name, in list order.
+//!
+//! List and get are answered from here and never wait on a backend. It is filled at
+//! start, updated from each operation's result, from backend events, and by periodic
+//! resyncs. It also reserves names, so that two creates of one name, even on two
+//! backends at once, cannot both succeed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+use unicompute_plugin_api::{Instance, InstanceState};
+
+type Key = (DateTime<Utc>, String);
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<String, Arc<Instance>>,
+    /// name -> id (of an instance, or of a create in progress)
+    names: HashMap<String, String>,
+    /// list order: createdAt, then id
+    order: BTreeSet<Key>,
+}
+
+/// The inventory.
+#[derive(Default)]
+pub struct Inventory {
+    inner: RwLock<Inner>,
+}
+
+/// A filter for [`Inventory::list`].
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter {
+    /// Only this backend.
+    pub backend: Option<String>,
+    /// Only this state.
+    pub state: Option<InstanceState>,
+    /// Every label must match.
+    pub labels: Vec<(String, String)>,
+}
+
+impl ListFilter {
+    fn matches(&self, i: &Instance) -> bool {
+        self.backend.as_deref().is_none_or(|b| i.backend == b)
+            && self.state.is_none_or(|s| i.state == s)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| i.metadata.labels.get(k) == Some(v))
+    }
+}
+
+/// A name held for a create in progress; released on drop unless the create committed.
+pub struct NameReservation<'a> {
+    inventory: &'a Inventory,
+    name: String,
+    id: String,
+    committed: bool,
+}
+
+impl NameReservation<'_> {
+    /// Puts the created instance in the inventory; the name now belongs to it.
+    pub fn commit(mut self, instance: Instance) -> Arc<Instance> {
+        self.committed = true;
+        self.inventory.upsert(instance)
+    }
+}
+
+impl Drop for NameReservation<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let mut inner = self.inventory.write();
+            if inner.names.get(&self.name) == Some(&self.id) {
+                inner.names.remove(&self.name);
+            }
+        }
+    }
+}
+
+impl Inventory {
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; the data is plain maps that
+        // every writer leaves consistent before anything can panic, so keep going.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds `name` for instance `id`, or `None` if the name is taken.
+    pub fn reserve_name(&self, name: &str, id: &str) -> Option<NameReservation<'_>> {
+        let mut inner = self.write();
+        if inner.names.contains_key(name) {
+            return None;
+        }
+        inner.names.insert(name.to_owned(), id.to_owned());
+        Some(NameReservation {
+            inventory: self,
+            name: name.to_owned(),
+            id: id.to_owned(),
+            committed: false,
+        })
+    }
+
+    /// Adds or replaces an instance. `updatedAt` never goes backwards.
+    pub fn upsert(&self, mut instance: Instance) -> Arc<Instance> {
+        let mut inner = self.write();
+        if let Some(old) = inner.by_id.get(&instance.id).cloned() {
+            if old.updated_at > instance.updated_at {
+                instance.updated_at = old.updated_at;
+            }
+            inner.order.remove(&(old.created_at, old.id.clone()));
+            if old.name != instance.name && inner.names.get(&old.name) == Some(&old.id) {
+                inner.names.remove(&old.name);
+            }
+        }
+        let arc = Arc::new(instance);
+        inner.names.insert(arc.name.clone(), arc.id.clone());
+        inner.order.insert((arc.created_at, arc.id.clone()));
+        inner.by_id.insert(arc.id.clone(), Arc::clone(&arc));
+        arc
+    }
+
+    /// Removes an instance; returns it if it was there.
+    pub fn remove(&self, id: &str) -> Option<Arc<Instance>> {
+        let mut inner = self.write();
+        let old = inner.by_id.remove(id)?;
+        inner.order.remove(&(old.created_at, old.id.clone()));
+        if inner.names.get(&old.name).map(String::as_str) == Some(id) {
+            inner.names.remove(&old.name);
+        }
+        Some(old)
+    }
+
+    /// One instance by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Instance>> {
+        self.read().by_id.get(id).cloned()
+    }
+
+    /// One instance by name.
+    pub fn get_by_name(&self, name: &str) -> Option<Arc<Instance>> {
+        let inner = self.read();
+        inner
+            .names
+            .get(name)
+            .and_then(|id| inner.by_id.get(id))
+            .cloned()
+    }
+
+    /// A page of the matching instances in list order, and how many match in all.
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        page: usize,
+        page_size: usize,
+    ) -> (Vec<Arc<Instance>>, usize) {
+        let inner = self.read();
+        let skip = (page.saturating_sub(1)).saturating_mul(page_size);
+        let mut total = 0;
+        let mut out = Vec::with_capacity(page_size.min(inner.by_id.len()));
+        for (_, id) in &inner.order {
+            let Some(inst) = inner.by_id.get(id) else {
+                continue;
+            };
+            if !filter.matches(inst) {
+                continue;
+            }
+            if total >= skip && out.len() < page_size {
+                out.push(Arc::clone(inst));
+            }
+            total += 1;
+        }
+        (out, total)
+    }
+
+    /// Every instance of a backend.
+    pub fn of_backend(&self, backend: &str) -> Vec<Arc<Instance>> {
+        self.read()
+            .by_id
+            .values()
+            .filter(|i| i.backend == backend)
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces what is known of one backend by a fresh full list. Instances whose id
+    /// is in `busy` (an operation in progress) keep their current entry.
+    pub fn replace_backend(&self, backend: &str, fresh: Vec<Instance>, busy: &BTreeSet<String>) {
+        let fresh_ids: BTreeSet<String> = fresh.iter().map(|i| i.id.clone()).collect();
+        let stale: Vec<String> = self
+            .of_backend(backend)
+            .into_iter()
+            .filter(|i| !fresh_ids.contains(&i.id) && !busy.contains(&i.id))
+            .map(|i| i.id.clone())
+            .collect();
+        for id in stale {
+            self.remove(&id);
+        }
+        for inst in fresh {
+            if !busy.contains(&inst.id) {
+                self.upsert(inst);
+            }
+        }
+    }
+
+    /// Counts per backend: (instances, cores of active ones, memory of active ones).
+    pub fn usage_by_backend(&self) -> BTreeMap<String, (usize, u64, u64)> {
+        let mut out: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
+        for i in self.read().by_id.values() {
+            let e = out.entry(i.backend.clone()).or_default();
+            e.0 += 1;
+            if i.state.is_active() {
+                e.1 += u64::from(i.resources.cores().unwrap_or(0));
+                e.2 += i.resources.memory_limit().unwrap_or(0);
+            }
+        }
+        out
+    }
+
+    /// Number of instances.
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicompute_plugin_api::{InstanceType, Metadata};
+
+    fn inst(id: &str, name: &str, backend: &str, secs: i64) -> Instance {
+        let t = DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
+        Instance {
+            id: id.into(),
+            name: name.into(),
+            uuid: String::new(),
+            instance_type: InstanceType::Container,
+            backend: backend.into(),
+            state: InstanceState::Running,
+            status: Default::default(),
+            config: Default::default(),
+            resources: Default::default(),
+            pending_resources: None,
+            metadata: Metadata::default(),
+            created_at: t,
+            updated_at: t,
+        }
+    }
+
+    #[test]
+    fn list_orders_pages_and_counts() {
+        let inv = Inventory::default();
+        for n in 0..10 {
+            inv.upsert(inst(
+                &format!("i{n}"),
+                &format!("n{n}"),
+                if n % 2 == 0 { "a" } else { "b" },
+                10 - n,
+            ));
+        }
+        let (page, total) = inv.list(&ListFilter::default(), 1, 3);
+        assert_eq!(total, 10);
+        assert_eq!(
+            page.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["i9", "i8", "i7"]
+        );
+        let f = ListFilter {
+            backend: Some("a".into()),
+            ..Default::default()
+        };
+        let (page, total) = inv.list(&f, 2, 2);
+        assert_eq!(total, 5);
+        assert_eq!(
+            page.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["i4", "i2"]
+        );
+        let (page, total) = inv.list(&f, 9, 2);
+        assert_eq!((page.len(), total), (0, 5));
+    }
+
+    #[test]
+    fn names_are_reserved_once_and_released_on_failure() {
+        let inv = Inventory::default();
+        let r = inv.reserve_name("web", "i1").unwrap();
+        assert!(inv.reserve_name("web", "i2").is_none());
+        drop(r);
+        let r = inv.reserve_name("web", "i3").unwrap();
+        r.commit(inst("i3", "web", "a", 0));
+        assert!(inv.reserve_name("web", "i4").is_none());
+        assert_eq!(inv.get_by_name("web").unwrap().id, "i3");
+        inv.remove("i3");
+        assert!(inv.reserve_name("web", "i5").is_some());
+    }
+
+    #[test]
+    fn resync_replaces_but_spares_busy_instances() {
+        let inv = Inventory::default();
+        inv.upsert(inst("i1", "one", "a", 0));
+        inv.upsert(inst("i2", "two", "a", 1));
+        inv.upsert(inst("i3", "three", "b", 2));
+        let busy = BTreeSet::from(["i2".to_owned()]);
+        inv.replace_backend("a", vec![inst("i4", "four", "a", 3)], &busy);
+        assert!(inv.get("i1").is_none());
+        assert!(inv.get("i2").is_some());
+        assert!(inv.get("i3").is_some());
+        assert!(inv.get("i4").is_some());
+        assert!(inv.get_by_name("one").is_none());
+    }
+
+    #[test]
+    fn updated_at_never_goes_back() {
+        let inv = Inventory::default();
+        let mut a = inst("i1", "one", "a", 0);
+        a.updated_at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        inv.upsert(a);
+        inv.upsert(inst("i1", "one", "a", 0));
+        assert_eq!(inv.get("i1").unwrap().updated_at.timestamp(), 1_800_000_000);
+    }
+}

@@ -1,0 +1,9 @@
+//! The unicompute host: config, plugin loading, the backend registry, the inventory,
+//! the service (what each operation means) and the HTTP API. The binary
+//! `unicompute` (`main.rs`) wires these together.
+
+pub mod api;
+pub mod config;
+pub mod inventory;
+pub mod plugins;
+pub mod service;

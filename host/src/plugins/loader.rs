@@ -1,0 +1,118 @@
+//! Scans plugin directories and loads every plugin file found.
+//!
+//! Each file is copied to a private path and loaded from there, then the copy is
+//! removed (the mapping stays). So a file replaced by a newer build loads as a new
+//! library, and a build in progress never changes a library in use. Libraries are
+//! never unloaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use unicompute_plugin_api::load::{load_plugin, LoadedPlugin, LogFn};
+use unicompute_plugin_api::Handshake;
+
+/// What loading one file gave.
+#[derive(Debug, Clone)]
+pub struct ScanEntry {
+    /// The file in the plugin directory.
+    pub path: PathBuf,
+    /// The plugin, or why the file was skipped.
+    pub outcome: Result<LoadedPlugin, String>,
+}
+
+static COPY_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The log a plugin writes to: the host's, each line tagged with the plugin's name.
+fn host_logger(handshake: &Handshake) -> LogFn {
+    let plugin = handshake.name.clone();
+    Arc::new(move |level: u8, target: &str, message: &str| match level {
+        1 => tracing::error!(target: "plugin", plugin = %plugin, module = %target, "{message}"),
+        2 => tracing::warn!(target: "plugin", plugin = %plugin, module = %target, "{message}"),
+        3 => tracing::info!(target: "plugin", plugin = %plugin, module = %target, "{message}"),
+        4 => tracing::debug!(target: "plugin", plugin = %plugin, module = %target, "{message}"),
+        _ => tracing::trace!(target: "plugin", plugin = %plugin, module = %target, "{message}"),
+    })
+}
+
+/// Loads one plugin file through a private copy.
+pub fn load_file(path: &Path) -> Result<LoadedPlugin, String> {
+    if !path.extension().is_some_and(|e| e == "so") {
+        return Err("not a shared library (*.so)".into());
+    }
+    let private = std::env::temp_dir().join(format!(
+        "unicompute-{}-{}-{}",
+        std::process::id(),
+        COPY_COUNTER.fetch_add(1, Ordering::Relaxed),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("plugin.so")
+    ));
+    std::fs::copy(path, &private).map_err(|e| format!("cannot copy for loading: {e}"))?;
+    let result = load_plugin(&private, host_logger);
+    let _ = std::fs::remove_file(&private);
+    result
+        .map(|mut p| {
+            p.path = path.to_owned();
+            p
+        })
+        .map_err(|e| {
+            // One line, naming the file the user put there rather than our copy.
+            let text = e
+                .to_string()
+                .replace(&*private.to_string_lossy(), &path.to_string_lossy());
+            text.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+}
+
+/// Loads every file of the directories, in directory order then file-name order. A
+/// plugin name already loaded from an earlier file is skipped.
+pub fn scan(dirs: &[PathBuf]) -> Vec<ScanEntry> {
+    let mut out: Vec<ScanEntry> = Vec::new();
+    for dir in dirs {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect(),
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "plugin directory not readable");
+                continue;
+            }
+        };
+        files.sort();
+        for path in files {
+            let outcome = load_file(&path).and_then(|p| {
+                match out.iter().find_map(|e| {
+                    e.outcome
+                        .as_ref()
+                        .ok()
+                        .filter(|q| q.handshake.name == p.handshake.name)
+                }) {
+                    Some(first) => Err(format!(
+                        "plugin {} is already loaded from {}",
+                        p.handshake.name,
+                        first.path.display()
+                    )),
+                    None => Ok(p),
+                }
+            });
+            match &outcome {
+                Ok(p) => tracing::info!(
+                    file = %path.display(),
+                    plugin = %p.handshake.name,
+                    kind = %p.handshake.kind,
+                    version = %p.handshake.version,
+                    interface = %p.handshake.interface_version,
+                    "plugin loaded"
+                ),
+                Err(reason) => {
+                    tracing::warn!(file = %path.display(), %reason, "plugin file skipped")
+                }
+            }
+            out.push(ScanEntry { path, outcome });
+        }
+    }
+    out
+}

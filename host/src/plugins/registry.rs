@@ -1,0 +1,201 @@
+//! The configured backends: each one's plugin, its live backend object, and its health.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use unicompute_plugin_api::load::LoadedPlugin;
+use unicompute_plugin_api::{Backend, BackendDescription, ErrorCode, EventSink, HostResources};
+
+use crate::config::BackendConfig;
+use crate::plugins::loader::ScanEntry;
+
+/// Why the registry could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A backend's settings were refused by its plugin.
+    #[error("backends.{backend}: {message}")]
+    BadSettings {
+        /// The backend.
+        backend: String,
+        /// The plugin's message, naming the key.
+        message: String,
+    },
+}
+
+/// The plugin behind a backend, as shown in the API.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginMeta {
+    /// The plugin's name.
+    pub name: String,
+    /// The backend kind.
+    pub kind: String,
+    /// The plugin's version.
+    pub version: String,
+    /// The interface version it was built against.
+    pub interface_version: String,
+    /// The file it was loaded from.
+    pub file: String,
+}
+
+impl PluginMeta {
+    fn of(p: &LoadedPlugin) -> Self {
+        PluginMeta {
+            name: p.handshake.name.clone(),
+            kind: p.handshake.kind.clone(),
+            version: p.handshake.version.clone(),
+            interface_version: p.handshake.interface_version.clone(),
+            file: p.path.display().to_string(),
+        }
+    }
+}
+
+/// What the last health check found.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Whether the backend answered.
+    pub available: bool,
+    /// Why not.
+    pub reason: Option<String>,
+    /// When it was checked.
+    pub last_check: Option<DateTime<Utc>>,
+    /// Host capacity, as last read.
+    pub host: Option<HostResources>,
+    /// Versions and capabilities, as last read.
+    pub description: Option<BackendDescription>,
+}
+
+/// One configured backend.
+pub struct BackendEntry {
+    /// Its name in the config.
+    pub name: String,
+    /// Its config table.
+    pub config: BackendConfig,
+    /// Its plugin, when loaded.
+    pub plugin: Option<PluginMeta>,
+    /// The backend object, when the backend is enabled and its plugin made it.
+    pub backend: Option<Arc<dyn Backend>>,
+    health: Mutex<Health>,
+}
+
+impl BackendEntry {
+    /// The health as last checked.
+    pub fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a health check or an operation's verdict.
+    pub fn set_health(&self, update: impl FnOnce(&mut Health)) {
+        update(&mut self.health.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// `disabled`, `healthy` or `unavailable`.
+    pub fn status(&self) -> &'static str {
+        if !self.config.enabled {
+            "disabled"
+        } else if self.backend.is_some() && self.health().available {
+            "healthy"
+        } else {
+            "unavailable"
+        }
+    }
+}
+
+/// The registry: every configured backend by name.
+pub struct Registry {
+    backends: BTreeMap<String, Arc<BackendEntry>>,
+}
+
+impl Registry {
+    /// Makes a backend for every enabled entry of the config from the loaded plugins.
+    /// `events` makes the event sink of each backend from its name.
+    pub fn build(
+        configs: &BTreeMap<String, BackendConfig>,
+        scanned: &[ScanEntry],
+        events: impl Fn(&str) -> EventSink,
+    ) -> Result<Registry, RegistryError> {
+        let mut backends = BTreeMap::new();
+        for (name, config) in configs {
+            let plugin = scanned
+                .iter()
+                .filter_map(|e| e.outcome.as_ref().ok())
+                .find(|p| p.handshake.name == config.plugin);
+            let mut health = Health {
+                available: false,
+                reason: None,
+                last_check: None,
+                host: None,
+                description: None,
+            };
+            let mut backend: Option<Arc<dyn Backend>> = None;
+            match (plugin, config.enabled) {
+                (_, false) => health.reason = Some("disabled in the config".into()),
+                (None, true) => {
+                    let reason = format!("plugin {} is not loaded", config.plugin);
+                    tracing::warn!(backend = %name, %reason, "backend unavailable");
+                    health.reason = Some(reason);
+                }
+                (Some(p), true) => {
+                    let settings = serde_json::Value::Object(config.settings.clone());
+                    match p.create_backend(name, &settings, events(name)) {
+                        Ok(b) => {
+                            tracing::info!(backend = %name, plugin = %p.handshake.name, "backend created");
+                            health.reason = Some("not checked yet".into());
+                            backend = Some(Arc::new(b));
+                        }
+                        Err(e) if e.code == ErrorCode::InvalidConfig => {
+                            return Err(RegistryError::BadSettings {
+                                backend: name.clone(),
+                                message: e.message,
+                            })
+                        }
+                        Err(e) => {
+                            tracing::warn!(backend = %name, reason = %e.message, "backend unavailable");
+                            health.reason = Some(e.message);
+                        }
+                    }
+                }
+            }
+            backends.insert(
+                name.clone(),
+                Arc::new(BackendEntry {
+                    name: name.clone(),
+                    config: config.clone(),
+                    plugin: plugin.map(PluginMeta::of),
+                    backend,
+                    health: Mutex::new(health),
+                }),
+            );
+        }
+        Ok(Registry { backends })
+    }
+
+    /// A backend by name.
+    pub fn get(&self, name: &str) -> Option<Arc<BackendEntry>> {
+        self.backends.get(name).cloned()
+    }
+
+    /// Every configured backend, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<BackendEntry>> {
+        self.backends.values()
+    }
+
+    /// The enabled backends with a live backend object.
+    pub fn live(&self) -> impl Iterator<Item = (&Arc<BackendEntry>, &Arc<dyn Backend>)> {
+        self.backends
+            .values()
+            .filter_map(|e| e.backend.as_ref().map(|b| (e, b)))
+    }
+
+    /// Stops every backend's background work.
+    pub fn shutdown(&self) {
+        for (_, b) in self.live() {
+            b.shutdown();
+        }
+    }
+}

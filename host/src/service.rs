@@ -1,0 +1,643 @@
+//! The domain: what each operation means, whatever the backend. The HTTP layer parses
+//! requests into calls of this module and never sees a backend.
+//!
+//! Rules enforced here, the same for every plugin:
+//! - names are valid and unique across backends (reserved before the backend is asked);
+//! - operations on one instance run one at a time, different instances in parallel;
+//! - state rules of the contract: start of a running instance and stop of a stopped
+//!   one change nothing; pause needs a running instance; delete of a running or paused
+//!   instance needs `force`;
+//! - backend calls run on the blocking pool, never on the HTTP executor.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use tokio::sync::mpsc;
+use unicompute_plugin_api::{
+    Backend, CreateRequest, ErrorCode, Event, EventSink, Instance, InstanceState, JsonMap,
+    PluginError, Resources, StopOptions, UpdateRequest, Usage,
+};
+
+use crate::api::error::ApiError;
+use crate::config::Config;
+use crate::inventory::{Inventory, ListFilter};
+use crate::plugins::registry::{BackendEntry, Registry};
+
+/// Whether a name is 1-63 characters of `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A lifecycle action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start.
+    Start,
+    /// Stop, graceful or forced.
+    Stop(StopOptions),
+    /// Stop then start.
+    Restart(StopOptions),
+    /// Freeze.
+    Pause,
+    /// Thaw.
+    Unpause,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop(_) => "stop",
+            Action::Restart(_) => "restart",
+            Action::Pause => "pause",
+            Action::Unpause => "unpause",
+        }
+    }
+}
+
+/// A create, validated by the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    /// Name.
+    pub name: String,
+    /// Backend name.
+    pub backend: String,
+    /// Backend-specific config.
+    pub config: JsonMap,
+    /// Resources.
+    pub resources: Resources,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Start after create.
+    pub start: bool,
+}
+
+/// Backend statuses and counts for cluster status.
+#[derive(Clone)]
+pub struct BackendSummary {
+    /// The backend entry.
+    pub entry: Arc<BackendEntry>,
+    /// Managed instances.
+    pub instances: usize,
+    /// Cores allocated to active instances.
+    pub cpu_used: u64,
+    /// Memory allocated to active instances.
+    pub memory_used: u64,
+}
+
+/// The service.
+pub struct Service {
+    /// The configuration in force.
+    pub config: Config,
+    /// The backends.
+    pub registry: Registry,
+    /// What is known of every instance.
+    pub inventory: Inventory,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    busy: Mutex<BTreeMap<String, usize>>,
+}
+
+/// Marks an instance busy (spared by resyncs) while alive.
+struct Busy<'a> {
+    service: &'a Service,
+    id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.service.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = busy.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Runs a backend call on the blocking pool.
+async fn call<T: Send + 'static>(
+    backend: &Arc<dyn Backend>,
+    f: impl FnOnce(&dyn Backend) -> Result<T, PluginError> + Send + 'static,
+) -> Result<T, PluginError> {
+    let backend = Arc::clone(backend);
+    tokio::task::spawn_blocking(move || f(&*backend))
+        .await
+        .unwrap_or_else(|_| Err(PluginError::internal("the backend call failed")))
+}
+
+impl Service {
+    /// A service over a registry. Returns the receiving end of the plugins' events,
+    /// to hand to [`Service::run_events`].
+    pub fn new(config: Config, registry: Registry) -> Self {
+        Service {
+            config,
+            registry,
+            inventory: Inventory::default(),
+            locks: Mutex::default(),
+            busy: Mutex::default(),
+        }
+    }
+
+    /// The event sink factory for [`Registry::build`]: events go into `tx`.
+    pub fn event_sink(tx: mpsc::UnboundedSender<(String, Event)>) -> impl Fn(&str) -> EventSink {
+        move |backend: &str| {
+            let tx = tx.clone();
+            let backend = backend.to_owned();
+            EventSink::from_fn(move |ev: &Event| {
+                let _ = tx.send((backend.clone(), ev.clone()));
+            })
+        }
+    }
+
+    fn mark_busy(&self, id: &str) -> Busy<'_> {
+        *self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default() += 1;
+        Busy {
+            service: self,
+            id: id.to_owned(),
+        }
+    }
+
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = Arc::clone(
+            self.locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id.to_owned())
+                .or_default(),
+        );
+        m.lock_owned().await
+    }
+
+    fn forget_lock(&self, id: &str) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// The live backend of a name, or the error a client gets.
+    pub fn backend(&self, name: &str) -> Result<(Arc<BackendEntry>, Arc<dyn Backend>), ApiError> {
+        let entry = self
+            .registry
+            .get(name)
+            .ok_or_else(|| ApiError::invalid_backend(name))?;
+        match &entry.backend {
+            Some(b) => {
+                let b = Arc::clone(b);
+                Ok((entry, b))
+            }
+            None => {
+                let reason = entry
+                    .health()
+                    .reason
+                    .unwrap_or_else(|| "not started".into());
+                Err(ApiError::unavailable(name, &reason))
+            }
+        }
+    }
+
+    /// Maps a backend's error, noting unavailability.
+    fn fail(&self, entry: &BackendEntry, e: PluginError) -> ApiError {
+        if e.code == ErrorCode::BackendUnavailable {
+            let reason = e.message.clone();
+            entry.set_health(|h| {
+                h.available = false;
+                h.reason = Some(reason);
+            });
+        }
+        ApiError::from_plugin(&entry.name, e)
+    }
+
+    fn adopt(&self, entry: &BackendEntry, mut inst: Instance) -> Instance {
+        inst.backend = entry.name.clone();
+        inst
+    }
+
+    /// One instance by id, from memory.
+    pub fn get(&self, id: &str) -> Result<Arc<Instance>, ApiError> {
+        self.inventory
+            .get(id)
+            .ok_or_else(|| ApiError::instance_not_found(id).detail("id", id))
+    }
+
+    /// One instance by name, from memory.
+    pub fn get_by_name(&self, name: &str) -> Result<Arc<Instance>, ApiError> {
+        self.inventory
+            .get_by_name(name)
+            .ok_or_else(|| ApiError::instance_not_found(name).detail("name", name))
+    }
+
+    /// A page of instances, from memory. The filter's backend must be configured.
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        page: usize,
+        page_size: usize,
+    ) -> Result<(Vec<Arc<Instance>>, usize), ApiError> {
+        if let Some(b) = &filter.backend {
+            if self.registry.get(b).is_none() {
+                return Err(ApiError::invalid_backend(b));
+            }
+        }
+        Ok(self.inventory.list(filter, page, page_size))
+    }
+
+    /// Creates an instance.
+    pub async fn create(&self, new: NewInstance) -> Result<Arc<Instance>, ApiError> {
+        if !valid_name(&new.name) {
+            return Err(ApiError::invalid(
+                "name must be 1-63 characters of [a-zA-Z0-9_.-], starting with a letter or digit",
+            )
+            .detail("name", new.name.as_str()));
+        }
+        let (entry, backend) = self.backend(&new.backend)?;
+        let id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let reservation = self
+            .inventory
+            .reserve_name(&new.name, &id)
+            .ok_or_else(|| ApiError::already_exists(&new.name))?;
+        let _busy = self.mark_busy(&id);
+        let request = CreateRequest {
+            id: id.clone(),
+            name: new.name.clone(),
+            config: new.config,
+            resources: new.resources,
+            labels: new.labels,
+            start: new.start,
+            created_at: Utc::now().trunc_subsecs(3),
+        };
+        tracing::info!(instance = %id, name = %new.name, backend = %entry.name, "creating");
+        let created = call(&backend, move |b| b.create(request))
+            .await
+            .map_err(|e| self.fail(&entry, e))?;
+        let created = self.adopt(&entry, created);
+        tracing::info!(instance = %id, state = created.state.as_str(), "created");
+        Ok(reservation.commit(created))
+    }
+
+    /// Refreshes an instance from its backend; forgets it if the backend lost it.
+    async fn fresh(
+        &self,
+        entry: &BackendEntry,
+        backend: &Arc<dyn Backend>,
+        id: &str,
+    ) -> Result<Instance, ApiError> {
+        let owned = id.to_owned();
+        match call(backend, move |b| b.get(&owned)).await {
+            Ok(inst) => {
+                let inst = self.adopt(entry, inst);
+                self.inventory.upsert(inst.clone());
+                Ok(inst)
+            }
+            Err(e) if e.code == ErrorCode::InstanceNotFound => {
+                self.inventory.remove(id);
+                Err(ApiError::instance_not_found(id).detail("id", id))
+            }
+            Err(e) => Err(self.fail(entry, e)),
+        }
+    }
+
+    /// Runs a lifecycle action.
+    pub async fn act(&self, id: &str, action: Action) -> Result<Arc<Instance>, ApiError> {
+        let known = self.get(id)?;
+        let (entry, backend) = self.backend(&known.backend)?;
+        let _guard = self.lock(id).await;
+        let _busy = self.mark_busy(id);
+        let current = self.fresh(&entry, &backend, id).await?;
+        use InstanceState::*;
+        let state = current.state;
+        let unchanged = match action {
+            Action::Start => state == Running,
+            Action::Stop(_) => matches!(state, Stopped | Created),
+            Action::Pause => state == Paused,
+            Action::Unpause => state == Running,
+            Action::Restart(_) => false,
+        };
+        if unchanged {
+            return Ok(self.inventory.upsert(current));
+        }
+        let refused = match action {
+            Action::Pause => state != Running,
+            Action::Unpause => state != Paused,
+            _ => false,
+        };
+        if refused {
+            return Err(ApiError::invalid_state(format!(
+                "cannot {} an instance that is {}",
+                action.name(),
+                state.as_str()
+            ))
+            .detail("state", state.as_str()));
+        }
+        tracing::info!(instance = %id, action = action.name(), "acting");
+        let owned = id.to_owned();
+        let mut after = call(&backend, move |b| match action {
+            Action::Start => b.start(&owned),
+            Action::Stop(o) => b.stop(&owned, o),
+            Action::Restart(o) => b.restart(&owned, o),
+            Action::Pause => b.pause(&owned),
+            Action::Unpause => b.unpause(&owned),
+        })
+        .await
+        .map_err(|e| self.fail(&entry, e))?;
+        after.updated_at = Utc::now().trunc_subsecs(3);
+        let after = self.adopt(&entry, after);
+        Ok(self.inventory.upsert(after))
+    }
+
+    /// Changes resources or labels.
+    pub async fn update(
+        &self,
+        id: &str,
+        request: UpdateRequest,
+    ) -> Result<Arc<Instance>, ApiError> {
+        let known = self.get(id)?;
+        let (entry, backend) = self.backend(&known.backend)?;
+        let _guard = self.lock(id).await;
+        let _busy = self.mark_busy(id);
+        let owned = id.to_owned();
+        let mut after = call(&backend, move |b| b.update(&owned, request))
+            .await
+            .map_err(|e| self.fail(&entry, e))?;
+        after.updated_at = Utc::now().trunc_subsecs(3);
+        let after = self.adopt(&entry, after);
+        tracing::info!(instance = %id, "updated");
+        Ok(self.inventory.upsert(after))
+    }
+
+    /// Deletes an instance.
+    pub async fn delete(&self, id: &str, force: bool) -> Result<(), ApiError> {
+        let known = self.get(id)?;
+        let (entry, backend) = self.backend(&known.backend)?;
+        let guard = self.lock(id).await;
+        let _busy = self.mark_busy(id);
+        let current = self.fresh(&entry, &backend, id).await?;
+        if current.state.is_active() && !force {
+            return Err(ApiError::invalid_state(format!(
+                "instance is {}; stop it first or delete with ?force=true",
+                current.state.as_str()
+            ))
+            .detail("state", current.state.as_str()));
+        }
+        let owned = id.to_owned();
+        match call(&backend, move |b| b.delete(&owned, force)).await {
+            Ok(()) => {}
+            Err(e) if e.code == ErrorCode::InstanceNotFound => {}
+            Err(e) => return Err(self.fail(&entry, e)),
+        }
+        self.inventory.remove(id);
+        drop(guard);
+        self.forget_lock(id);
+        tracing::info!(instance = %id, "deleted");
+        Ok(())
+    }
+
+    /// Resource usage, live from the backend.
+    pub async fn usage(&self, id: &str) -> Result<Usage, ApiError> {
+        let known = self.get(id)?;
+        let (entry, backend) = self.backend(&known.backend)?;
+        let owned = id.to_owned();
+        match call(&backend, move |b| b.usage(&owned)).await {
+            Ok(u) => Ok(u),
+            Err(e) if e.code == ErrorCode::InstanceNotFound => {
+                self.inventory.remove(id);
+                Err(ApiError::instance_not_found(id).detail("id", id))
+            }
+            Err(e) => Err(self.fail(&entry, e)),
+        }
+    }
+
+    /// A backend's description, live; falls back to the last one read when the
+    /// backend does not answer.
+    pub async fn describe(
+        &self,
+        name: &str,
+    ) -> Result<
+        (
+            Arc<BackendEntry>,
+            Option<unicompute_plugin_api::BackendDescription>,
+        ),
+        ApiError,
+    > {
+        let entry = self
+            .registry
+            .get(name)
+            .ok_or_else(|| ApiError::invalid_backend(name))?;
+        let Some(backend) = entry.backend.clone() else {
+            return Ok((entry, None));
+        };
+        if self.check(&entry, &backend).await {
+            match call(&backend, |b| b.describe()).await {
+                Ok(d) => {
+                    let fresh = d.clone();
+                    entry.set_health(|h| h.description = Some(fresh));
+                    return Ok((entry, Some(d)));
+                }
+                Err(e) => {
+                    let _ = self.fail(&entry, e);
+                }
+            }
+        }
+        let cached = entry.health().description;
+        Ok((entry, cached))
+    }
+
+    /// The images or templates of a backend, live.
+    pub async fn images(&self, name: &str) -> Result<Vec<unicompute_plugin_api::Image>, ApiError> {
+        let (entry, backend) = self.backend(name)?;
+        call(&backend, |b| b.images())
+            .await
+            .map_err(|e| self.fail(&entry, e))
+    }
+
+    /// Per-backend counts for cluster status, for the enabled backends.
+    pub fn summaries(&self) -> Vec<BackendSummary> {
+        let usage = self.inventory.usage_by_backend();
+        self.registry
+            .all()
+            .filter(|e| e.config.enabled)
+            .map(|e| {
+                let (instances, cpu_used, memory_used) =
+                    usage.get(&e.name).copied().unwrap_or_default();
+                BackendSummary {
+                    entry: Arc::clone(e),
+                    instances,
+                    cpu_used,
+                    memory_used,
+                }
+            })
+            .collect()
+    }
+
+    /// Checks one backend's health; on a change to healthy, reads its capacity and
+    /// description. Returns whether it is available.
+    pub async fn check(&self, entry: &Arc<BackendEntry>, backend: &Arc<dyn Backend>) -> bool {
+        let was = entry.health();
+        let result = call(backend, |b| b.health()).await;
+        let now = Some(Utc::now());
+        match result {
+            Ok(()) => {
+                let refresh = !was.available || was.host.is_none() || was.description.is_none();
+                let (host, description) = if refresh {
+                    (
+                        call(backend, |b| b.host_resources()).await.ok(),
+                        call(backend, |b| b.describe()).await.ok(),
+                    )
+                } else {
+                    (was.host.clone(), was.description.clone())
+                };
+                entry.set_health(|h| {
+                    h.available = true;
+                    h.reason = None;
+                    h.last_check = now;
+                    h.host = host.or(h.host.take());
+                    h.description = description.or(h.description.take());
+                });
+                if !was.available {
+                    tracing::info!(backend = %entry.name, "backend available");
+                }
+                true
+            }
+            Err(e) => {
+                if was.available || was.last_check.is_none() {
+                    tracing::warn!(backend = %entry.name, reason = %e.message, "backend unavailable");
+                }
+                entry.set_health(|h| {
+                    h.available = false;
+                    h.reason = Some(e.message);
+                    h.last_check = now;
+                });
+                false
+            }
+        }
+    }
+
+    /// Reads every instance of one backend into the inventory.
+    pub async fn resync(&self, entry: &Arc<BackendEntry>, backend: &Arc<dyn Backend>) {
+        match call(backend, |b| b.list()).await {
+            Ok(list) => {
+                let list: Vec<Instance> = list.into_iter().map(|i| self.adopt(entry, i)).collect();
+                let busy: BTreeSet<String> = self
+                    .busy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .cloned()
+                    .collect();
+                tracing::debug!(backend = %entry.name, instances = list.len(), "resynced");
+                self.inventory.replace_backend(&entry.name, list, &busy);
+            }
+            Err(e) => {
+                let _ = self.fail(entry, e);
+            }
+        }
+    }
+
+    /// Checks and resyncs every live backend, at most `limit` each.
+    pub async fn sync_all(self: &Arc<Self>, limit: Duration) {
+        let mut tasks = Vec::new();
+        for (entry, backend) in self.registry.live() {
+            let (svc, entry, backend) = (Arc::clone(self), Arc::clone(entry), Arc::clone(backend));
+            tasks.push(tokio::spawn(async move {
+                let work = async {
+                    if svc.check(&entry, &backend).await {
+                        svc.resync(&entry, &backend).await;
+                    }
+                };
+                if tokio::time::timeout(limit, work).await.is_err() {
+                    tracing::warn!(backend = %entry.name, "backend did not answer in time at sync");
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Applies plugin events to the inventory until the channel closes.
+    pub async fn run_events(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(String, Event)>) {
+        while let Some((backend, event)) = rx.recv().await {
+            match event {
+                Event::Changed { instance } => {
+                    let Some(entry) = self.registry.get(&backend) else {
+                        continue;
+                    };
+                    let inst = self.adopt(&entry, *instance);
+                    tracing::debug!(backend = %backend, instance = %inst.id, state = inst.state.as_str(), "event: changed");
+                    self.inventory.upsert(inst);
+                }
+                Event::Vanished { id } => {
+                    if self
+                        .inventory
+                        .get(&id)
+                        .is_some_and(|i| i.backend == backend)
+                    {
+                        tracing::info!(backend = %backend, instance = %id, "event: vanished");
+                        self.inventory.remove(&id);
+                    }
+                }
+                Event::Resync => {
+                    if let Some(entry) = self.registry.get(&backend) {
+                        if let Some(b) = entry.backend.clone() {
+                            let svc = Arc::clone(&self);
+                            tokio::spawn(async move { svc.resync(&entry, &b).await });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Health checks and resyncs, forever.
+    pub async fn run_maintenance(self: Arc<Self>) {
+        let health = Duration::from_secs(self.config.server.health_interval_secs.max(1));
+        let resync = Duration::from_secs(self.config.server.resync_interval_secs.max(1));
+        let mut last_resync = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(health).await;
+            let full = last_resync.elapsed() >= resync;
+            if full {
+                last_resync = tokio::time::Instant::now();
+            }
+            for (entry, backend) in self.registry.live() {
+                let (svc, entry, backend) =
+                    (Arc::clone(&self), Arc::clone(entry), Arc::clone(backend));
+                tokio::spawn(async move {
+                    let was = entry.health().available;
+                    let now = svc.check(&entry, &backend).await;
+                    if now && (full || !was) {
+                        svc.resync(&entry, &backend).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "web-1", "A.b_c-9", &"x".repeat(63)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", ".a", "_a", "a b", "a/b", "é", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}
