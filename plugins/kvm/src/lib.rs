@@ -1,1 +1,6 @@
-//! The kvm backend plugin (in progress).
+//! The kvm backend plugin of unicompute: KVM virtual machines as compute instances,
+//! through libvirt (the `virt` crate).
+
+pub mod config;
+pub mod error;
+pub mod xml;

@@ -1,0 +1,230 @@
+//! The plugin's errors and their one mapping onto the API's error codes.
+
+use unicompute_plugin_api::{ErrorCode, PluginError};
+use virt::sys;
+
+/// What can go wrong in the kvm backend.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// libvirtd cannot be reached.
+    #[error("libvirt at {uri} is unavailable")]
+    Unavailable {
+        /// The connection URI.
+        uri: String,
+        /// libvirt's reason.
+        #[source]
+        source: virt::error::Error,
+    },
+    /// A libvirt call failed.
+    #[error("libvirt {op} failed")]
+    Libvirt {
+        /// What we asked libvirt to do.
+        op: &'static str,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+    /// The client's config is not acceptable.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// `config.image` names no template.
+    #[error("template {name} does not exist")]
+    UnknownTemplate {
+        /// The asked name.
+        name: String,
+        /// The templates there are.
+        available: Vec<String>,
+    },
+    /// No instance with this id.
+    #[error("instance {0} not found")]
+    NotFound(String),
+    /// The name is taken by a libvirt domain.
+    #[error("a domain named {0} exists")]
+    NameTaken(String),
+    /// The instance's state forbids the operation.
+    #[error("{0}")]
+    InvalidState(String),
+    /// More than the host can give.
+    #[error("{0}")]
+    ResourceLimit(String),
+    /// A file operation failed.
+    #[error("{what} failed")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An external tool (qemu-img) failed.
+    #[error("{tool} failed: {message}")]
+    Tool {
+        /// The tool.
+        tool: &'static str,
+        /// Its stderr, trimmed.
+        message: String,
+    },
+    /// XML could not be written or read.
+    #[error("domain xml: {0}")]
+    Xml(String),
+}
+
+impl KvmError {
+    /// Wraps a libvirt error of an operation.
+    pub fn libvirt(op: &'static str) -> impl FnOnce(virt::error::Error) -> KvmError {
+        move |source| KvmError::Libvirt { op, source }
+    }
+
+    /// The libvirt error number, when the error comes from libvirt.
+    pub fn libvirt_code(&self) -> Option<sys::virErrorNumber> {
+        match self {
+            KvmError::Libvirt { source, .. } | KvmError::Unavailable { source, .. } => {
+                Some(source.code().to_raw())
+            }
+            _ => None,
+        }
+    }
+
+    /// The API error code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            KvmError::Unavailable { .. } => ErrorCode::BackendUnavailable,
+            KvmError::Libvirt { source, .. } => libvirt_code(source.code().to_raw()),
+            KvmError::InvalidRequest(_) | KvmError::UnknownTemplate { .. } => {
+                ErrorCode::InvalidRequest
+            }
+            KvmError::NotFound(_) => ErrorCode::InstanceNotFound,
+            KvmError::NameTaken(_) => ErrorCode::InstanceAlreadyExists,
+            KvmError::InvalidState(_) => ErrorCode::InvalidState,
+            KvmError::ResourceLimit(_) => ErrorCode::ResourceLimitExceeded,
+            KvmError::Io { .. } | KvmError::Tool { .. } => ErrorCode::BackendError,
+            KvmError::Xml(_) => ErrorCode::InternalError,
+        }
+    }
+}
+
+/// Maps a libvirt error number onto an API code.
+fn libvirt_code(code: sys::virErrorNumber) -> ErrorCode {
+    match code {
+        sys::VIR_ERR_NO_CONNECT | sys::VIR_ERR_INVALID_CONN | sys::VIR_ERR_RPC => {
+            ErrorCode::BackendUnavailable
+        }
+        sys::VIR_ERR_NO_DOMAIN => ErrorCode::InstanceNotFound,
+        sys::VIR_ERR_OPERATION_INVALID => ErrorCode::InvalidState,
+        _ => ErrorCode::BackendError,
+    }
+}
+
+impl From<KvmError> for PluginError {
+    fn from(e: KvmError) -> Self {
+        let code = e.code();
+        let message = match &e {
+            KvmError::Libvirt { source, .. } | KvmError::Unavailable { source, .. } => {
+                format!("{e}: {}", source.message())
+            }
+            KvmError::Io { source, .. } => format!("{e}: {source}"),
+            _ => e.to_string(),
+        };
+        let mut out = PluginError::new(code, message);
+        match e {
+            KvmError::UnknownTemplate { name, available } => {
+                out = out
+                    .with_detail("image", name)
+                    .with_detail("available", available);
+            }
+            KvmError::NotFound(id) => out = out.with_detail("id", id),
+            KvmError::Unavailable { uri, .. } => out = out.with_detail("uri", uri),
+            KvmError::Libvirt { op, source } => {
+                out = out
+                    .with_detail("operation", op)
+                    .with_detail("libvirtCode", source.code().to_raw());
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_its_code() {
+        let cases: Vec<(KvmError, ErrorCode)> = vec![
+            (
+                KvmError::InvalidRequest("x".into()),
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                KvmError::UnknownTemplate {
+                    name: "a".into(),
+                    available: vec!["b".into()],
+                },
+                ErrorCode::InvalidRequest,
+            ),
+            (KvmError::NotFound("i".into()), ErrorCode::InstanceNotFound),
+            (
+                KvmError::NameTaken("n".into()),
+                ErrorCode::InstanceAlreadyExists,
+            ),
+            (KvmError::InvalidState("s".into()), ErrorCode::InvalidState),
+            (
+                KvmError::ResourceLimit("r".into()),
+                ErrorCode::ResourceLimitExceeded,
+            ),
+            (
+                KvmError::Io {
+                    what: "w",
+                    source: std::io::Error::other("x"),
+                },
+                ErrorCode::BackendError,
+            ),
+            (
+                KvmError::Tool {
+                    tool: "qemu-img",
+                    message: "m".into(),
+                },
+                ErrorCode::BackendError,
+            ),
+            (KvmError::Xml("x".into()), ErrorCode::InternalError),
+        ];
+        for (e, code) in cases {
+            assert_eq!(PluginError::from(e).code, code);
+        }
+    }
+
+    #[test]
+    fn libvirt_numbers_map() {
+        assert_eq!(
+            libvirt_code(sys::VIR_ERR_NO_CONNECT),
+            ErrorCode::BackendUnavailable
+        );
+        assert_eq!(
+            libvirt_code(sys::VIR_ERR_RPC),
+            ErrorCode::BackendUnavailable
+        );
+        assert_eq!(
+            libvirt_code(sys::VIR_ERR_NO_DOMAIN),
+            ErrorCode::InstanceNotFound
+        );
+        assert_eq!(
+            libvirt_code(sys::VIR_ERR_OPERATION_INVALID),
+            ErrorCode::InvalidState
+        );
+        assert_eq!(
+            libvirt_code(sys::VIR_ERR_INTERNAL_ERROR),
+            ErrorCode::BackendError
+        );
+    }
+
+    #[test]
+    fn unknown_template_lists_what_exists() {
+        let e = PluginError::from(KvmError::UnknownTemplate {
+            name: "nope".into(),
+            available: vec!["ubuntu-22.04".into()],
+        });
+        assert_eq!(e.details["available"][0], "ubuntu-22.04");
+        assert!(e.message.contains("nope"));
+    }
+}
