@@ -26,7 +26,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// HTTP server settings.
@@ -37,17 +37,6 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Configured backends by name.
     pub backends: BTreeMap<String, BackendConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            plugins: PluginsConfig::default(),
-            auth: AuthConfig::default(),
-            backends: BTreeMap::new(),
-        }
-    }
 }
 
 /// `[server]`
@@ -162,7 +151,11 @@ fn enabled_default() -> bool {
 impl Config {
     /// Reads the configuration: defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_with_env(file, Env::prefixed("UNICOMPUTE_").split("__"))
+        // UNICOMPUTE_LOG is the log filter, not a config key.
+        Self::load_with_env(
+            file,
+            Env::prefixed("UNICOMPUTE_").ignore(&["log"]).split("__"),
+        )
     }
 
     fn load_with_env(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
@@ -315,6 +308,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn environment_overrides_file_and_takes_lists() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[server]\nlisten = \"127.0.0.1:9000\"\n")?;

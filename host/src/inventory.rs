@@ -222,6 +222,11 @@ impl Inventory {
     pub fn len(&self) -> usize {
         self.read().by_id.len()
     }
+
+    /// Whether there is no instance.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]

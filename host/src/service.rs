@@ -221,8 +221,12 @@ impl Service {
         ApiError::from_plugin(&entry.name, e)
     }
 
+    /// Makes a backend's instance ours: its backend name, timestamps in milliseconds
+    /// (one format for every plugin).
     fn adopt(&self, entry: &BackendEntry, mut inst: Instance) -> Instance {
         inst.backend = entry.name.clone();
+        inst.created_at = inst.created_at.trunc_subsecs(3);
+        inst.updated_at = inst.updated_at.trunc_subsecs(3);
         inst
     }
 

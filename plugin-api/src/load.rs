@@ -93,9 +93,13 @@ pub fn interface_compatible(version: &str) -> bool {
 }
 
 /// Loads a plugin file: checks the ABI, reads the handshake, checks the interface
-/// version, and hands the plugin the logger. Each distinct path is a distinct library;
-/// to load a newer build of the same file, copy it to a new path first.
-pub fn load_plugin(path: &Path, logger: LogFn) -> std::result::Result<LoadedPlugin, LoadError> {
+/// version, and hands the plugin the logger that `logger` makes from the handshake.
+/// Each distinct path is a distinct library; to load a newer build of the same file,
+/// copy it to a new path first.
+pub fn load_plugin(
+    path: &Path,
+    logger: impl FnOnce(&Handshake) -> LogFn,
+) -> std::result::Result<LoadedPlugin, LoadError> {
     let header = lib_header_from_path(path).map_err(|e| LoadError::Library(e.to_string()))?;
     let module = header
         .init_root_module::<PluginModRef>()
@@ -110,6 +114,7 @@ pub fn load_plugin(path: &Path, logger: LogFn) -> std::result::Result<LoadedPlug
             supported: crate::INTERFACE_VERSION.to_owned(),
         });
     }
+    let logger = logger(&handshake);
     (module.init())(HostLoggerFfi_TO::from_value(HostLogger(logger), TD_Opaque));
     Ok(LoadedPlugin {
         handshake,

@@ -1,1 +1,400 @@
-//! Helpers for the black-box tests.
+//! Helpers for the black-box tests: build the fixture plugins, start the real
+//! `unicompute` binary on a private config and port, and talk HTTP to it.
+//!
+//! The binary and the workspace plugins come from `cargo build --workspace` (the test
+//! command runs it first). Plugins outside the workspace (the fake plugin, the
+//! fixtures) are built here with cargo into `target/ext`, as a third party would.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use serde_json::{json, Value};
+
+/// Tokens every test server accepts.
+pub const ADMIN: &str = "admin-token-for-tests";
+/// Operator token.
+pub const OPERATOR: &str = "operator-token-for-tests";
+/// Viewer token.
+pub const VIEWER: &str = "viewer-token-for-tests";
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// The target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_relative() { root().join(p) } else { p })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// The `unicompute` binary built by `cargo build --workspace`.
+pub fn host_binary() -> PathBuf {
+    let p = target_dir().join("debug/unicompute");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A plugin of the workspace (`docker`, `kvm`) built by `cargo build --workspace`.
+pub fn workspace_plugin(name: &str) -> PathBuf {
+    let p = target_dir().join(format!("debug/libunicompute_{name}.so"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+static BUILDS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Builds a plugin project outside the workspace (relative to the workspace root)
+/// with cargo, as its author would, and returns the `.so`. `features` may be empty.
+/// Each (project, features) is built once per test process; each feature set gets
+/// its own target directory so builds do not overwrite each other's library.
+pub fn build_external(project: &str, lib: &str, features: &str) -> PathBuf {
+    let key = format!("{project}#{features}");
+    let mut builds = BUILDS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = builds.iter().find(|(k, _)| *k == key) {
+        return p.clone();
+    }
+    let dir = target_dir().join("ext").join(if features.is_empty() {
+        "default"
+    } else {
+        features
+    });
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(root().join(project).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&dir);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features);
+    }
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "building {project} failed");
+    let so = dir.join("debug").join(format!("lib{lib}.so"));
+    assert!(so.exists(), "{} not built", so.display());
+    builds.push((key, so.clone()));
+    so
+}
+
+/// The fake plugin (`tests/fake-plugin`).
+pub fn fake_plugin() -> PathBuf {
+    build_external("tests/fake-plugin", "unicompute_fake", "")
+}
+
+/// A unique name for things a test creates.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+fn sha(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// The `[auth]` table with the three test tokens.
+pub fn auth_toml() -> String {
+    let mut s = String::new();
+    for (name, token, role) in [
+        ("admin", ADMIN, "admin"),
+        ("operator", OPERATOR, "operator"),
+        ("viewer", VIEWER, "viewer"),
+    ] {
+        s.push_str(&format!(
+            "[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n",
+            sha(token)
+        ));
+    }
+    s
+}
+
+/// A private directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Makes one.
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running server.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// Its private directory (config, plugins, log).
+    pub dir: TempDir,
+    agent: ureq::Agent,
+}
+
+/// A response: status, headers we look at, body as JSON (Null when empty or not JSON).
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// HTTP status.
+    pub status: u16,
+    /// Body as JSON.
+    pub json: Value,
+    /// Raw body.
+    pub text: String,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Location`.
+    pub location: Option<String>,
+    /// `Retry-After`.
+    pub retry_after: Option<String>,
+    /// `Allow`.
+    pub allow: Option<String>,
+}
+
+impl Resp {
+    /// The error code of an error envelope.
+    pub fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// Options for [`Server::start_with`].
+pub struct ServerOptions {
+    /// Plugin files to copy into the plugin directory.
+    pub plugins: Vec<PathBuf>,
+    /// Extra files `(name, contents)` to put in the plugin directory.
+    pub junk: Vec<(String, Vec<u8>)>,
+    /// Extra TOML appended to the config (backends...).
+    pub toml: String,
+    /// Whether to write the test tokens into the config.
+    pub tokens: bool,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            plugins: vec![],
+            junk: vec![],
+            toml: String::new(),
+            tokens: true,
+            env: vec![],
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+impl Server {
+    /// A server with the fake plugin and one backend `fake` (plus `extra` TOML).
+    pub fn fake(extra: &str) -> Server {
+        Server::start_with(ServerOptions {
+            plugins: vec![fake_plugin()],
+            toml: format!("[backends.fake]\nplugin = \"fake\"\n{extra}"),
+            ..Default::default()
+        })
+    }
+
+    /// Writes a config and starts the binary; returns once it listens.
+    pub fn start_with(opts: ServerOptions) -> Server {
+        let dir = TempDir::new("unicompute-test");
+        let plugins = dir.0.join("plugins");
+        std::fs::create_dir_all(&plugins).expect("plugin dir");
+        for p in &opts.plugins {
+            std::fs::copy(p, plugins.join(p.file_name().expect("file name"))).expect("copy plugin");
+        }
+        for (name, contents) in &opts.junk {
+            std::fs::write(plugins.join(name), contents).expect("junk");
+        }
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nhealth_interval_secs = 1\n[plugins]\ndirs = [\"plugins\"]\n{}\n{}",
+            if opts.tokens { auth_toml() } else { format!("[auth]\ntoken_file = \"{}\"\n", dir.0.join("admin.token").display()) },
+            opts.toml
+        );
+        std::fs::write(dir.0.join("unicompute.toml"), &config).expect("config");
+        let log = std::fs::File::create(dir.0.join("server.log")).expect("log");
+        let mut cmd = Command::new(host_binary());
+        cmd.arg("--config")
+            .arg(dir.0.join("unicompute.toml"))
+            .current_dir(&dir.0)
+            .env("UNICOMPUTE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start unicompute");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("unicompute: listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(dir.0.join("server.log")).unwrap_or_default();
+                panic!("server did not start; its log:\n{log}");
+            }
+        };
+        Server {
+            child,
+            base,
+            dir,
+            agent: agent(),
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a request. `token` may be None; `body` is sent as is.
+    pub fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> Resp {
+        request(&self.agent, &self.base, method, path, token, body)
+    }
+
+    /// Sends a request with a token and an optional JSON body.
+    pub fn call(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("json"));
+        self.raw(method, path, Some(token), bytes.as_deref())
+    }
+
+    /// GET as admin.
+    pub fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, ADMIN, None)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One HTTP request with an agent.
+pub fn request(
+    agent: &ureq::Agent,
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Resp {
+    let uri = format!("{base}{path}");
+    let mut builder = ureq::http::Request::builder().method(method).uri(&uri);
+    if let Some(t) = token {
+        builder = builder.header("Authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        builder = builder.header("Content-Type", "application/json");
+    }
+    let result = match body {
+        Some(b) => agent.run(builder.body(b.to_vec()).expect("request")),
+        None => agent.run(builder.body(()).expect("request")),
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (content_type, location, retry_after, allow) = (
+        header("content-type"),
+        header("location"),
+        header("retry-after"),
+        header("allow"),
+    );
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    let _ = resp.body_mut().as_reader().read_to_string(&mut text);
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp {
+        status,
+        json,
+        text,
+        content_type,
+        location,
+        retry_after,
+        allow,
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- server log ({}) ---\n{}", self.base, self.log());
+        }
+    }
+}
+
+/// Polls `f` until it returns Some or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

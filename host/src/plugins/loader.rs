@@ -37,7 +37,7 @@ fn host_logger(handshake: &Handshake) -> LogFn {
 
 /// Loads one plugin file through a private copy.
 pub fn load_file(path: &Path) -> Result<LoadedPlugin, String> {
-    if !path.extension().is_some_and(|e| e == "so") {
+    if path.extension().is_none_or(|e| e != "so") {
         return Err("not a shared library (*.so)".into());
     }
     let private = std::env::temp_dir().join(format!(
