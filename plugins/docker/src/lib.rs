@@ -1,1 +1,23 @@
-//! The docker backend plugin (in progress).
+//! `docker`: the Docker backend plugin of unicompute. Docker containers become compute
+//! instances, through the engine's API (bollard), on the plugin's own tokio runtime.
+//!
+//! See the crate's README for its settings and the state table.
+
+pub mod backend;
+pub mod config;
+mod engine;
+pub mod error;
+mod events;
+pub mod instance;
+pub mod spec;
+pub mod stats;
+
+pub use backend::DockerBackend;
+pub use config::DockerConfig;
+
+unicompute_plugin_api::export_plugin! {
+    name: "docker",
+    kind: "docker",
+    version: env!("CARGO_PKG_VERSION"),
+    create: DockerBackend::new,
+}

@@ -1,0 +1,1088 @@
+//! The Docker backend: the [`Backend`] trait on a Docker engine through bollard.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
+    HostConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    ListImagesOptions, RemoveContainerOptions, StopContainerOptions,
+};
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::sync::watch;
+use unicompute_plugin_api::{
+    Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, ErrorCode, EventSink,
+    HostResources, Image, Instance, InstanceType, MemoryUsage, PluginError, StopOptions,
+    StorageUsage, UpdateRequest, Usage,
+};
+
+use crate::config::DockerConfig;
+use crate::engine::{self, Engine};
+use crate::error::Error;
+use crate::instance::{
+    self, LABEL_BACKEND, LABEL_CONFIG, LABEL_CREATED_AT, LABEL_ID, LABEL_LABELS, LABEL_PREFIX,
+    LABEL_STORAGE, LABEL_UUID,
+};
+use crate::spec::DockerSpec;
+use crate::stats::{Allocation, StatsCache};
+
+type Result<T> = std::result::Result<T, PluginError>;
+
+/// Docker refuses memory limits below this.
+const MIN_MEMORY: u64 = 6 * 1024 * 1024;
+/// Whether the storage driver enforces `StorageOpt.size`: not known yet.
+const QUOTA_UNKNOWN: u8 = 0;
+const QUOTA_YES: u8 = 1;
+const QUOTA_NO: u8 = 2;
+
+/// The Docker backend. Cheap to share: the state lives in an `Arc`.
+pub struct DockerBackend {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// What the backend's calls and its background tasks share.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) engine: Engine,
+    pub(crate) events: EventSink,
+    pub(crate) stats: StatsCache,
+    /// Instance id to container id, to skip a lookup by label.
+    containers: Mutex<HashMap<String, String>>,
+    /// The last change made through the API that Docker keeps no time of.
+    touched: Mutex<HashMap<String, DateTime<Utc>>>,
+    host: Mutex<Option<HostResources>>,
+    storage_quota: AtomicU8,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DockerBackend {
+    /// Makes a backend from the host's context. Does not need the engine to be up.
+    pub fn new(ctx: BackendContext) -> Result<Self> {
+        let config: DockerConfig = ctx.parse_config()?;
+        let endpoint = config
+            .validate()
+            .map_err(|e| PluginError::config(format!("backend {}: {e}", ctx.name)))?;
+        let rt = engine::runtime()?;
+        let shared = Arc::new(Shared {
+            name: ctx.name,
+            engine: Engine::new(config, endpoint),
+            events: ctx.events,
+            stats: StatsCache::default(),
+            containers: Mutex::default(),
+            touched: Mutex::default(),
+            host: Mutex::default(),
+            storage_quota: AtomicU8::new(QUOTA_UNKNOWN),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        rt.spawn(crate::events::run(Arc::clone(&shared), rx));
+        tracing::info!(backend = %shared.name, "docker backend ready");
+        Ok(DockerBackend { shared, shutdown })
+    }
+
+    /// Runs one operation on the plugin's runtime.
+    fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        engine::block_on(f(Arc::clone(&self.shared)))
+    }
+}
+
+impl Drop for DockerBackend {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.shared.stats.clear();
+    }
+}
+
+fn filters(pairs: &[(&str, String)]) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in pairs {
+        map.entry((*k).to_owned()).or_default().push(v.clone());
+    }
+    map
+}
+
+fn state_of(c: &ContainerInspectResponse) -> Option<ContainerStateStatusEnum> {
+    c.state.as_ref().and_then(|s| s.status)
+}
+
+/// Splits an image reference into repository and tag for a pull.
+fn split_image(image: &str) -> (String, Option<String>) {
+    if image.contains('@') {
+        return (image.to_owned(), None);
+    }
+    let slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match image[slash..].rfind(':') {
+        Some(i) => (
+            image[..slash + i].to_owned(),
+            Some(image[slash + i + 1..].to_owned()),
+        ),
+        None => (image.to_owned(), Some("latest".to_owned())),
+    }
+}
+
+fn storage_opt_refused(e: &Error) -> bool {
+    let m = e.engine_message().to_ascii_lowercase();
+    e.status().is_some()
+        && (m.contains("storage-opt") || m.contains("storage opt") || m.contains("quota"))
+}
+
+impl Shared {
+    async fn inspect(
+        &self,
+        container: &str,
+    ) -> std::result::Result<ContainerInspectResponse, Error> {
+        self.engine
+            .quick("inspect", |d| async move {
+                d.inspect_container(container, None).await
+            })
+            .await
+    }
+
+    fn touched_at(&self, id: &str) -> Option<DateTime<Utc>> {
+        lock(&self.touched).get(id).copied()
+    }
+
+    fn touch(&self, id: &str) {
+        lock(&self.touched).insert(id.to_owned(), Utc::now());
+    }
+
+    /// Drops what is remembered of an instance that is gone.
+    pub(crate) fn forget(&self, id: &str) {
+        lock(&self.containers).remove(id);
+        lock(&self.touched).remove(id);
+        self.stats.forget(id);
+    }
+
+    fn mine(&self, c: &ContainerInspectResponse) -> bool {
+        c.config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_BACKEND))
+            .is_some_and(|b| *b == self.name)
+    }
+
+    fn to_instance(&self, c: &ContainerInspectResponse) -> Option<Instance> {
+        if !self.mine(c) {
+            return None;
+        }
+        let id = instance::instance_id(c.config.as_ref().and_then(|c| c.labels.as_ref()))?;
+        let mut inst = instance::from_inspect(c, self.touched_at(id))?;
+        inst.backend = self.name.clone();
+        Some(inst)
+    }
+
+    /// Inspects a container and reads it as an instance (`None`: not one of ours).
+    pub(crate) async fn inspect_instance(
+        &self,
+        container: &str,
+    ) -> std::result::Result<Option<Instance>, Error> {
+        let c = self.inspect(container).await?;
+        let inst = self.to_instance(&c);
+        if let (Some(i), Some(cid)) = (&inst, &c.id) {
+            lock(&self.containers).insert(i.id.clone(), cid.clone());
+        }
+        Ok(inst)
+    }
+
+    /// Finds the container of an instance.
+    async fn resolve(&self, id: &str) -> Result<(String, ContainerInspectResponse)> {
+        let cached = lock(&self.containers).get(id).cloned();
+        if let Some(cid) = cached {
+            match self.inspect(&cid).await {
+                Ok(c)
+                    if self.mine(&c)
+                        && instance::instance_id(
+                            c.config.as_ref().and_then(|c| c.labels.as_ref()),
+                        ) == Some(id) =>
+                {
+                    return Ok((cid, c));
+                }
+                Ok(_) => {}
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => return Err(e.into()),
+            }
+            lock(&self.containers).remove(id);
+        }
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters(&[
+                ("label", format!("{LABEL_ID}={id}")),
+                ("label", format!("{LABEL_BACKEND}={}", self.name)),
+            ])),
+            ..Default::default()
+        };
+        let found = self
+            .engine
+            .quick(
+                "list",
+                |d| async move { d.list_containers(Some(options)).await },
+            )
+            .await?;
+        for summary in found {
+            let Some(cid) = summary.id else { continue };
+            match self.inspect(&cid).await {
+                Ok(c) => {
+                    lock(&self.containers).insert(id.to_owned(), cid.clone());
+                    return Ok((cid, c));
+                }
+                Err(e) if e.status() == Some(404) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PluginError::not_found(id))
+    }
+
+    async fn instance(&self, id: &str, container: &str) -> Result<Instance> {
+        match self.inspect_instance(container).await {
+            Ok(Some(i)) => Ok(i),
+            Ok(None) => Err(PluginError::not_found(id)),
+            Err(e) if e.status() == Some(404) => {
+                self.forget(id);
+                Err(PluginError::not_found(id))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn host_resources(&self) -> Result<HostResources> {
+        if let Some(h) = lock(&self.host).clone() {
+            return Ok(h);
+        }
+        let info = self
+            .engine
+            .quick("info", |d| async move { d.info().await })
+            .await?;
+        let h = HostResources {
+            cpus: info.ncpu.unwrap_or(0).max(0) as u32,
+            memory: info.mem_total.unwrap_or(0).max(0) as u64,
+        };
+        *lock(&self.host) = Some(h.clone());
+        Ok(h)
+    }
+
+    fn check_resources(
+        &self,
+        host: &HostResources,
+        cores: Option<u32>,
+        memory: Option<u64>,
+    ) -> Result<()> {
+        if let Some(c) = cores {
+            if c == 0 {
+                return Err(PluginError::invalid("cpu.cores must be at least 1"));
+            }
+            if host.cpus > 0 && c > host.cpus {
+                return Err(PluginError::new(
+                    ErrorCode::ResourceLimitExceeded,
+                    format!("{c} cores asked, the host has {}", host.cpus),
+                )
+                .with_detail("available", host.cpus));
+            }
+        }
+        if let Some(m) = memory {
+            if m < MIN_MEMORY {
+                return Err(PluginError::invalid(format!(
+                    "memory.limit must be at least {MIN_MEMORY} bytes"
+                )));
+            }
+            if host.memory > 0 && m > host.memory {
+                return Err(PluginError::new(
+                    ErrorCode::ResourceLimitExceeded,
+                    format!("{m} bytes of memory asked, the host has {}", host.memory),
+                )
+                .with_detail("available", host.memory));
+            }
+        }
+        Ok(())
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        let (repo, tag) = split_image(image);
+        let options = CreateImageOptions {
+            from_image: Some(repo),
+            tag,
+            ..Default::default()
+        };
+        tracing::info!(backend = %self.name, image, "pulling image");
+        let timeout = self.engine.config().request_timeout() * 10;
+        let result = self
+            .engine
+            .call("pull", timeout, |d| async move {
+                d.create_image(Some(options), None, None)
+                    .try_for_each(|_| async { Ok(()) })
+                    .await
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_unavailable() && !matches!(e, Error::Timeout { .. }) => Err(e.into()),
+            Err(e) => {
+                let reason = match &e {
+                    Error::Engine { message, .. } | Error::Client { message, .. } => {
+                        message.clone()
+                    }
+                    other => other.to_string(),
+                };
+                let lower = reason.to_ascii_lowercase();
+                let code = if [
+                    "not found",
+                    "denied",
+                    "manifest unknown",
+                    "does not exist",
+                    "invalid reference",
+                ]
+                .iter()
+                .any(|s| lower.contains(s))
+                {
+                    ErrorCode::InvalidRequest
+                } else {
+                    ErrorCode::BackendError
+                };
+                Err(
+                    PluginError::new(code, format!("cannot pull image {image}: {reason}"))
+                        .with_detail("image", image),
+                )
+            }
+        }
+    }
+
+    async fn create_container(
+        &self,
+        name: &str,
+        body: &ContainerCreateBody,
+    ) -> std::result::Result<String, Error> {
+        let options = CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let body = body.clone();
+        self.engine
+            .quick("create", |d| async move {
+                d.create_container(Some(options), body).await
+            })
+            .await
+            .map(|r| r.id)
+    }
+
+    async fn remove(&self, container: &str) -> std::result::Result<(), Error> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self
+            .engine
+            .quick("remove", |d| async move {
+                d.remove_container(container, Some(options)).await
+            })
+            .await
+        {
+            Err(e) if e.status() == Some(404) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn create(&self, req: CreateRequest) -> Result<Instance> {
+        if let Some(k) = req.labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
+            return Err(PluginError::invalid(format!(
+                "label {k}: the prefix {LABEL_PREFIX} is reserved"
+            ))
+            .with_detail("label", k.as_str()));
+        }
+        let mut spec = DockerSpec::from_config(&req.config)?;
+        let prepared = spec.prepare(
+            &self.engine.config().allowed_host_paths,
+            self.engine.is_local(),
+        )?;
+        let cores = req.resources.cores();
+        let memory = req.resources.memory_limit();
+        let storage = req.resources.total_space();
+        if cores.is_some() || memory.is_some() {
+            let host = self.host_resources().await?;
+            self.check_resources(&host, cores, memory)?;
+        }
+
+        let applied = serde_json::to_string(&spec)
+            .map_err(|e| PluginError::internal(format!("cannot store the config: {e}")))?;
+        let user_labels = serde_json::to_string(&req.labels)
+            .map_err(|e| PluginError::internal(format!("cannot store the labels: {e}")))?;
+        let mut labels: HashMap<String, String> = req.labels.clone().into_iter().collect();
+        labels.insert(LABEL_ID.into(), req.id.clone());
+        labels.insert(LABEL_UUID.into(), uuid::Uuid::new_v4().to_string());
+        labels.insert(LABEL_BACKEND.into(), self.name.clone());
+        labels.insert(
+            LABEL_CREATED_AT.into(),
+            req.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        );
+        labels.insert(LABEL_CONFIG.into(), applied);
+        labels.insert(LABEL_LABELS.into(), user_labels);
+        if let Some(s) = storage {
+            labels.insert(LABEL_STORAGE.into(), s.to_string());
+        }
+
+        let memory = memory.map(|m| m as i64);
+        let mut body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.command.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(labels),
+            exposed_ports: (!prepared.exposed.is_empty()).then(|| prepared.exposed.clone()),
+            volumes: (!prepared.anonymous.is_empty()).then(|| prepared.anonymous.clone()),
+            host_config: Some(HostConfig {
+                binds: Some(prepared.binds.clone()),
+                port_bindings: Some(prepared.bindings.clone()),
+                network_mode: Some(spec.network_mode.clone()),
+                restart_policy: Some(prepared.restart.clone()),
+                nano_cpus: cores.map(|c| i64::from(c) * 1_000_000_000),
+                memory,
+                // No swap beyond the limit: the limit is what the instance gets.
+                memory_swap: memory,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let want_quota =
+            storage.is_some() && self.storage_quota.load(Ordering::Relaxed) != QUOTA_NO;
+        if let (true, Some(s), Some(h)) = (want_quota, storage, body.host_config.as_mut()) {
+            h.storage_opt = Some(HashMap::from([("size".to_owned(), s.to_string())]));
+        }
+
+        let mut pulled = false;
+        let container = loop {
+            match self.create_container(&req.name, &body).await {
+                Ok(id) => {
+                    if body
+                        .host_config
+                        .as_ref()
+                        .is_some_and(|h| h.storage_opt.is_some())
+                    {
+                        self.storage_quota.store(QUOTA_YES, Ordering::Relaxed);
+                    }
+                    break id;
+                }
+                Err(e) if e.status() == Some(404) && !pulled => {
+                    pulled = true;
+                    self.pull(&spec.image).await?;
+                }
+                Err(e)
+                    if storage_opt_refused(&e)
+                        && body
+                            .host_config
+                            .as_ref()
+                            .is_some_and(|h| h.storage_opt.is_some()) =>
+                {
+                    tracing::info!(backend = %self.name, "the storage driver has no size quota; storage sizes are kept, not enforced");
+                    self.storage_quota.store(QUOTA_NO, Ordering::Relaxed);
+                    if let Some(h) = body.host_config.as_mut() {
+                        h.storage_opt = None;
+                    }
+                }
+                Err(e) if e.status() == Some(409) => {
+                    return Err(PluginError::new(
+                        ErrorCode::InstanceAlreadyExists,
+                        format!("a container named {} exists", req.name),
+                    )
+                    .with_detail("name", req.name.as_str()));
+                }
+                Err(e) if e.status() == Some(404) => {
+                    return Err(
+                        PluginError::invalid(format!("image {} not found", spec.image))
+                            .with_detail("image", spec.image.as_str()),
+                    );
+                }
+                Err(e) => {
+                    if e.is_unavailable() {
+                        // The engine may have made it before going quiet.
+                        let _ = self.remove(&req.name).await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        };
+        lock(&self.containers).insert(req.id.clone(), container.clone());
+        if req.start {
+            let cid = &container;
+            let started = self
+                .engine
+                .quick(
+                    "start",
+                    |d| async move { d.start_container(cid, None).await },
+                )
+                .await;
+            if let Err(e) = started {
+                tracing::warn!(instance = %req.id, error = %e, "start after create failed; removing the container");
+                if let Err(re) = self.remove(&container).await {
+                    tracing::error!(instance = %req.id, error = %re, "cannot remove a half-made container");
+                }
+                self.forget(&req.id);
+                return Err(e.into());
+            }
+        }
+        self.instance(&req.id, &container).await
+    }
+
+    async fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance> {
+        let (container, c) = self.resolve(id).await?;
+        let current = self
+            .to_instance(&c)
+            .ok_or_else(|| PluginError::not_found(id))?;
+        if let Some(labels) = &req.labels {
+            if *labels != current.metadata.labels {
+                return Err(PluginError::new(
+                    ErrorCode::OperationNotSupported,
+                    "docker cannot change the labels of an existing container",
+                )
+                .with_detail("operation", "update labels"));
+            }
+        }
+        if let Some(s) = req.resources.total_space() {
+            if Some(s) != current.resources.total_space() {
+                return Err(PluginError::new(
+                    ErrorCode::OperationNotSupported,
+                    "docker cannot resize the storage of an existing container",
+                )
+                .with_detail("operation", "update storage"));
+            }
+        }
+        let cores = req.resources.cores();
+        let memory = req.resources.memory_limit();
+        if cores.is_none() && memory.is_none() {
+            return Ok(current);
+        }
+        let host = self.host_resources().await?;
+        self.check_resources(&host, cores, memory)?;
+        let memory = memory.map(|m| m as i64);
+        let body = ContainerUpdateBody {
+            nano_cpus: cores.map(|c| i64::from(c) * 1_000_000_000),
+            memory,
+            memory_swap: memory,
+            ..Default::default()
+        };
+        let cid = container.clone();
+        self.engine
+            .quick(
+                "update",
+                |d| async move { d.update_container(&cid, body).await },
+            )
+            .await?;
+        self.touch(id);
+        self.stats.forget(id);
+        self.instance(id, &container).await
+    }
+
+    async fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let cached = lock(&self.containers).get(id).cloned();
+        let container = match cached {
+            // Our own cache says which container it is: no need to look first.
+            Some(cid) if force => cid,
+            _ => {
+                let (cid, c) = self.resolve(id).await?;
+                let state = state_of(&c);
+                let active = matches!(
+                    state,
+                    Some(ContainerStateStatusEnum::RUNNING)
+                        | Some(ContainerStateStatusEnum::PAUSED)
+                        | Some(ContainerStateStatusEnum::RESTARTING)
+                );
+                if active && !force {
+                    return Err(PluginError::invalid_state(
+                        "the instance is running; stop it or delete with force",
+                    ));
+                }
+                cid
+            }
+        };
+        self.remove(&container).await?;
+        self.forget(id);
+        Ok(())
+    }
+
+    async fn start(&self, id: &str) -> Result<Instance> {
+        let (container, c) = self.resolve(id).await?;
+        match state_of(&c) {
+            Some(ContainerStateStatusEnum::RUNNING)
+            | Some(ContainerStateStatusEnum::RESTARTING) => {}
+            Some(ContainerStateStatusEnum::PAUSED) => {
+                return Err(PluginError::invalid_state(
+                    "the instance is paused; unpause it",
+                ))
+            }
+            _ => {
+                let cid = container.clone();
+                self.engine
+                    .quick(
+                        "start",
+                        |d| async move { d.start_container(&cid, None).await },
+                    )
+                    .await?;
+                self.touch(id);
+            }
+        }
+        self.instance(id, &container).await
+    }
+
+    async fn unpause_container(&self, container: &str) -> Result<()> {
+        match self
+            .engine
+            .quick("unpause", |d| async move {
+                d.unpause_container(container).await
+            })
+            .await
+        {
+            // Not paused (any more): nothing to do.
+            Err(e) if e.status() == Some(409) => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    async fn stop(&self, id: &str, options: StopOptions) -> Result<Instance> {
+        let (container, c) = self.resolve(id).await?;
+        match state_of(&c) {
+            Some(ContainerStateStatusEnum::RUNNING)
+            | Some(ContainerStateStatusEnum::RESTARTING)
+            | Some(ContainerStateStatusEnum::PAUSED) => {}
+            // Created, exited, dead: nothing runs.
+            _ => return self.instance(id, &container).await,
+        }
+        if state_of(&c) == Some(ContainerStateStatusEnum::PAUSED) {
+            // A frozen process cannot handle (or die of) a signal.
+            self.unpause_container(&container).await?;
+        }
+        // `force` is a stop with no grace period: Docker kills at once and, as for any
+        // stop, does not apply the restart policy.
+        let grace = if options.force { 0 } else { options.timeout };
+        let grace_i32 = i32::try_from(grace).unwrap_or(i32::MAX);
+        let timeout = Duration::from_secs(grace) + self.engine.config().request_timeout();
+        let cid = container.clone();
+        let stop = StopContainerOptions {
+            t: Some(grace_i32),
+            signal: None,
+        };
+        self.engine
+            .call("stop", timeout, |d| async move {
+                d.stop_container(&cid, Some(stop)).await
+            })
+            .await?;
+        self.touch(id);
+        self.stats.forget(id);
+        self.instance(id, &container).await
+    }
+
+    async fn pause(&self, id: &str) -> Result<Instance> {
+        let (container, c) = self.resolve(id).await?;
+        match state_of(&c) {
+            Some(ContainerStateStatusEnum::PAUSED) => {}
+            Some(ContainerStateStatusEnum::RUNNING) => {
+                let cid = container.clone();
+                self.engine
+                    .quick("pause", |d| async move { d.pause_container(&cid).await })
+                    .await?;
+                self.touch(id);
+            }
+            other => {
+                return Err(PluginError::invalid_state(format!(
+                    "cannot pause an instance that is {}",
+                    instance::map_state(other, false, false, "").as_str()
+                )))
+            }
+        }
+        self.instance(id, &container).await
+    }
+
+    async fn unpause(&self, id: &str) -> Result<Instance> {
+        let (container, c) = self.resolve(id).await?;
+        match state_of(&c) {
+            Some(ContainerStateStatusEnum::RUNNING) => {}
+            Some(ContainerStateStatusEnum::PAUSED) => {
+                self.unpause_container(&container).await?;
+                self.touch(id);
+            }
+            other => {
+                return Err(PluginError::invalid_state(format!(
+                    "cannot unpause an instance that is {}",
+                    instance::map_state(other, false, false, "").as_str()
+                )))
+            }
+        }
+        self.instance(id, &container).await
+    }
+
+    async fn usage(&self, id: &str) -> Result<Usage> {
+        if let Some(u) = self.stats.fresh(id) {
+            return Ok(u);
+        }
+        let (container, c) = self.resolve(id).await?;
+        let host = c.host_config.as_ref();
+        let storage_total = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_STORAGE))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let alloc = Allocation {
+            cores: instance::cores_of(
+                host.and_then(|h| h.nano_cpus),
+                host.and_then(|h| h.cpu_quota),
+                host.and_then(|h| h.cpu_period),
+            ),
+            memory_limit: host
+                .and_then(|h| h.memory)
+                .filter(|m| *m > 0)
+                .map(|m| m as u64),
+            storage_total,
+        };
+        let running = matches!(
+            state_of(&c),
+            Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED)
+        );
+        if running {
+            let docker = self.engine.client().await?;
+            let idle = Duration::from_secs(self.engine.config().stats_idle_secs);
+            if let Some(u) = self.stats.watch(docker, id, &container, alloc, idle).await {
+                return Ok(u);
+            }
+        }
+        // Not running: nothing is used but the writable layer.
+        let host_res = self.host_resources().await?;
+        let sized = self
+            .engine
+            .quick("inspect", |d| async move {
+                d.inspect_container(&container, Some(InspectContainerOptions { size: true }))
+                    .await
+            })
+            .await?;
+        Ok(Usage {
+            cpu: CpuUsage {
+                usage: 0.0,
+                cores: alloc
+                    .cores
+                    .map(|c| c.ceil() as u32)
+                    .unwrap_or(host_res.cpus),
+            },
+            memory: MemoryUsage {
+                used: 0,
+                limit: alloc.memory_limit.unwrap_or(host_res.memory),
+                percentage: 0.0,
+            },
+            storage: StorageUsage {
+                used: sized.size_rw.unwrap_or(0).max(0) as u64,
+                total: storage_total,
+            },
+            network: Default::default(),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters(&[
+                ("label", LABEL_ID.to_owned()),
+                ("label", format!("{LABEL_BACKEND}={}", self.name)),
+            ])),
+            ..Default::default()
+        };
+        let found = self
+            .engine
+            .quick(
+                "list",
+                |d| async move { d.list_containers(Some(options)).await },
+            )
+            .await?;
+        let results: Vec<_> = futures_util::stream::iter(found.into_iter().filter_map(|s| s.id))
+            .map(|cid| async move { self.inspect_instance(&cid).await })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(Some(i)) => out.push(i),
+                Ok(None) => {}
+                // Removed between the list and the inspect.
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(out)
+    }
+
+    async fn describe(&self) -> Result<BackendDescription> {
+        let version = self
+            .engine
+            .quick("version", |d| async move { d.version().await })
+            .await?;
+        let info = self
+            .engine
+            .quick("info", |d| async move { d.info().await })
+            .await?;
+        let negotiated = self.engine.client().await?.client_version().to_string();
+        let mut capabilities: Vec<String> = [
+            "containers",
+            "images",
+            "networks",
+            "volumes",
+            "pause",
+            "live-update",
+            "events",
+            "usage",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        if self.storage_quota.load(Ordering::Relaxed) == QUOTA_YES {
+            capabilities.push("storage-quota".into());
+        }
+        let mut extra = unicompute_plugin_api::JsonMap::new();
+        extra.insert("negotiatedApiVersion".into(), negotiated.into());
+        if let Some(v) = version.min_api_version {
+            extra.insert("minApiVersion".into(), v.into());
+        }
+        for (key, value) in [
+            ("storageDriver", info.driver),
+            ("operatingSystem", info.operating_system),
+            ("kernelVersion", info.kernel_version),
+            ("os", version.os),
+            ("arch", version.arch),
+        ] {
+            if let Some(v) = value {
+                extra.insert(key.into(), v.into());
+            }
+        }
+        if let Some(v) = info.cgroup_version {
+            extra.insert("cgroupVersion".into(), v.to_string().into());
+        }
+        Ok(BackendDescription {
+            version: version.version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            capabilities,
+            supported_types: vec![InstanceType::Container],
+            extra,
+        })
+    }
+
+    async fn health(&self) -> Result<()> {
+        let timeout = self.engine.config().connect_timeout();
+        self.engine
+            .call("ping", timeout, |d| async move { d.ping().await })
+            .await?;
+        Ok(())
+    }
+
+    async fn images(&self) -> Result<Vec<Image>> {
+        let options = ListImagesOptions::default();
+        let images = self
+            .engine
+            .quick(
+                "images",
+                |d| async move { d.list_images(Some(options)).await },
+            )
+            .await?;
+        let mut out = Vec::new();
+        for img in images {
+            let created_at = Utc.timestamp_opt(img.created, 0).single();
+            let names: Vec<String> = img
+                .repo_tags
+                .iter()
+                .filter(|t| t.as_str() != "<none>:<none>")
+                .cloned()
+                .collect();
+            let names = if names.is_empty() {
+                vec![img.id.clone()]
+            } else {
+                names
+            };
+            for name in names {
+                out.push(Image {
+                    name,
+                    id: Some(img.id.clone()),
+                    size: Some(img.size.max(0) as u64),
+                    format: Some("oci".into()),
+                    created_at,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+impl Backend for DockerBackend {
+    fn describe(&self) -> Result<BackendDescription> {
+        self.run(|s| async move { s.describe().await })
+    }
+
+    fn health(&self) -> Result<()> {
+        self.run(|s| async move { s.health().await })
+    }
+
+    fn host_resources(&self) -> Result<HostResources> {
+        self.run(|s| async move { s.host_resources().await })
+    }
+
+    fn images(&self) -> Result<Vec<Image>> {
+        self.run(|s| async move { s.images().await })
+    }
+
+    fn list(&self) -> Result<Vec<Instance>> {
+        self.run(|s| async move { s.list().await })
+    }
+
+    fn get(&self, id: &str) -> Result<Instance> {
+        let id = id.to_owned();
+        self.run(|s| async move {
+            let (container, _) = s.resolve(&id).await?;
+            s.instance(&id, &container).await
+        })
+    }
+
+    fn create(&self, request: CreateRequest) -> Result<Instance> {
+        self.run(|s| async move { s.create(request).await })
+    }
+
+    fn update(&self, id: &str, request: UpdateRequest) -> Result<Instance> {
+        let id = id.to_owned();
+        self.run(|s| async move { s.update(&id, request).await })
+    }
+
+    fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let id = id.to_owned();
+        self.run(|s| async move { s.delete(&id, force).await })
+    }
+
+    fn start(&self, id: &str) -> Result<Instance> {
+        let id = id.to_owned();
+        self.run(|s| async move { s.start(&id).await })
+    }
+
+    fn stop(&self, id: &str, options: StopOptions) -> Result<Instance> {
+        let id = id.to_owned();
+        self.run(|s| async move { s.stop(&id, options).await })
+    }
+
+    fn restart(&self, id: &str, options: StopOptions) -> Result<Instance> {
+        let id = id.to_owned();
+        self.run(|s| async move {
+            s.stop(&id, options).await?;
+            s.start(&id).await
+        })
+    }
+
+    fn pause(&self, id: &str) -> Result<Instance> {
+        let id = id.to_owned();
+        self.run(|s| async move { s.pause(&id).await })
+    }
+
+    fn unpause(&self, id: &str) -> Result<Instance> {
+        let id = id.to_owned();
+        self.run(|s| async move { s.unpause(&id).await })
+    }
+
+    fn usage(&self, id: &str) -> Result<Usage> {
+        // The fast path needs no trip through the runtime.
+        if let Some(u) = self.shared.stats.fresh(id) {
+            return Ok(u);
+        }
+        let id = id.to_owned();
+        self.run(|s| async move { s.usage(&id).await })
+    }
+
+    fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        self.shared.stats.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_for_a_pull() {
+        assert_eq!(
+            split_image("nginx"),
+            ("nginx".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            split_image("nginx:alpine"),
+            ("nginx".into(), Some("alpine".into()))
+        );
+        assert_eq!(
+            split_image("localhost:5000/app"),
+            ("localhost:5000/app".into(), Some("latest".into()))
+        );
+        assert_eq!(
+            split_image("localhost:5000/app:1.2"),
+            ("localhost:5000/app".into(), Some("1.2".into()))
+        );
+        assert_eq!(
+            split_image("app@sha256:abc"),
+            ("app@sha256:abc".into(), None)
+        );
+    }
+
+    #[test]
+    fn storage_opt_refusals_are_recognised() {
+        let e = Error::Engine {
+            operation: "create",
+            status: 500,
+            message:
+                "--storage-opt is supported only for overlay over xfs with 'pquota' mount option"
+                    .into(),
+        };
+        assert!(storage_opt_refused(&e));
+        let other = Error::Engine {
+            operation: "create",
+            status: 500,
+            message: "no space left".into(),
+        };
+        assert!(!storage_opt_refused(&other));
+    }
+
+    #[test]
+    fn a_backend_is_made_with_the_engine_down() {
+        let ctx = BackendContext {
+            name: "docker-down".into(),
+            config: serde_json::json!({"endpoint": "unix:///nonexistent/docker.sock"}),
+            events: EventSink::discard(),
+        };
+        let b = DockerBackend::new(ctx).unwrap();
+        let started = std::time::Instant::now();
+        let e = b.list().unwrap_err();
+        assert_eq!(e.code, ErrorCode::BackendUnavailable);
+        let e = b.get("i-1").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BackendUnavailable);
+        assert_eq!(b.health().unwrap_err().code, ErrorCode::BackendUnavailable);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        b.shutdown();
+    }
+
+    #[test]
+    fn bad_config_is_refused_at_create() {
+        let ctx = BackendContext {
+            name: "docker".into(),
+            config: serde_json::json!({"endpoint": "ftp://x"}),
+            events: EventSink::discard(),
+        };
+        let e = DockerBackend::new(ctx).err().unwrap();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+    }
+}

@@ -1,0 +1,173 @@
+//! The plugin's own tokio runtime and the lazily (re)connected engine client.
+//!
+//! The runtime is a static that is never dropped: the host calls the synchronous
+//! [`unicompute_plugin_api::Backend`] methods on its blocking threads, and each call
+//! runs its async work here and waits for it. The client is made on first use and
+//! dropped when the engine looks gone, so a call while the engine is down fails within
+//! the connect timeout and the first call after it returns reconnects by itself.
+
+use std::future::Future;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use bollard::{Docker, API_DEFAULT_VERSION};
+use tokio::runtime::Runtime;
+use unicompute_plugin_api::PluginError;
+
+use crate::config::{DockerConfig, Endpoint};
+use crate::error::Error;
+
+/// bollard's own request timeout: it only bounds the time to the response headers,
+/// and every call here has its own, tighter timeout. A stop waits for the container.
+const CLIENT_TIMEOUT_SECS: u64 = 24 * 3600;
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+/// The plugin's runtime, made on first use and never dropped.
+pub fn runtime() -> Result<&'static Runtime, PluginError> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("unicompute-docker")
+        .enable_all()
+        .build()
+        .map_err(|e| PluginError::internal(format!("cannot start the docker runtime: {e}")))?;
+    // Another thread may have won the race; its runtime is used and ours dropped here,
+    // outside any runtime context.
+    let _ = RUNTIME.set(rt);
+    RUNTIME
+        .get()
+        .ok_or_else(|| PluginError::internal("the docker runtime is missing"))
+}
+
+/// Runs `fut` on the plugin's runtime and waits for it on this (non-async) thread.
+///
+/// The future is spawned rather than driven with `block_on`, so this works on any
+/// thread, even one inside another runtime.
+pub fn block_on<T, F>(fut: F) -> Result<T, PluginError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, PluginError>> + Send + 'static,
+{
+    let rt = runtime()?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .map_err(|_| PluginError::internal("a docker task ended without an answer"))?
+}
+
+/// The engine connection of one backend.
+pub struct Engine {
+    config: DockerConfig,
+    endpoint: Endpoint,
+    client: Mutex<Option<Docker>>,
+}
+
+impl Engine {
+    /// A connection that connects on first use.
+    pub fn new(config: DockerConfig, endpoint: Endpoint) -> Self {
+        Engine {
+            config,
+            endpoint,
+            client: Mutex::new(None),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    /// Whether the engine is on this machine (host paths can be checked locally).
+    pub fn is_local(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Unix(_))
+    }
+
+    fn make_client(&self) -> Result<Docker, Error> {
+        let made = match (&self.endpoint, &self.config.tls) {
+            (Endpoint::Unix(path), _) => {
+                Docker::connect_with_unix(path, CLIENT_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            }
+            (Endpoint::Tcp(addr), Some(tls)) => Docker::connect_with_ssl(
+                addr,
+                &tls.key,
+                &tls.cert,
+                &tls.ca,
+                CLIENT_TIMEOUT_SECS,
+                API_DEFAULT_VERSION,
+            ),
+            (Endpoint::Tcp(addr), None) => {
+                Docker::connect_with_http(addr, CLIENT_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            }
+        };
+        made.map_err(|e| Error::from_bollard("connect", e))
+    }
+
+    /// The client, negotiating the API version on first use (within the connect
+    /// timeout).
+    pub async fn client(&self) -> Result<Docker, Error> {
+        if let Some(c) = self.lock().as_ref() {
+            return Ok(c.clone());
+        }
+        let fresh = self.make_client()?;
+        let negotiated =
+            tokio::time::timeout(self.config.connect_timeout(), fresh.negotiate_version())
+                .await
+                .map_err(|_| Error::Unavailable {
+                    reason: "the engine did not answer".to_owned(),
+                })?
+                .map_err(|e| Error::from_bollard("version", e))?;
+        tracing::info!(api = %negotiated.client_version(), "connected to the docker engine");
+        *self.lock() = Some(negotiated.clone());
+        Ok(negotiated)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Docker>> {
+        self.client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the client after the engine looked gone: the next call reconnects.
+    pub fn reset(&self) {
+        if self.lock().take().is_some() {
+            tracing::warn!("lost the docker engine; will reconnect");
+        }
+    }
+
+    /// Runs one engine call with a timeout, classifying its error. A call that finds
+    /// the engine gone resets the connection.
+    pub async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(Docker) -> Fut,
+        Fut: Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        let docker = self.client().await?;
+        let result = match tokio::time::timeout(timeout, f(docker)).await {
+            Ok(r) => r.map_err(|e| Error::from_bollard(operation, e)),
+            Err(_) => Err(Error::Timeout { operation }),
+        };
+        if let Err(e) = &result {
+            if e.is_unavailable() {
+                self.reset();
+            }
+        }
+        result
+    }
+
+    /// [`Engine::call`] with the ordinary request timeout.
+    pub async fn quick<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(Docker) -> Fut,
+        Fut: Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        self.call(operation, self.config.request_timeout(), f).await
+    }
+}

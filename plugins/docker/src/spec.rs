@@ -1,0 +1,558 @@
+//! The Docker `config` of an instance: parsing, validation (bind mounts against the
+//! allowlist, ports, restart policy) and the mapping onto the engine's create body.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use bollard::models::{PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use serde::{Deserialize, Serialize};
+use unicompute_plugin_api::{ErrorCode, JsonMap, PluginError};
+
+/// The `config` object of a Docker instance, as the user sends it and as it is
+/// returned (defaults filled in).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DockerSpec {
+    /// Image reference (`busybox`, `nginx:alpine`, `registry:5000/app@sha256:...`).
+    pub image: String,
+    /// Overrides the image's command. Returned as the command in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `KEY=value` pairs.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `/host:/container[:opts]` bind mounts, `name:/container[:opts]` named volumes, or
+    /// `/container` anonymous volumes.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// `container[/proto]`, `host:container[/proto]` or `ip:host:container[/proto]`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// `bridge`, `host`, `none`, `container:<name>` or a network's name.
+    #[serde(default = "default_network_mode")]
+    pub network_mode: String,
+    /// `no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N`.
+    #[serde(default = "default_restart_policy")]
+    pub restart_policy: String,
+}
+
+fn default_network_mode() -> String {
+    "bridge".to_owned()
+}
+fn default_restart_policy() -> String {
+    "no".to_owned()
+}
+
+/// Why a spec is refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    /// The config object does not parse.
+    #[error("invalid docker config: {0}")]
+    Malformed(String),
+    /// A field has a bad value.
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// The offending entry and why.
+        message: String,
+    },
+    /// A bind mount outside the allowlist.
+    #[error("bind mount of {host_path} is not allowed")]
+    ForbiddenPath {
+        /// The volume entry.
+        volume: String,
+        /// The normalized host path.
+        host_path: String,
+        /// The allowed prefixes.
+        allowed: Vec<String>,
+    },
+}
+
+impl From<SpecError> for PluginError {
+    fn from(e: SpecError) -> Self {
+        match &e {
+            SpecError::Malformed(_) => PluginError::invalid(e.to_string()),
+            SpecError::Invalid { field, .. } => {
+                PluginError::invalid(e.to_string()).with_detail("field", *field)
+            }
+            SpecError::ForbiddenPath {
+                volume,
+                host_path,
+                allowed,
+            } => PluginError::new(ErrorCode::Forbidden, e.to_string())
+                .with_detail("volume", volume.as_str())
+                .with_detail("hostPath", host_path.as_str())
+                .with_detail("allowedHostPaths", allowed.clone()),
+        }
+    }
+}
+
+/// A volume entry, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Volume {
+    /// A host directory: the `Binds` entry to pass.
+    Bind(String),
+    /// A named volume: the `Binds` entry to pass.
+    Named(String),
+    /// An anonymous volume at this container path.
+    Anonymous(String),
+}
+
+/// What the engine needs to create the container, derived from a [`DockerSpec`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prepared {
+    /// `Binds` (bind mounts and named volumes).
+    pub binds: Vec<String>,
+    /// Anonymous volumes (container paths).
+    pub anonymous: Vec<String>,
+    /// Exposed ports (`80/tcp`).
+    pub exposed: Vec<String>,
+    /// Port bindings.
+    pub bindings: HashMap<String, Option<Vec<PortBinding>>>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+}
+
+impl DockerSpec {
+    /// Parses the `config` object of a create request.
+    pub fn from_config(config: &JsonMap) -> Result<Self, SpecError> {
+        let spec: DockerSpec = serde_json::from_value(serde_json::Value::Object(config.clone()))
+            .map_err(|e| SpecError::Malformed(e.to_string()))?;
+        Ok(spec)
+    }
+
+    /// Validates every field and computes what the engine needs. Volumes come back
+    /// normalized in `self`.
+    pub fn prepare(
+        &mut self,
+        allowed: &[PathBuf],
+        canonicalize: bool,
+    ) -> Result<Prepared, SpecError> {
+        let mut p = Prepared::default();
+        if self.image.trim().is_empty() || self.image.chars().any(char::is_whitespace) {
+            return Err(SpecError::Invalid {
+                field: "image",
+                message: format!("{:?} is not an image reference", self.image),
+            });
+        }
+        if let Some(cmd) = &self.command {
+            if cmd.is_empty() {
+                return Err(SpecError::Invalid {
+                    field: "command",
+                    message: "an empty command; leave it out to use the image's".to_owned(),
+                });
+            }
+        }
+        for e in &self.env {
+            let key = e.split('=').next().unwrap_or_default();
+            if key.is_empty() || e.contains('\0') {
+                return Err(SpecError::Invalid {
+                    field: "env",
+                    message: format!("{e:?} is not KEY=value"),
+                });
+            }
+        }
+        let mut normalized = Vec::with_capacity(self.volumes.len());
+        for v in &self.volumes {
+            match parse_volume(v, allowed, canonicalize)? {
+                Volume::Bind(b) => {
+                    normalized.push(b.clone());
+                    p.binds.push(b);
+                }
+                Volume::Named(b) => {
+                    normalized.push(b.clone());
+                    p.binds.push(b);
+                }
+                Volume::Anonymous(a) => {
+                    normalized.push(a.clone());
+                    p.anonymous.push(a);
+                }
+            }
+        }
+        self.volumes = normalized;
+        for port in &self.ports {
+            let (key, binding) = parse_port(port)?;
+            if !p.exposed.contains(&key) {
+                p.exposed.push(key.clone());
+            }
+            if let Some(b) = binding {
+                p.bindings
+                    .entry(key)
+                    .or_insert_with(|| Some(Vec::new()))
+                    .get_or_insert_with(Vec::new)
+                    .push(b);
+            }
+        }
+        if self.network_mode.trim().is_empty() {
+            return Err(SpecError::Invalid {
+                field: "networkMode",
+                message: "an empty network mode".to_owned(),
+            });
+        }
+        p.restart = parse_restart_policy(&self.restart_policy)?;
+        Ok(p)
+    }
+}
+
+/// Lexically normalizes an absolute path: drops `.` and repeated slashes, refuses `..`.
+pub fn normalize_absolute(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return None;
+    }
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+fn is_volume_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+const VOLUME_OPTIONS: &[&str] = &[
+    "ro",
+    "rw",
+    "z",
+    "Z",
+    "nocopy",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "private",
+    "rprivate",
+    "consistent",
+    "cached",
+    "delegated",
+];
+
+/// Parses one `volumes` entry; bind mounts are checked against `allowed`.
+pub fn parse_volume(
+    entry: &str,
+    allowed: &[PathBuf],
+    canonicalize: bool,
+) -> Result<Volume, SpecError> {
+    let invalid = |message: String| SpecError::Invalid {
+        field: "volumes",
+        message,
+    };
+    let parts: Vec<&str> = entry.split(':').collect();
+    let (source, target, options) = match parts.as_slice() {
+        [t] => (None, *t, None),
+        [s, t] => (Some(*s), *t, None),
+        [s, t, o] => (Some(*s), *t, Some(*o)),
+        _ => return Err(invalid(format!("{entry:?} is not source:target[:options]"))),
+    };
+    let target = normalize_absolute(target).ok_or_else(|| {
+        invalid(format!(
+            "{entry:?}: the container path must be absolute, without '..'"
+        ))
+    })?;
+    let target = target.to_string_lossy().into_owned();
+    if let Some(o) = options {
+        if o.is_empty() || o.split(',').any(|opt| !VOLUME_OPTIONS.contains(&opt)) {
+            return Err(invalid(format!("{entry:?}: unknown option in {o:?}")));
+        }
+    }
+    let suffix = options.map(|o| format!(":{o}")).unwrap_or_default();
+    match source {
+        None => {
+            if options.is_some() {
+                return Err(invalid(format!("{entry:?}: options need a source")));
+            }
+            Ok(Volume::Anonymous(target))
+        }
+        Some(s) if s.starts_with('/') => {
+            let allowed_list = || {
+                allowed
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            };
+            let host = normalize_absolute(s).ok_or_else(|| SpecError::ForbiddenPath {
+                volume: entry.to_owned(),
+                host_path: s.to_owned(),
+                allowed: allowed_list(),
+            })?;
+            let permitted = |p: &Path| {
+                allowed.iter().any(|a| {
+                    normalize_absolute(&a.to_string_lossy()).is_some_and(|a| p.starts_with(a))
+                })
+            };
+            let mut ok = permitted(&host);
+            // A symlink under an allowed prefix must not lead outside it.
+            if ok && canonicalize {
+                if let Ok(real) = std::fs::canonicalize(&host) {
+                    ok = permitted(&real)
+                        || allowed
+                            .iter()
+                            .any(|a| std::fs::canonicalize(a).is_ok_and(|ra| real.starts_with(ra)));
+                }
+            }
+            if !ok {
+                return Err(SpecError::ForbiddenPath {
+                    volume: entry.to_owned(),
+                    host_path: host.to_string_lossy().into_owned(),
+                    allowed: allowed_list(),
+                });
+            }
+            Ok(Volume::Bind(format!("{}:{target}{suffix}", host.display())))
+        }
+        Some(s) if is_volume_name(s) => Ok(Volume::Named(format!("{s}:{target}{suffix}"))),
+        Some(s) => Err(invalid(format!(
+            "{entry:?}: {s:?} is neither an absolute host path nor a volume name"
+        ))),
+    }
+}
+
+fn parse_port_number(s: &str, entry: &str) -> Result<u16, SpecError> {
+    match s.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(SpecError::Invalid {
+            field: "ports",
+            message: format!("{entry:?}: {s:?} is not a port number"),
+        }),
+    }
+}
+
+/// Parses one `ports` entry into the exposed key (`80/tcp`) and an optional binding.
+pub fn parse_port(entry: &str) -> Result<(String, Option<PortBinding>), SpecError> {
+    let invalid = |message: String| SpecError::Invalid {
+        field: "ports",
+        message,
+    };
+    let (rest, proto) = match entry.rsplit_once('/') {
+        Some((r, p)) => (r, p),
+        None => (entry, "tcp"),
+    };
+    if !matches!(proto, "tcp" | "udp" | "sctp") {
+        return Err(invalid(format!(
+            "{entry:?}: protocol must be tcp, udp or sctp"
+        )));
+    }
+    // An IPv6 host address is written in brackets: [::1]:8080:80.
+    let (ip, rest) = if let Some(r) = rest.strip_prefix('[') {
+        let (ip, r) = r
+            .split_once("]:")
+            .ok_or_else(|| invalid(format!("{entry:?}: unclosed IPv6 address")))?;
+        (Some(ip.to_owned()), r)
+    } else {
+        (None, rest)
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (ip, host, container) = match (ip, parts.as_slice()) {
+        (None, [c]) => (None, None, *c),
+        (None, [h, c]) => (None, Some(*h), *c),
+        (None, [i, h, c]) => (Some((*i).to_owned()), Some(*h), *c),
+        (Some(i), [h, c]) => (Some(i), Some(*h), *c),
+        _ => {
+            return Err(invalid(format!(
+                "{entry:?} is not [ip:]host:container[/proto]"
+            )))
+        }
+    };
+    let container = parse_port_number(container, entry)?;
+    if let Some(ip) = &ip {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!("{entry:?}: {ip:?} is not an IP address")));
+        }
+    }
+    let host = match host {
+        Some("") | None => None,
+        Some(h) => Some(parse_port_number(h, entry)?),
+    };
+    let key = format!("{container}/{proto}");
+    let binding = if host.is_some() || ip.is_some() {
+        Some(PortBinding {
+            host_ip: ip,
+            host_port: host.map(|h| h.to_string()),
+        })
+    } else {
+        None
+    };
+    Ok((key, binding))
+}
+
+/// Parses a restart policy.
+pub fn parse_restart_policy(s: &str) -> Result<RestartPolicy, SpecError> {
+    let (name, retries) = match s.split_once(':') {
+        Some(("on-failure", n)) => match n.parse::<i64>() {
+            Ok(n) if n >= 0 => (RestartPolicyNameEnum::ON_FAILURE, Some(n)),
+            _ => {
+                return Err(SpecError::Invalid {
+                    field: "restartPolicy",
+                    message: format!("{s:?}: the retry count must be a number"),
+                })
+            }
+        },
+        None if s == "no" || s.is_empty() => (RestartPolicyNameEnum::NO, None),
+        None if s == "always" => (RestartPolicyNameEnum::ALWAYS, None),
+        None if s == "unless-stopped" => (RestartPolicyNameEnum::UNLESS_STOPPED, None),
+        None if s == "on-failure" => (RestartPolicyNameEnum::ON_FAILURE, None),
+        _ => {
+            return Err(SpecError::Invalid {
+                field: "restartPolicy",
+                message: format!(
+                    "{s:?}: expected no, always, unless-stopped, on-failure or on-failure:N"
+                ),
+            })
+        }
+    };
+    Ok(RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: retries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed() -> Vec<PathBuf> {
+        vec![PathBuf::from("/data"), PathBuf::from("/srv/shared/")]
+    }
+
+    #[test]
+    fn spec_defaults_are_filled_in() {
+        let cfg = serde_json::json!({"image": "nginx:alpine", "ports": ["8080:80"]});
+        let spec = DockerSpec::from_config(cfg.as_object().unwrap()).unwrap();
+        assert_eq!(spec.network_mode, "bridge");
+        assert_eq!(spec.restart_policy, "no");
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["networkMode"], "bridge");
+        assert_eq!(v["restartPolicy"], "no");
+    }
+
+    #[test]
+    fn unknown_config_keys_are_refused() {
+        let cfg = serde_json::json!({"image": "x", "restartPolcy": "no"});
+        let e = DockerSpec::from_config(cfg.as_object().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("restartPolcy"), "{e}");
+    }
+
+    #[test]
+    fn bind_mounts_follow_the_allowlist() {
+        let a = allowed();
+        assert_eq!(
+            parse_volume("/data:/data", &a, false).unwrap(),
+            Volume::Bind("/data:/data".into())
+        );
+        assert_eq!(
+            parse_volume("/data//x/./y:/mnt:ro", &a, false).unwrap(),
+            Volume::Bind("/data/x/y:/mnt:ro".into())
+        );
+        assert_eq!(
+            parse_volume("/srv/shared/a:/a", &a, false).unwrap(),
+            Volume::Bind("/srv/shared/a:/a".into())
+        );
+        for bad in ["/etc:/etc", "/data/../etc:/x", "/database:/x", "/:/host"] {
+            let e = parse_volume(bad, &a, false).unwrap_err();
+            assert!(matches!(e, SpecError::ForbiddenPath { .. }), "{bad}: {e:?}");
+            assert_eq!(PluginError::from(e).code, ErrorCode::Forbidden);
+        }
+        assert!(matches!(
+            parse_volume("/data:/data", &[], false),
+            Err(SpecError::ForbiddenPath { .. })
+        ));
+    }
+
+    #[test]
+    fn named_and_anonymous_volumes_are_always_allowed() {
+        assert_eq!(
+            parse_volume("cache:/var/cache:ro", &[], false).unwrap(),
+            Volume::Named("cache:/var/cache:ro".into())
+        );
+        assert_eq!(
+            parse_volume("/scratch", &[], false).unwrap(),
+            Volume::Anonymous("/scratch".into())
+        );
+        for bad in [
+            "cache:relative",
+            "cache:/x:bogus",
+            "../x:/y",
+            "a:b:c:d",
+            "/x/../y",
+        ] {
+            assert!(parse_volume(bad, &[], false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ports_parse_every_form() {
+        let (k, b) = parse_port("8080:80").unwrap();
+        assert_eq!(k, "80/tcp");
+        assert_eq!(b.unwrap().host_port.as_deref(), Some("8080"));
+        let (k, b) = parse_port("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(k, "53/udp");
+        let b = b.unwrap();
+        assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(b.host_port.as_deref(), Some("5353"));
+        let (k, b) = parse_port("9000").unwrap();
+        assert_eq!(k, "9000/tcp");
+        assert!(b.is_none());
+        let (_, b) = parse_port("[::1]:8443:443").unwrap();
+        assert_eq!(b.unwrap().host_ip.as_deref(), Some("::1"));
+        let (_, b) = parse_port("127.0.0.1::80").unwrap();
+        assert_eq!(b.unwrap().host_port, None);
+        for bad in [
+            "http",
+            "80:0",
+            "1:2:3:4",
+            "x:80",
+            "80/icmp",
+            "999.1.1.1:1:1",
+            "70000:80",
+        ] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn restart_policies() {
+        let p = parse_restart_policy("on-failure:3").unwrap();
+        assert_eq!(p.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(p.maximum_retry_count, Some(3));
+        for (s, n) in [
+            ("no", RestartPolicyNameEnum::NO),
+            ("always", RestartPolicyNameEnum::ALWAYS),
+            ("unless-stopped", RestartPolicyNameEnum::UNLESS_STOPPED),
+            ("on-failure", RestartPolicyNameEnum::ON_FAILURE),
+        ] {
+            assert_eq!(parse_restart_policy(s).unwrap().name, Some(n));
+        }
+        for bad in ["sometimes", "on-failure:x", "always:2", "on-failure:-1"] {
+            assert!(parse_restart_policy(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prepare_collects_everything() {
+        let cfg = serde_json::json!({
+            "image": "busybox",
+            "env": ["A=1"],
+            "volumes": ["/data/./x:/x", "named:/n", "/anon"],
+            "ports": ["8080:80", "127.0.0.1:8081:80", "53/udp"],
+            "restartPolicy": "on-failure:2"
+        });
+        let mut spec = DockerSpec::from_config(cfg.as_object().unwrap()).unwrap();
+        let p = spec.prepare(&allowed(), false).unwrap();
+        assert_eq!(spec.volumes, vec!["/data/x:/x", "named:/n", "/anon"]);
+        assert_eq!(p.binds, vec!["/data/x:/x", "named:/n"]);
+        assert_eq!(p.anonymous, vec!["/anon"]);
+        assert_eq!(p.exposed, vec!["80/tcp", "53/udp"]);
+        assert_eq!(p.bindings["80/tcp"].as_ref().unwrap().len(), 2);
+        assert_eq!(p.restart.maximum_retry_count, Some(2));
+        let bad_env = serde_json::json!({"image": "busybox", "env": ["=x"]});
+        let mut spec = DockerSpec::from_config(bad_env.as_object().unwrap()).unwrap();
+        assert!(spec.prepare(&[], false).is_err());
+    }
+}

@@ -1,0 +1,439 @@
+//! Usage of instances: a stats stream per watched instance keeps the latest sample, so
+//! that a repeated usage call answers from memory at once instead of waiting the
+//! second that Docker's own stats call takes.
+//!
+//! The first usage call of a running instance opens the engine's stats stream and
+//! waits for the first sample that has a CPU delta (about one to two seconds). Later
+//! calls read the latest sample (at most about a second old). A stream closes by itself
+//! when the container stops, when nobody asked for the instance's usage for
+//! `stats_idle_secs`, or when an event says the instance changed (an update of its
+//! limits, a pause, a stop).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerStatsResponse;
+use bollard::query_parameters::{InspectContainerOptions, StatsOptions};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use unicompute_plugin_api::{CpuUsage, MemoryUsage, NetworkUsage, StorageUsage, Usage};
+
+/// How old the latest sample may be for a fast answer. The engine sends one a second.
+const FRESH: Duration = Duration::from_secs(4);
+/// How long a first usage call waits for a sample with a CPU delta.
+const FIRST_SAMPLE: Duration = Duration::from_secs(4);
+/// How often the size of the container's writable layer is measured again.
+const STORAGE_REFRESH: Duration = Duration::from_secs(30);
+/// A stream that sends nothing for this long is closed.
+const STREAM_SILENCE: Duration = Duration::from_secs(10);
+
+/// One stats sample, reduced to what usage needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    /// Container CPU time since the previous sample (ns).
+    pub cpu_delta: u64,
+    /// Host CPU time since the previous sample (ns, all CPUs).
+    pub system_delta: u64,
+    /// CPUs online on the host.
+    pub online_cpus: u32,
+    /// Memory in use, less the inactive page cache (as `docker stats` shows it).
+    pub memory_used: u64,
+    /// The memory limit the kernel applies (host memory when unlimited).
+    pub memory_limit: u64,
+    /// Bytes received over every network.
+    pub rx_bytes: u64,
+    /// Bytes sent over every network.
+    pub tx_bytes: u64,
+    /// Whether the sample had a previous one to compute CPU from.
+    pub has_cpu_delta: bool,
+}
+
+impl Sample {
+    /// Reduces the engine's stats document.
+    pub fn from_stats(s: &ContainerStatsResponse) -> Self {
+        let cpu = s.cpu_stats.as_ref();
+        let pre = s.precpu_stats.as_ref();
+        let total = |c: Option<&bollard::models::ContainerCpuStats>| {
+            c.and_then(|c| c.cpu_usage.as_ref())
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0)
+        };
+        let system = |c: Option<&bollard::models::ContainerCpuStats>| {
+            c.and_then(|c| c.system_cpu_usage).unwrap_or(0)
+        };
+        let online_cpus = cpu
+            .and_then(|c| c.online_cpus)
+            .filter(|n| *n > 0)
+            .or_else(|| {
+                cpu.and_then(|c| c.cpu_usage.as_ref())
+                    .and_then(|u| u.percpu_usage.as_ref())
+                    .map(|p| p.len() as u32)
+            })
+            .unwrap_or(1)
+            .max(1);
+        let has_cpu_delta = system(pre) > 0 && system(cpu) > system(pre);
+        let mem = s.memory_stats.as_ref();
+        let usage = mem.and_then(|m| m.usage).unwrap_or(0);
+        let inactive = mem
+            .and_then(|m| m.stats.as_ref())
+            .and_then(|st| {
+                st.get("total_inactive_file")
+                    .or_else(|| st.get("inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        let memory_used = if inactive < usage {
+            usage - inactive
+        } else {
+            usage
+        };
+        let (rx_bytes, tx_bytes) = s
+            .networks
+            .as_ref()
+            .map(|n| {
+                n.values().fold((0u64, 0u64), |(rx, tx), i| {
+                    (rx + i.rx_bytes.unwrap_or(0), tx + i.tx_bytes.unwrap_or(0))
+                })
+            })
+            .unwrap_or_default();
+        Sample {
+            cpu_delta: total(cpu).saturating_sub(total(pre)),
+            system_delta: system(cpu).saturating_sub(system(pre)),
+            online_cpus,
+            memory_used,
+            memory_limit: mem.and_then(|m| m.limit).unwrap_or(0),
+            rx_bytes,
+            tx_bytes,
+            has_cpu_delta,
+        }
+    }
+}
+
+/// What usage needs besides a sample: the instance's allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Allocation {
+    /// Cores allocated (fractional), or `None` for no limit (all host CPUs).
+    pub cores: Option<f64>,
+    /// Memory limit in bytes, or `None` for no limit.
+    pub memory_limit: Option<u64>,
+    /// Requested storage size, 0 when unbounded.
+    pub storage_total: u64,
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Usage from a sample: CPU in percent of the allocated cores (0-100).
+pub fn usage_from(sample: &Sample, alloc: &Allocation, storage_used: u64) -> Usage {
+    let online = f64::from(sample.online_cpus.max(1));
+    let allocated = alloc
+        .cores
+        .filter(|c| *c > 0.0)
+        .unwrap_or(online)
+        .min(online);
+    let cpu = if sample.has_cpu_delta && sample.system_delta > 0 {
+        let of_host = sample.cpu_delta as f64 / sample.system_delta as f64 * online * 100.0;
+        round2((of_host / allocated).clamp(0.0, 100.0))
+    } else {
+        0.0
+    };
+    let limit = alloc
+        .memory_limit
+        .filter(|l| *l > 0)
+        .unwrap_or(sample.memory_limit);
+    let percentage = if limit > 0 {
+        round2(sample.memory_used as f64 * 100.0 / limit as f64)
+    } else {
+        0.0
+    };
+    Usage {
+        cpu: CpuUsage {
+            usage: cpu,
+            cores: alloc.cores.unwrap_or(online).ceil() as u32,
+        },
+        memory: MemoryUsage {
+            used: sample.memory_used,
+            limit,
+            percentage,
+        },
+        storage: StorageUsage {
+            used: storage_used,
+            total: alloc.storage_total,
+        },
+        network: NetworkUsage {
+            rx_bytes: sample.rx_bytes,
+            tx_bytes: sample.tx_bytes,
+        },
+    }
+}
+
+struct Watcher {
+    alloc: Allocation,
+    latest: watch::Receiver<Option<(Instant, Sample)>>,
+    last_access: Mutex<Instant>,
+    storage_used: AtomicU64,
+    alive: AtomicBool,
+}
+
+impl Watcher {
+    fn touch(&self) {
+        *self.last_access.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+    fn idle(&self) -> Duration {
+        self.last_access
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+}
+
+type Watchers = Arc<Mutex<HashMap<String, Arc<Watcher>>>>;
+
+/// The stats streams of one backend, by instance id.
+#[derive(Clone, Default)]
+pub struct StatsCache {
+    watchers: Watchers,
+}
+
+impl StatsCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Watcher>>> {
+        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The usage of a watched instance from its latest sample, if that is fresh.
+    pub fn fresh(&self, id: &str) -> Option<Usage> {
+        let w = self.lock().get(id).cloned()?;
+        if !w.alive.load(Ordering::Acquire) {
+            return None;
+        }
+        let (at, sample) = (*w.latest.borrow())?;
+        if at.elapsed() > FRESH || !sample.has_cpu_delta {
+            return None;
+        }
+        w.touch();
+        Some(usage_from(
+            &sample,
+            &w.alloc,
+            w.storage_used.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Stops watching an instance (its limits or state changed).
+    pub fn forget(&self, id: &str) {
+        if let Some(w) = self.lock().remove(id) {
+            w.alive.store(false, Ordering::Release);
+        }
+    }
+
+    /// Stops every stream.
+    pub fn clear(&self) {
+        for (_, w) in self.lock().drain() {
+            w.alive.store(false, Ordering::Release);
+        }
+    }
+
+    /// Starts (or reuses) the stream of a running instance and answers from its first
+    /// sample with a CPU delta.
+    pub async fn watch(
+        &self,
+        docker: Docker,
+        id: &str,
+        container: &str,
+        alloc: Allocation,
+        idle: Duration,
+    ) -> Option<Usage> {
+        let existing = self.lock().get(id).cloned();
+        let w = match existing {
+            Some(w) if w.alive.load(Ordering::Acquire) && w.alloc == alloc => w,
+            _ => self.spawn(docker, id, container, alloc, idle),
+        };
+        w.touch();
+        let mut rx = w.latest.clone();
+        let waited = tokio::time::timeout(
+            FIRST_SAMPLE,
+            rx.wait_for(|s| s.is_some_and(|(_, s)| s.has_cpu_delta)),
+        )
+        .await;
+        let sample = match waited {
+            Ok(Ok(s)) => (*s)?.1,
+            // No delta in time (or the stream ended): answer with what there is.
+            _ => (*w.latest.borrow())?.1,
+        };
+        Some(usage_from(
+            &sample,
+            &alloc,
+            w.storage_used.load(Ordering::Relaxed),
+        ))
+    }
+
+    fn spawn(
+        &self,
+        docker: Docker,
+        id: &str,
+        container: &str,
+        alloc: Allocation,
+        idle: Duration,
+    ) -> Arc<Watcher> {
+        let (tx, rx) = watch::channel(None);
+        let w = Arc::new(Watcher {
+            alloc,
+            latest: rx,
+            last_access: Mutex::new(Instant::now()),
+            storage_used: AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+        });
+        if let Some(old) = self.lock().insert(id.to_owned(), Arc::clone(&w)) {
+            old.alive.store(false, Ordering::Release);
+        }
+        let watchers = Arc::clone(&self.watchers);
+        let (id, container, me) = (id.to_owned(), container.to_owned(), Arc::clone(&w));
+        tokio::spawn(async move {
+            let options = StatsOptions {
+                stream: true,
+                one_shot: false,
+            };
+            let mut stream = docker.stats(&container, Some(options));
+            let mut measured: Option<Instant> = None;
+            while me.alive.load(Ordering::Acquire) && me.idle() < idle {
+                if measured.is_none_or(|m| m.elapsed() > STORAGE_REFRESH) {
+                    measured = Some(Instant::now());
+                    let (docker, container, me) =
+                        (docker.clone(), container.clone(), Arc::clone(&me));
+                    tokio::spawn(async move {
+                        let options = InspectContainerOptions { size: true };
+                        if let Ok(Ok(c)) = tokio::time::timeout(
+                            STREAM_SILENCE,
+                            docker.inspect_container(&container, Some(options)),
+                        )
+                        .await
+                        {
+                            let used = c.size_rw.unwrap_or(0).max(0) as u64;
+                            me.storage_used.store(used, Ordering::Relaxed);
+                        }
+                    });
+                }
+                match tokio::time::timeout(STREAM_SILENCE, stream.next()).await {
+                    Ok(Some(Ok(stats))) => {
+                        let sample = Sample::from_stats(&stats);
+                        let _ = tx.send(Some((Instant::now(), sample)));
+                    }
+                    _ => break,
+                }
+            }
+            me.alive.store(false, Ordering::Release);
+            let mut map = watchers.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, &me)) {
+                map.remove(&id);
+            }
+        });
+        w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{
+        ContainerCpuStats, ContainerCpuUsage, ContainerMemoryStats, ContainerNetworkStats,
+    };
+
+    fn stats(cpu: u64, pre_cpu: u64, sys: u64, pre_sys: u64) -> ContainerStatsResponse {
+        let cpu_stats = |total, system| ContainerCpuStats {
+            cpu_usage: Some(ContainerCpuUsage {
+                total_usage: Some(total),
+                ..Default::default()
+            }),
+            system_cpu_usage: Some(system),
+            online_cpus: Some(4),
+            ..Default::default()
+        };
+        let mut networks = HashMap::new();
+        networks.insert(
+            "eth0".to_owned(),
+            ContainerNetworkStats {
+                rx_bytes: Some(100),
+                tx_bytes: Some(50),
+                ..Default::default()
+            },
+        );
+        ContainerStatsResponse {
+            cpu_stats: Some(cpu_stats(cpu, sys)),
+            precpu_stats: Some(cpu_stats(pre_cpu, pre_sys)),
+            memory_stats: Some(ContainerMemoryStats {
+                usage: Some(300),
+                limit: Some(1000),
+                stats: Some(HashMap::from([("total_inactive_file".to_owned(), 100)])),
+                ..Default::default()
+            }),
+            networks: Some(networks),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cpu_is_a_percent_of_the_allocated_cores() {
+        // The container used one core's worth of a 4-CPU host during the interval.
+        let s = Sample::from_stats(&stats(1_000, 0, 4_000, 1));
+        let s = Sample {
+            system_delta: 4_000,
+            ..s
+        };
+        assert!(s.has_cpu_delta);
+        let one_core = usage_from(
+            &s,
+            &Allocation {
+                cores: Some(1.0),
+                ..Default::default()
+            },
+            0,
+        );
+        assert_eq!(one_core.cpu.usage, 100.0);
+        assert_eq!(one_core.cpu.cores, 1);
+        let two_cores = usage_from(
+            &s,
+            &Allocation {
+                cores: Some(2.0),
+                ..Default::default()
+            },
+            0,
+        );
+        assert_eq!(two_cores.cpu.usage, 50.0);
+        let unlimited = usage_from(&s, &Allocation::default(), 0);
+        assert_eq!(unlimited.cpu.usage, 25.0);
+        assert_eq!(unlimited.cpu.cores, 4);
+    }
+
+    #[test]
+    fn memory_network_and_storage() {
+        let s = Sample::from_stats(&stats(10, 0, 20, 10));
+        assert_eq!(s.memory_used, 200);
+        let u = usage_from(
+            &s,
+            &Allocation {
+                memory_limit: Some(400),
+                storage_total: 1 << 20,
+                ..Default::default()
+            },
+            7,
+        );
+        assert_eq!(u.memory.limit, 400);
+        assert_eq!(u.memory.percentage, 50.0);
+        assert_eq!(u.network.rx_bytes, 100);
+        assert_eq!(u.network.tx_bytes, 50);
+        assert_eq!(u.storage.used, 7);
+        assert_eq!(u.storage.total, 1 << 20);
+        let host = usage_from(&s, &Allocation::default(), 0);
+        assert_eq!(host.memory.limit, 1000);
+    }
+
+    #[test]
+    fn first_sample_has_no_cpu() {
+        let s = Sample::from_stats(&stats(10, 0, 20, 0));
+        assert!(!s.has_cpu_delta);
+        assert_eq!(usage_from(&s, &Allocation::default(), 0).cpu.usage, 0.0);
+    }
+}
