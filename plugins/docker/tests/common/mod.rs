@@ -1,0 +1,255 @@
+//! Shared helpers of the tests that need a real Docker engine: the local test image,
+//! the backend as the host makes it, an event recorder, direct engine access and
+//! cleanup guards.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerInspectResponse;
+use bollard::Docker;
+use unicompute_docker::DockerBackend;
+use unicompute_plugin_api::{BackendContext, CreateRequest, Event, EventSink, Resources};
+
+/// The local image every test uses: `FROM scratch` with busybox-static.
+pub const TEST_IMAGE: &str = "unicompute-test-busybox:latest";
+
+/// Taken shared by every engine test, exclusively by the engine restart test.
+const ENGINE_LOCK: &str = "/tmp/unicompute-docker-engine.lock";
+const IMAGE_LOCK: &str = "/tmp/unicompute-docker-image.lock";
+
+/// An flock held until dropped.
+pub struct FileLock(File);
+
+impl FileLock {
+    fn take(path: &str, op: libc::c_int) -> FileLock {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .expect("open lock file");
+        // SAFETY: flock on a file descriptor we own, with a valid operation.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
+        assert_eq!(rc, 0, "flock {path}");
+        FileLock(f)
+    }
+    /// A shared hold of the engine: the engine stays up meanwhile.
+    pub fn engine_shared() -> FileLock {
+        Self::take(ENGINE_LOCK, libc::LOCK_SH)
+    }
+    /// The engine to oneself (to stop and restart it).
+    pub fn engine_exclusive() -> FileLock {
+        Self::take(ENGINE_LOCK, libc::LOCK_EX)
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: as in take.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Makes the test image by importing a tarball of busybox and its applet links (no
+/// registry, no builder). Idempotent and safe from parallel processes.
+pub fn ensure_image() {
+    let _lock = FileLock::take(IMAGE_LOCK, libc::LOCK_EX);
+    let have = Command::new("docker")
+        .args(["image", "inspect", TEST_IMAGE])
+        .output()
+        .expect("run docker");
+    if have.status.success() {
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static is installed");
+    let dir = std::env::temp_dir().join(format!("uc-image-{}", uuid::Uuid::new_v4().simple()));
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+    }
+    let tar = dir.with_extension("tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success(), "tar");
+    let ok = Command::new("docker")
+        .args(["import", "--change", r#"CMD ["/bin/sh"]"#])
+        .arg(&tar)
+        .arg(TEST_IMAGE)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "docker import: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&tar);
+}
+
+/// A unique name for something a test makes.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "uc-{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Events a backend pushed.
+#[derive(Clone, Default)]
+pub struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+impl Recorder {
+    pub fn sink(&self) -> EventSink {
+        let events = Arc::clone(&self.0);
+        EventSink::from_fn(move |e| events.lock().unwrap().push(e.clone()))
+    }
+
+    /// Waits (up to `limit`) for an event matching `pred`.
+    pub fn wait_for(&self, limit: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.0.lock().unwrap().iter().find(|e| pred(e)) {
+                return Some(e.clone());
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A backend made as the host makes it, with its own name (so that tests do not see
+/// each other's instances) and a recorder of its events.
+pub struct TestBackend {
+    pub backend: DockerBackend,
+    pub name: String,
+    pub events: Recorder,
+}
+
+pub fn backend_with(config: serde_json::Value) -> TestBackend {
+    ensure_image();
+    let name = unique("be");
+    let events = Recorder::default();
+    let backend = DockerBackend::new(BackendContext {
+        name: name.clone(),
+        config,
+        events: events.sink(),
+    })
+    .expect("make the backend");
+    TestBackend {
+        backend,
+        name,
+        events,
+    }
+}
+
+pub fn backend() -> TestBackend {
+    backend_with(serde_json::json!({}))
+}
+
+/// A create request for the test image.
+pub fn request(name: &str, config: serde_json::Value) -> CreateRequest {
+    let mut config = config;
+    if config.get("image").is_none() {
+        config["image"] = TEST_IMAGE.into();
+    }
+    CreateRequest {
+        id: unique("id"),
+        name: name.to_owned(),
+        config: config.as_object().cloned().unwrap_or_default(),
+        resources: Resources::default(),
+        labels: Default::default(),
+        start: false,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// Direct access to the engine, for checks and for changes "by hand".
+pub struct Engine {
+    rt: tokio::runtime::Runtime,
+    pub docker: Docker,
+}
+
+impl Engine {
+    pub fn new() -> Engine {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let docker = rt
+            .block_on(
+                Docker::connect_with_unix_defaults()
+                    .unwrap()
+                    .negotiate_version(),
+            )
+            .unwrap();
+        Engine { rt, docker }
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    pub fn inspect(&self, name: &str) -> ContainerInspectResponse {
+        self.rt
+            .block_on(self.docker.inspect_container(name, None))
+            .unwrap_or_else(|e| panic!("inspect {name}: {e}"))
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.rt
+            .block_on(self.docker.inspect_container(name, None))
+            .is_ok()
+    }
+}
+
+/// Removes containers and volumes by name when dropped, even if the test failed.
+#[derive(Default)]
+pub struct Cleanup {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn container(&mut self, name: &str) -> String {
+        self.containers.push(name.to_owned());
+        name.to_owned()
+    }
+    pub fn volume(&mut self, name: &str) -> String {
+        self.volumes.push(name.to_owned());
+        name.to_owned()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", c]).output();
+        }
+        for v in &self.volumes {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", v])
+                .output();
+        }
+    }
+}
