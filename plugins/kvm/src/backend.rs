@@ -1,0 +1,888 @@
+//! The [`Backend`] implementation: KVM virtual machines as compute instances.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use unicompute_plugin_api::{
+    Backend, BackendContext, BackendDescription, CpuResources, CreateRequest, EventSink,
+    HostResources, Image, Instance, InstanceState, InstanceType, MemoryResources, Metadata,
+    PluginError, Resources, StopOptions, StorageResources, UpdateRequest, Usage,
+};
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainShutoffReason, DomainState, DomainStateReason};
+use virt::enumutil::Enum;
+use virt::sys;
+
+use crate::cloud_init;
+use crate::config::{InstanceConfig, KvmConfig};
+use crate::connection::Connection;
+use crate::error::KvmError;
+use crate::stats::CpuSamples;
+use crate::storage;
+use crate::xml::{DomainDoc, DomainSpec, InstanceMeta, LabelsXml, NAMESPACE, NS_PREFIX};
+
+type Result<T> = std::result::Result<T, KvmError>;
+
+/// Memory of an instance when the request names none: 1 GiB.
+const DEFAULT_MEMORY: u64 = 1 << 30;
+/// How often a graceful stop checks whether the guest is off.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// The kvm backend.
+pub struct KvmBackend {
+    inner: Arc<Inner>,
+}
+
+/// A domain of ours, read from libvirt.
+pub(crate) struct Found {
+    pub dom: Domain,
+    pub doc: DomainDoc,
+    pub meta: InstanceMeta,
+}
+
+/// What the backend, its event worker and its stats share.
+pub(crate) struct Inner {
+    pub name: String,
+    pub config: KvmConfig,
+    pub domain_type: String,
+    pub conn: Connection,
+    pub sink: EventSink,
+    /// Our id -> libvirt UUID, so a lookup needs no scan of every domain.
+    ids: Mutex<HashMap<String, String>>,
+    pub cpu: CpuSamples,
+    /// The connection generation for which the storage pool is known to be there.
+    pool_generation: Mutex<u64>,
+    pub stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lv(op: &'static str) -> impl FnOnce(virt::error::Error) -> KvmError {
+    KvmError::libvirt(op)
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+fn version_string(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+/// Maps a libvirt state onto an instance state.
+///
+/// | libvirt | instance |
+/// |---|---|
+/// | running, blocked, shutdown (in progress) | running |
+/// | paused, pmsuspended | paused |
+/// | shutoff, never started by us | created |
+/// | shutoff after having run | stopped |
+/// | shutoff because it crashed or failed | error |
+/// | crashed | error |
+/// | nostate, anything new | unknown |
+pub fn map_state(state: Option<DomainState>, shutoff_failed: bool, started: bool) -> InstanceState {
+    match state {
+        Some(DomainState::Running | DomainState::Blocked | DomainState::Shutdown) => {
+            InstanceState::Running
+        }
+        Some(DomainState::Paused | DomainState::PMSuspended) => InstanceState::Paused,
+        Some(DomainState::Shutoff) if shutoff_failed => InstanceState::Error,
+        Some(DomainState::Shutoff) if started => InstanceState::Stopped,
+        Some(DomainState::Shutoff) => InstanceState::Created,
+        Some(DomainState::Crashed) => InstanceState::Error,
+        Some(DomainState::NoState) | None => InstanceState::Unknown,
+    }
+}
+
+fn is_active_state(state: InstanceState) -> bool {
+    matches!(
+        state,
+        InstanceState::Running | InstanceState::Paused | InstanceState::Restarting
+    )
+}
+
+/// Checks that an id can name volumes (`<id>.qcow2`).
+fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(KvmError::InvalidRequest(format!(
+            "invalid instance id {id:?}"
+        )))
+    }
+}
+
+/// What a failed create leaves behind, removed on drop unless disarmed.
+struct Rollback<'a> {
+    conn: &'a Connect,
+    dom: Option<Domain>,
+    volumes: Vec<String>,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(dom) = self.dom.take() {
+            let _ = dom.destroy();
+            if undefine(&dom).is_err() {
+                tracing::warn!("rollback could not undefine a domain");
+            }
+        }
+        for path in &self.volumes {
+            if let Err(e) = storage::delete_volume(self.conn, path) {
+                tracing::warn!(error = %e, "rollback could not delete a volume");
+            }
+        }
+    }
+}
+
+fn undefine(dom: &Domain) -> Result<()> {
+    let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        | sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+    match dom.undefine_flags(flags) {
+        Ok(()) => Ok(()),
+        // Drivers without some of these flags (test:///) take a plain undefine.
+        Err(_) => dom.undefine().map_err(lv("undefining the domain")),
+    }
+}
+
+impl KvmBackend {
+    /// Makes a backend from the host's context. Does not connect: libvirtd may be down.
+    pub fn new(ctx: BackendContext) -> std::result::Result<Self, PluginError> {
+        let config: KvmConfig = ctx.parse_config()?;
+        if config.storage_pool.is_empty() || config.storage_pool.contains('/') {
+            return Err(PluginError::config(format!(
+                "backend {}: storage_pool must be a plain name",
+                ctx.name
+            )));
+        }
+        let domain_type = config.resolved_domain_type();
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            name: ctx.name.clone(),
+            conn: Connection::new(&config.uri, tx),
+            domain_type,
+            config,
+            sink: ctx.events,
+            ids: Mutex::default(),
+            cpu: CpuSamples::default(),
+            pool_generation: Mutex::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        crate::events::spawn_worker(Arc::downgrade(&inner), rx).map_err(|e| {
+            PluginError::internal(format!("cannot start the kvm event worker: {e}"))
+        })?;
+        tracing::info!(backend = %ctx.name, uri = %inner.config.uri, domain_type = %inner.domain_type, "kvm backend ready");
+        Ok(KvmBackend { inner })
+    }
+}
+
+impl Inner {
+    pub fn connect(&self) -> Result<Connect> {
+        self.conn.get()
+    }
+
+    fn pool(&self, conn: &Connect) -> Result<virt::storage_pool::StoragePool> {
+        let generation = self.conn.generation();
+        let mut known = lock(&self.pool_generation);
+        if *known == generation {
+            if let Ok(pool) = conn.lookup_storage_pool_by_name(&self.config.storage_pool) {
+                return Ok(pool);
+            }
+        }
+        let pool = storage::ensure_pool(conn, &self.config.storage_pool, &self.config.storage_dir)?;
+        *known = generation;
+        Ok(pool)
+    }
+
+    fn remember(&self, id: &str, uuid: &str) {
+        lock(&self.ids).insert(id.to_owned(), uuid.to_owned());
+    }
+
+    fn forget(&self, id: &str) {
+        lock(&self.ids).remove(id);
+    }
+
+    /// Our id of a libvirt UUID seen before.
+    pub fn id_of_uuid(&self, uuid: &str) -> Option<String> {
+        lock(&self.ids)
+            .iter()
+            .find(|(_, u)| u.as_str() == uuid)
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Forgets a UUID (its domain vanished); returns our id of it.
+    pub fn forget_uuid(&self, uuid: &str) -> Option<String> {
+        let id = self.id_of_uuid(uuid)?;
+        self.forget(&id);
+        self.cpu.forget(uuid);
+        Some(id)
+    }
+
+    /// Reads a domain; `None` when it is not one of ours.
+    pub fn read(&self, dom: Domain) -> Result<Option<Found>> {
+        let xml = dom.xml_desc(0).map_err(lv("reading the domain xml"))?;
+        let Ok(doc) = DomainDoc::parse(&xml) else {
+            return Ok(None);
+        };
+        let Some(meta) = doc.meta().cloned() else {
+            return Ok(None);
+        };
+        self.remember(&meta.id, &doc.uuid);
+        Ok(Some(Found { dom, doc, meta }))
+    }
+
+    fn scan(&self, conn: &Connect) -> Result<Vec<Found>> {
+        let doms = conn.list_all_domains(0).map_err(lv("listing domains"))?;
+        let mut out = Vec::new();
+        for dom in doms {
+            // A domain may vanish between the listing and the read.
+            if let Ok(Some(found)) = self.read(dom) {
+                out.push(found);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn find(&self, conn: &Connect, id: &str) -> Result<Found> {
+        let cached = lock(&self.ids).get(id).cloned();
+        if let Some(uuid) = cached {
+            if let Ok(dom) = conn.lookup_domain_by_uuid_string(&uuid) {
+                if let Ok(Some(found)) = self.read(dom) {
+                    if found.meta.id == id {
+                        return Ok(found);
+                    }
+                }
+            }
+            self.forget(id);
+        }
+        self.scan(conn)?
+            .into_iter()
+            .find(|f| f.meta.id == id)
+            .ok_or_else(|| KvmError::NotFound(id.to_owned()))
+    }
+
+    pub fn state(&self, found: &Found) -> Result<InstanceState> {
+        let (state, reason) = found.dom.state().map_err(lv("reading the domain state"))?;
+        let failed = matches!(
+            reason,
+            Enum::Known(DomainStateReason::Shutoff(Enum::Known(
+                DomainShutoffReason::Crashed | DomainShutoffReason::Failed
+            )))
+        );
+        Ok(map_state(state.known(), failed, found.meta.started))
+    }
+
+    pub fn instance(&self, found: &Found) -> Result<Instance> {
+        let state = self.state(found)?;
+        let doc = &found.doc;
+        let meta = &found.meta;
+        let mut pending = None;
+        if is_active_state(state) {
+            let cfg = found
+                .dom
+                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .map_err(lv("reading the domain config"))
+                .and_then(|x| DomainDoc::parse(&x))?;
+            let mut p = Resources::default();
+            if cfg.vcpus() != doc.vcpus() {
+                p.cpu = Some(CpuResources {
+                    cores: Some(cfg.vcpus()),
+                });
+            }
+            if cfg.memory() != doc.memory() {
+                p.memory = Some(MemoryResources {
+                    limit: Some(cfg.memory()),
+                    used: None,
+                });
+            }
+            if !p.is_empty() {
+                pending = Some(p);
+            }
+        }
+        Ok(Instance {
+            id: meta.id.clone(),
+            name: doc.name.clone(),
+            uuid: doc.uuid.clone(),
+            instance_type: InstanceType::Vm,
+            backend: self.name.clone(),
+            state,
+            status: Default::default(),
+            config: meta.config.to_json(),
+            resources: Resources {
+                cpu: Some(CpuResources {
+                    cores: Some(doc.vcpus()),
+                }),
+                memory: Some(MemoryResources {
+                    limit: Some(doc.memory()),
+                    used: None,
+                }),
+                storage: Some(StorageResources {
+                    total_space: Some(meta.disk_size),
+                    enforced: None,
+                }),
+            },
+            pending_resources: pending,
+            metadata: Metadata {
+                labels: meta.labels.to_map(),
+            },
+            created_at: parse_time(&meta.created_at),
+            updated_at: parse_time(&meta.updated_at),
+        })
+    }
+
+    /// Re-reads a domain and returns it as an instance.
+    fn reread(&self, conn: &Connect, id: &str, dom: &Domain) -> Result<Instance> {
+        match self.read(dom.clone())? {
+            Some(found) => self.instance(&found),
+            None => self.instance(&self.find(conn, id)?),
+        }
+    }
+
+    fn write_meta(&self, dom: &Domain, meta: &InstanceMeta) -> Result<()> {
+        let xml = meta.to_metadata_element()?;
+        let live = dom.is_active().unwrap_or(false);
+        let flags = if live {
+            sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+        } else {
+            sys::VIR_DOMAIN_AFFECT_CONFIG
+        };
+        dom.set_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(&xml),
+            Some(NS_PREFIX),
+            Some(NAMESPACE),
+            flags,
+        )
+        .map_err(lv("writing the domain metadata"))
+    }
+
+    fn touch(&self, found: &mut Found) -> Result<()> {
+        found.meta.updated_at = now();
+        self.write_meta(&found.dom, &found.meta)
+    }
+
+    fn host(&self, conn: &Connect) -> Result<HostResources> {
+        let info = conn.node_info().map_err(lv("reading the node info"))?;
+        Ok(HostResources {
+            cpus: info.cpus,
+            memory: info.memory.saturating_mul(1024),
+        })
+    }
+
+    fn check_limits(
+        &self,
+        conn: &Connect,
+        cores: Option<u32>,
+        memory: Option<u64>,
+    ) -> Result<HostResources> {
+        let host = self.host(conn)?;
+        if let Some(c) = cores {
+            if c == 0 {
+                return Err(KvmError::InvalidRequest(
+                    "cpu.cores must be at least 1".into(),
+                ));
+            }
+            if c > host.cpus {
+                return Err(KvmError::ResourceLimit(format!(
+                    "{c} cores asked, the host has {}",
+                    host.cpus
+                )));
+            }
+        }
+        if let Some(m) = memory {
+            if m < (16 << 20) {
+                return Err(KvmError::InvalidRequest(
+                    "memory.limit must be at least 16 MiB".into(),
+                ));
+            }
+            if m > host.memory {
+                return Err(KvmError::ResourceLimit(format!(
+                    "{m} bytes of memory asked, the host has {}",
+                    host.memory
+                )));
+            }
+        }
+        Ok(host)
+    }
+
+    fn create(&self, req: CreateRequest) -> Result<Instance> {
+        check_id(&req.id)?;
+        let config = InstanceConfig::from_request(&req.config, &self.config.default_network)
+            .map_err(KvmError::InvalidRequest)?;
+        let template = storage::find_template(&self.config.templates_dir, &config.image)?;
+        let cores = req.resources.cores().unwrap_or(1);
+        let memory = req.resources.memory_limit().unwrap_or(DEFAULT_MEMORY);
+        let size = req.resources.total_space().unwrap_or(template.virtual_size);
+        if size < template.virtual_size {
+            return Err(KvmError::InvalidRequest(format!(
+                "storage.totalSpace {size} is smaller than template {} ({} bytes)",
+                template.name, template.virtual_size
+            )));
+        }
+        let conn = self.connect()?;
+        let host = self.check_limits(&conn, Some(cores), Some(memory))?;
+        if conn.lookup_domain_by_name(&req.name).is_ok() {
+            return Err(KvmError::NameTaken(req.name));
+        }
+        let pool = self.pool(&conn)?;
+        let format = config.disk_format.as_str();
+        let mut rollback = Rollback {
+            conn: &conn,
+            dom: None,
+            volumes: Vec::new(),
+            armed: true,
+        };
+        let disk = storage::create_disk(
+            &pool,
+            &self.config.storage_dir,
+            &format!("{}.{format}", req.id),
+            &template,
+            format,
+            size,
+        )?
+        .path()
+        .map_err(lv("reading the disk volume path"))?;
+        rollback.volumes.push(disk.clone());
+        let seed = match &config.cloud_init {
+            Some(ci) => {
+                let files = cloud_init::seed_files(ci, &req.id, &req.name);
+                let image = cloud_init::build_seed(&files)?;
+                let path = storage::create_seed(
+                    &pool,
+                    &self.config.storage_dir,
+                    &format!("{}-seed.img", req.id),
+                    &image,
+                )?
+                .to_string_lossy()
+                .into_owned();
+                rollback.volumes.push(path.clone());
+                Some(path)
+            }
+            None => None,
+        };
+        let created = req.created_at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let meta = InstanceMeta {
+            xmlns: None,
+            id: req.id.clone(),
+            created_at: created.clone(),
+            updated_at: created,
+            started: req.start,
+            labels: LabelsXml::from_map(&req.labels),
+            config,
+            disk: disk.clone(),
+            disk_size: size,
+            seed: seed.clone(),
+        };
+        let spec = DomainSpec {
+            domain_type: self.domain_type.clone(),
+            name: req.name.clone(),
+            vcpus: cores,
+            max_vcpus: cores.max(host.cpus),
+            memory,
+            disk: (disk, format.to_owned()),
+            seed,
+            meta,
+        };
+        let xml = spec.to_xml()?;
+        let dom = conn
+            .define_domain_xml(&xml)
+            .map_err(lv("defining the domain"))?;
+        rollback.dom = Some(dom.clone());
+        if req.start {
+            dom.create().map_err(lv("starting the domain"))?;
+        }
+        let instance = self.reread(&conn, &req.id, &dom)?;
+        rollback.armed = false;
+        tracing::info!(instance = %req.id, name = %req.name, "created");
+        Ok(instance)
+    }
+
+    fn start(&self, id: &str) -> Result<Instance> {
+        let conn = self.connect()?;
+        let mut found = self.find(&conn, id)?;
+        if is_active_state(self.state(&found)?) {
+            return self.instance(&found);
+        }
+        found.meta.started = true;
+        self.touch(&mut found)?;
+        found.dom.create().map_err(lv("starting the domain"))?;
+        tracing::info!(instance = %id, "started");
+        self.reread(&conn, id, &found.dom)
+    }
+
+    fn stop(&self, id: &str, options: StopOptions) -> Result<Instance> {
+        let conn = self.connect()?;
+        let mut found = self.find(&conn, id)?;
+        let state = self.state(&found)?;
+        if !is_active_state(state) {
+            return self.instance(&found);
+        }
+        let dom = &found.dom;
+        let mut graceful = !options.force && options.timeout > 0;
+        if graceful && state == InstanceState::Paused {
+            // A frozen guest cannot see the ACPI button: thaw it first.
+            graceful = dom.resume().is_ok();
+        }
+        if graceful {
+            let deadline = Instant::now() + Duration::from_secs(options.timeout);
+            if dom.shutdown().is_ok() {
+                while Instant::now() < deadline && dom.is_active().unwrap_or(false) {
+                    std::thread::sleep(STOP_POLL);
+                }
+            }
+        }
+        if dom.is_active().unwrap_or(false) {
+            if let Err(e) = dom.destroy() {
+                // It may have shut down between the check and the destroy.
+                if dom.is_active().unwrap_or(true) {
+                    return Err(KvmError::Libvirt {
+                        op: "destroying the domain",
+                        source: e,
+                    });
+                }
+            }
+            tracing::info!(instance = %id, graceful, "stopped hard");
+        } else {
+            tracing::info!(instance = %id, "stopped gracefully");
+        }
+        self.touch(&mut found)?;
+        self.reread(&conn, id, &found.dom)
+    }
+
+    fn pause(&self, id: &str) -> Result<Instance> {
+        let conn = self.connect()?;
+        let mut found = self.find(&conn, id)?;
+        match self.state(&found)? {
+            InstanceState::Paused => return self.instance(&found),
+            InstanceState::Running => {}
+            other => {
+                return Err(KvmError::InvalidState(format!(
+                    "cannot pause an instance that is {}",
+                    other.as_str()
+                )))
+            }
+        }
+        found.dom.suspend().map_err(lv("suspending the domain"))?;
+        self.touch(&mut found)?;
+        self.reread(&conn, id, &found.dom)
+    }
+
+    fn unpause(&self, id: &str) -> Result<Instance> {
+        let conn = self.connect()?;
+        let mut found = self.find(&conn, id)?;
+        match self.state(&found)? {
+            InstanceState::Running => return self.instance(&found),
+            InstanceState::Paused => {}
+            other => {
+                return Err(KvmError::InvalidState(format!(
+                    "cannot unpause an instance that is {}",
+                    other.as_str()
+                )))
+            }
+        }
+        found.dom.resume().map_err(lv("resuming the domain"))?;
+        self.touch(&mut found)?;
+        self.reread(&conn, id, &found.dom)
+    }
+
+    fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let conn = self.connect()?;
+        let found = self.find(&conn, id)?;
+        let state = self.state(&found)?;
+        if found.dom.is_active().unwrap_or(false) {
+            if !force {
+                return Err(KvmError::InvalidState(format!(
+                    "instance is {}; delete it with force",
+                    state.as_str()
+                )));
+            }
+            if let Err(e) = found.dom.destroy() {
+                if found.dom.is_active().unwrap_or(true) {
+                    return Err(KvmError::Libvirt {
+                        op: "destroying the domain",
+                        source: e,
+                    });
+                }
+            }
+        }
+        undefine(&found.dom)?;
+        self.forget(id);
+        self.cpu.forget(&found.doc.uuid);
+        let mut volumes = vec![found.meta.disk.clone()];
+        volumes.extend(found.meta.seed.clone());
+        for path in volumes {
+            storage::delete_volume(&conn, &path)?;
+        }
+        tracing::info!(instance = %id, "deleted");
+        Ok(())
+    }
+
+    fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance> {
+        let conn = self.connect()?;
+        let mut found = self.find(&conn, id)?;
+        self.check_limits(&conn, req.resources.cores(), req.resources.memory_limit())?;
+        let dom = &found.dom;
+        let active = dom.is_active().unwrap_or(false);
+        let cfg = dom
+            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(lv("reading the domain config"))
+            .and_then(|x| DomainDoc::parse(&x))?;
+        if let Some(cores) = req.resources.cores() {
+            if cores > cfg.max_vcpus() {
+                dom.set_vcpus_flags(
+                    cores,
+                    sys::VIR_DOMAIN_VCPU_CONFIG | sys::VIR_DOMAIN_VCPU_MAXIMUM,
+                )
+                .map_err(lv("raising the vcpu maximum"))?;
+            }
+            dom.set_vcpus_flags(cores, sys::VIR_DOMAIN_VCPU_CONFIG)
+                .map_err(lv("setting vcpus"))?;
+            if active && cores <= found.doc.max_vcpus() && cores != found.doc.vcpus() {
+                if let Err(e) = dom.set_vcpus_flags(cores, sys::VIR_DOMAIN_VCPU_LIVE) {
+                    tracing::info!(instance = %id, error = %e, "vcpus change waits for the next start");
+                }
+            }
+        }
+        if let Some(memory) = req.resources.memory_limit() {
+            let kib = memory.div_ceil(1024);
+            dom.set_memory_flags(
+                kib,
+                sys::VIR_DOMAIN_MEM_CONFIG | sys::VIR_DOMAIN_MEM_MAXIMUM,
+            )
+            .map_err(lv("setting the memory maximum"))?;
+            dom.set_memory_flags(kib, sys::VIR_DOMAIN_MEM_CONFIG)
+                .map_err(lv("setting memory"))?;
+            if active && memory <= found.doc.max_memory() && memory != found.doc.memory() {
+                if let Err(e) = dom.set_memory_flags(kib, sys::VIR_DOMAIN_MEM_LIVE) {
+                    tracing::info!(instance = %id, error = %e, "memory change waits for the next start");
+                }
+            }
+        }
+        if let Some(size) = req.resources.total_space() {
+            if size < found.meta.disk_size {
+                return Err(KvmError::InvalidRequest(format!(
+                    "storage.totalSpace cannot shrink ({size} < {})",
+                    found.meta.disk_size
+                )));
+            }
+            if size > found.meta.disk_size {
+                if active {
+                    dom.block_resize("vda", size, sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                        .map_err(lv("growing the disk"))?;
+                } else {
+                    conn.lookup_storage_vol_by_path(&found.meta.disk)
+                        .and_then(|v| v.resize(size, 0))
+                        .map_err(lv("growing the disk volume"))?;
+                }
+                found.meta.disk_size = size;
+            }
+        }
+        if let Some(labels) = &req.labels {
+            found.meta.labels = LabelsXml::from_map(labels);
+        }
+        self.touch(&mut found)?;
+        self.reread(&conn, id, &found.dom)
+    }
+}
+
+impl Backend for KvmBackend {
+    fn describe(&self) -> std::result::Result<BackendDescription, PluginError> {
+        let conn = self.inner.connect()?;
+        let lib = conn
+            .lib_version()
+            .map_err(lv("reading the libvirt version"))?;
+        let hyp = conn
+            .hyp_version()
+            .map_err(lv("reading the hypervisor version"))?;
+        let driver = conn.driver_type().map_err(lv("reading the driver type"))?;
+        let mut extra = serde_json::Map::new();
+        extra.insert("hypervisor".into(), driver.into());
+        extra.insert("hypervisorVersion".into(), version_string(hyp).into());
+        extra.insert("libvirtVersion".into(), version_string(lib).into());
+        extra.insert("uri".into(), self.inner.config.uri.clone().into());
+        extra.insert("domainType".into(), self.inner.domain_type.clone().into());
+        extra.insert(
+            "storagePool".into(),
+            self.inner.config.storage_pool.clone().into(),
+        );
+        Ok(BackendDescription {
+            version: version_string(lib),
+            api_version: version_string(lib),
+            capabilities: [
+                "vms",
+                "templates",
+                "pause",
+                "live-update",
+                "cloud-init",
+                "events",
+            ]
+            .map(String::from)
+            .to_vec(),
+            supported_types: vec![InstanceType::Vm],
+            extra,
+        })
+    }
+
+    fn health(&self) -> std::result::Result<(), PluginError> {
+        let conn = self.inner.connect()?;
+        conn.lib_version().map_err(lv("pinging libvirt"))?;
+        Ok(())
+    }
+
+    fn host_resources(&self) -> std::result::Result<HostResources, PluginError> {
+        let conn = self.inner.connect()?;
+        Ok(self.inner.host(&conn)?)
+    }
+
+    fn images(&self) -> std::result::Result<Vec<Image>, PluginError> {
+        Ok(storage::list_templates(&self.inner.config.templates_dir)?
+            .iter()
+            .map(storage::Template::to_image)
+            .collect())
+    }
+
+    fn list(&self) -> std::result::Result<Vec<Instance>, PluginError> {
+        let conn = self.inner.connect()?;
+        let mut out = Vec::new();
+        for found in self.inner.scan(&conn)? {
+            match self.inner.instance(&found) {
+                Ok(i) => out.push(i),
+                // Gone between the scan and the read.
+                Err(e) if e.libvirt_code() == Some(sys::VIR_ERR_NO_DOMAIN) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, id: &str) -> std::result::Result<Instance, PluginError> {
+        let conn = self.inner.connect()?;
+        let found = self.inner.find(&conn, id)?;
+        Ok(self.inner.instance(&found)?)
+    }
+
+    fn create(&self, request: CreateRequest) -> std::result::Result<Instance, PluginError> {
+        Ok(self.inner.create(request)?)
+    }
+
+    fn update(
+        &self,
+        id: &str,
+        request: UpdateRequest,
+    ) -> std::result::Result<Instance, PluginError> {
+        Ok(self.inner.update(id, request)?)
+    }
+
+    fn delete(&self, id: &str, force: bool) -> std::result::Result<(), PluginError> {
+        Ok(self.inner.delete(id, force)?)
+    }
+
+    fn start(&self, id: &str) -> std::result::Result<Instance, PluginError> {
+        Ok(self.inner.start(id)?)
+    }
+
+    fn stop(&self, id: &str, options: StopOptions) -> std::result::Result<Instance, PluginError> {
+        Ok(self.inner.stop(id, options)?)
+    }
+
+    fn restart(
+        &self,
+        id: &str,
+        options: StopOptions,
+    ) -> std::result::Result<Instance, PluginError> {
+        self.inner.stop(id, options)?;
+        Ok(self.inner.start(id)?)
+    }
+
+    fn pause(&self, id: &str) -> std::result::Result<Instance, PluginError> {
+        Ok(self.inner.pause(id)?)
+    }
+
+    fn unpause(&self, id: &str) -> std::result::Result<Instance, PluginError> {
+        Ok(self.inner.unpause(id)?)
+    }
+
+    fn usage(&self, id: &str) -> std::result::Result<Usage, PluginError> {
+        let conn = self.inner.connect()?;
+        let found = self.inner.find(&conn, id)?;
+        Ok(crate::stats::usage(&self.inner, &found)?)
+    }
+
+    fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.conn.close();
+    }
+}
+
+impl Drop for KvmBackend {
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_table() {
+        use DomainState::*;
+        let cases = [
+            (Some(Running), false, false, InstanceState::Running),
+            (Some(Blocked), false, true, InstanceState::Running),
+            (Some(Shutdown), false, true, InstanceState::Running),
+            (Some(Paused), false, true, InstanceState::Paused),
+            (Some(PMSuspended), false, true, InstanceState::Paused),
+            (Some(Shutoff), false, false, InstanceState::Created),
+            (Some(Shutoff), false, true, InstanceState::Stopped),
+            (Some(Shutoff), true, true, InstanceState::Error),
+            (Some(Crashed), false, true, InstanceState::Error),
+            (Some(NoState), false, true, InstanceState::Unknown),
+            (None, false, true, InstanceState::Unknown),
+        ];
+        for (s, failed, started, want) in cases {
+            assert_eq!(
+                map_state(s, failed, started),
+                want,
+                "{s:?} {failed} {started}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_must_be_volume_safe() {
+        assert!(check_id("inst-1a2b_3.x").is_ok());
+        for bad in ["", "../x", "a/b", ".x", "a b"] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn versions_print_as_dotted() {
+        assert_eq!(version_string(9_000_000), "9.0.0");
+        assert_eq!(version_string(7_002_022), "7.2.22");
+    }
+}

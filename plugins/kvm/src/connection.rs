@@ -1,0 +1,231 @@
+//! The process-wide libvirt event loop and a lazy, self-healing connection that
+//! registers our domain lifecycle callback each time it (re)connects.
+
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_void};
+use std::sync::mpsc::Sender;
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use virt::connect::Connect;
+use virt::sys;
+
+use crate::error::KvmError;
+
+static LIBVIRT_INIT: Once = Once::new();
+
+/// Prepares libvirt for this process, once: no error printing to stderr, the default
+/// event loop registered (before any connection is opened, as libvirt requires) and a
+/// thread running it. Call it before opening any connection of your own.
+pub fn init_libvirt() {
+    LIBVIRT_INIT.call_once(|| {
+        virt::error::clear_error_callback();
+        if let Err(e) = virt::event::event_register_default_impl() {
+            tracing::error!(error = %e, "cannot register the libvirt event loop");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .spawn(|| loop {
+                if virt::event::event_run_default_impl().is_err() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the libvirt event thread");
+        }
+    });
+}
+
+/// A domain lifecycle event, as libvirt reported it.
+#[derive(Debug, Clone)]
+pub struct DomainEvent {
+    /// The domain's UUID.
+    pub uuid: String,
+    /// The domain's name.
+    pub name: String,
+    /// `VIR_DOMAIN_EVENT_*`.
+    pub kind: c_int,
+}
+
+struct Slot {
+    conn: Option<Connect>,
+    callback: Option<c_int>,
+    generation: u64,
+}
+
+/// The connection to one libvirt URI.
+pub struct Connection {
+    uri: String,
+    slot: Mutex<Slot>,
+    events: Sender<DomainEvent>,
+}
+
+impl Connection {
+    /// A connection to `uri`, not opened yet. Lifecycle events go to `events`.
+    pub fn new(uri: &str, events: Sender<DomainEvent>) -> Self {
+        init_libvirt();
+        Connection {
+            uri: uri.to_owned(),
+            slot: Mutex::new(Slot {
+                conn: None,
+                callback: None,
+                generation: 0,
+            }),
+            events,
+        }
+    }
+
+    /// The URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live connection, opened (again) when there is none or it died.
+    pub fn get(&self) -> Result<Connect, KvmError> {
+        let mut slot = self.lock();
+        if let Some(c) = &slot.conn {
+            if c.is_alive().unwrap_or(false) {
+                return Ok(c.clone());
+            }
+            tracing::warn!(uri = %self.uri, "libvirt connection lost");
+            Self::drop_conn(&mut slot);
+        }
+        let conn = Connect::open(Some(&self.uri)).map_err(|source| KvmError::Unavailable {
+            uri: self.uri.clone(),
+            source,
+        })?;
+        // Not every driver has keepalive (test:/// has none); it only speeds up
+        // noticing a hung daemon.
+        let _ = conn.set_keep_alive(5, 3);
+        match register_lifecycle(&conn, self.events.clone()) {
+            Ok(id) => slot.callback = Some(id),
+            Err(e) => tracing::warn!(error = %e, "cannot register domain events"),
+        }
+        slot.generation += 1;
+        tracing::info!(uri = %self.uri, generation = slot.generation, "connected to libvirt");
+        slot.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// How many times a connection was opened.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Whether a live connection is open now (without opening one).
+    pub fn is_connected(&self) -> bool {
+        self.lock()
+            .conn
+            .as_ref()
+            .map(|c| c.is_alive().unwrap_or(false))
+            .unwrap_or(false)
+    }
+
+    /// Closes the connection (deregistering our callback).
+    pub fn close(&self) {
+        let mut slot = self.lock();
+        Self::drop_conn(&mut slot);
+    }
+
+    fn drop_conn(slot: &mut Slot) {
+        if let (Some(conn), Some(id)) = (&slot.conn, slot.callback.take()) {
+            // SAFETY: the connection pointer is valid while `conn` lives; the id is
+            // the one libvirt returned for it. Failure (dead connection) is harmless.
+            unsafe {
+                sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id);
+            }
+        }
+        slot.conn = None;
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The lifecycle callback libvirt calls on its event thread. It must not block or
+/// panic: it reads the domain's UUID and name (local, no RPC) and hands them on.
+unsafe extern "C" fn lifecycle_callback(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    if opaque.is_null() || dom.is_null() {
+        return 0;
+    }
+    // SAFETY: `opaque` is the boxed Sender registered with this callback; libvirt
+    // keeps it alive until it calls `free_sender`.
+    let tx = unsafe { &*(opaque as *const Sender<DomainEvent>) };
+    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `dom` is valid for the duration of the callback; the buffer has the
+    // size libvirt documents for a UUID string.
+    let uuid = unsafe {
+        if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) < 0 {
+            return 0;
+        }
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    };
+    // SAFETY: as above; the name string is owned by the domain object.
+    let name = unsafe {
+        let p = sys::virDomainGetName(dom);
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    let _ = tx.send(DomainEvent {
+        uuid,
+        name,
+        kind: event,
+    });
+    0
+}
+
+unsafe extern "C" fn free_sender(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        // SAFETY: `opaque` came from Box::into_raw in `register_lifecycle`, and libvirt
+        // calls this once.
+        drop(unsafe { Box::from_raw(opaque as *mut Sender<DomainEvent>) });
+    }
+}
+
+type LifecycleFn =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+type GenericFn = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+fn register_lifecycle(conn: &Connect, tx: Sender<DomainEvent>) -> Result<c_int, KvmError> {
+    let opaque = Box::into_raw(Box::new(tx)) as *mut c_void;
+    // SAFETY: libvirt's API takes the generic callback type and calls it with the
+    // signature of the event id (VIR_DOMAIN_EVENT_CALLBACK in C does the same cast).
+    let cb = unsafe { std::mem::transmute::<LifecycleFn, GenericFn>(lifecycle_callback) };
+    // SAFETY: valid connection; callback and free function match the contract above.
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            std::ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+            Some(cb),
+            opaque,
+            Some(free_sender),
+        )
+    };
+    if id < 0 {
+        // SAFETY: registration failed, so libvirt did not take the box.
+        unsafe { free_sender(opaque) };
+        return Err(KvmError::Libvirt {
+            op: "registering domain events",
+            source: virt::error::Error::last_error(),
+        });
+    }
+    Ok(id)
+}

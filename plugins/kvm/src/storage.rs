@@ -1,0 +1,330 @@
+//! Templates (files in `templates_dir`) and instance volumes (in a libvirt `dir`
+//! storage pool over `storage_dir`).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{DateTime, Utc};
+use unicompute_plugin_api::Image;
+use virt::connect::Connect;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::sys;
+
+use crate::error::KvmError;
+use crate::xml::{PoolXml, VolumeXml};
+
+/// Template file extensions, in order of preference.
+pub const EXTENSIONS: [&str; 3] = ["qcow2", "img", "raw"];
+
+/// A template image.
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Its name (the file name less the extension).
+    pub name: String,
+    /// Where it is.
+    pub path: PathBuf,
+    /// `qcow2` or `raw`, from the file's header.
+    pub format: &'static str,
+    /// Size the guest sees.
+    pub virtual_size: u64,
+    /// Size of the file.
+    pub file_size: u64,
+    /// Modification time.
+    pub modified: Option<DateTime<Utc>>,
+}
+
+impl Template {
+    /// As an image of the images endpoint.
+    pub fn to_image(&self) -> Image {
+        Image {
+            name: self.name.clone(),
+            id: self
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned()),
+            size: Some(self.virtual_size),
+            format: Some(self.format.to_owned()),
+            created_at: self.modified,
+        }
+    }
+}
+
+/// Whether `name` is a plain template name (no path, no dot-dot, no hidden file).
+pub fn check_template_name(name: &str) -> Result<(), KvmError> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.contains("..");
+    if plain {
+        Ok(())
+    } else {
+        Err(KvmError::InvalidRequest(format!(
+            "image must be a plain template name, not {name:?}"
+        )))
+    }
+}
+
+/// Reads a template's format and virtual size from its header.
+fn probe(path: &Path) -> std::io::Result<(&'static str, u64, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    let mut head = [0u8; 32];
+    let n = f.read(&mut head)?;
+    if n >= 32 && head[..4] == *b"QFI\xfb" {
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&head[24..32]);
+        Ok(("qcow2", u64::from_be_bytes(size), meta.len()))
+    } else {
+        Ok(("raw", meta.len(), meta.len()))
+    }
+}
+
+fn template_at(name: &str, path: PathBuf) -> Option<Template> {
+    let (format, virtual_size, file_size) = probe(&path).ok()?;
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(DateTime::<Utc>::from);
+    Some(Template {
+        name: name.to_owned(),
+        path,
+        format,
+        virtual_size,
+        file_size,
+        modified,
+    })
+}
+
+/// Every template in `dir`, by name. A missing directory has none.
+pub fn list_templates(dir: &Path) -> Result<Vec<Template>, KvmError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(KvmError::Io {
+                what: "listing templates",
+                source,
+            })
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let (stem, ext) = file.rsplit_once('.')?;
+            (EXTENSIONS.contains(&ext) && check_template_name(stem).is_ok())
+                .then(|| stem.to_owned())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names
+        .iter()
+        .filter_map(|n| find_in(dir, n))
+        .collect::<Vec<_>>())
+}
+
+fn find_in(dir: &Path, name: &str) -> Option<Template> {
+    EXTENSIONS
+        .iter()
+        .map(|ext| dir.join(format!("{name}.{ext}")))
+        .find(|p| p.is_file())
+        .and_then(|p| template_at(name, p))
+}
+
+/// The template called `name`, or an error listing what exists.
+pub fn find_template(dir: &Path, name: &str) -> Result<Template, KvmError> {
+    check_template_name(name)?;
+    find_in(dir, name).ok_or_else(|| KvmError::UnknownTemplate {
+        name: name.to_owned(),
+        available: list_templates(dir)
+            .map(|t| t.into_iter().map(|t| t.name).collect())
+            .unwrap_or_default(),
+    })
+}
+
+/// The instance pool: found, started when inactive, or defined over `dir`.
+pub fn ensure_pool(conn: &Connect, name: &str, dir: &Path) -> Result<StoragePool, KvmError> {
+    match conn.lookup_storage_pool_by_name(name) {
+        Ok(pool) => {
+            if !pool
+                .is_active()
+                .map_err(KvmError::libvirt("checking the storage pool"))?
+            {
+                pool.create(0)
+                    .map_err(KvmError::libvirt("starting the storage pool"))?;
+            }
+            Ok(pool)
+        }
+        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_POOL => {
+            std::fs::create_dir_all(dir).map_err(|source| KvmError::Io {
+                what: "creating the storage directory",
+                source,
+            })?;
+            let xml = PoolXml::dir(name, &dir.to_string_lossy()).to_xml()?;
+            let pool = conn
+                .define_storage_pool_xml(&xml, 0)
+                .map_err(KvmError::libvirt("defining the storage pool"))?;
+            let _ = pool.build(0);
+            pool.create(0)
+                .map_err(KvmError::libvirt("starting the storage pool"))?;
+            let _ = pool.set_autostart(true);
+            tracing::info!(pool = %name, "storage pool created");
+            Ok(pool)
+        }
+        Err(source) => Err(KvmError::Libvirt {
+            op: "looking up the storage pool",
+            source,
+        }),
+    }
+}
+
+/// Makes an instance's disk volume from a template: a qcow2 overlay or a raw copy.
+pub fn create_disk(
+    pool: &StoragePool,
+    pool_dir: &Path,
+    vol_name: &str,
+    template: &Template,
+    format: &str,
+    size: u64,
+) -> Result<StorageVol, KvmError> {
+    if format == "qcow2" {
+        let path = template.path.to_string_lossy();
+        let xml =
+            VolumeXml::new(vol_name, size, "qcow2", Some((&path, template.format))).to_xml()?;
+        return StorageVol::create_xml(pool, &xml, 0)
+            .map_err(KvmError::libvirt("creating the disk volume"));
+    }
+    let dest = pool_dir.join(vol_name);
+    let result = (|| {
+        run(Command::new("qemu-img").args([
+            "convert".as_ref(),
+            "-f".as_ref(),
+            template.format.as_ref(),
+            "-O".as_ref(),
+            "raw".as_ref(),
+            template.path.as_os_str(),
+            dest.as_os_str(),
+        ]))?;
+        run(Command::new("qemu-img")
+            .args(["resize", "-f", "raw"])
+            .arg(&dest)
+            .arg(size.to_string()))?;
+        pool.refresh(0)
+            .map_err(KvmError::libvirt("refreshing the storage pool"))?;
+        pool.lookup_storage_vol_by_name(vol_name)
+            .map_err(KvmError::libvirt("looking up the disk volume"))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&dest);
+    }
+    result
+}
+
+fn run(cmd: &mut Command) -> Result<(), KvmError> {
+    let out = cmd.output().map_err(|source| KvmError::Io {
+        what: "running qemu-img",
+        source,
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(KvmError::Tool {
+            tool: "qemu-img",
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Writes a seed image into the pool directory and makes it a volume.
+pub fn create_seed(
+    pool: &StoragePool,
+    pool_dir: &Path,
+    vol_name: &str,
+    image: &[u8],
+) -> Result<PathBuf, KvmError> {
+    let path = pool_dir.join(vol_name);
+    std::fs::write(&path, image).map_err(|source| KvmError::Io {
+        what: "writing the seed image",
+        source,
+    })?;
+    // Seen as a volume by libvirt (and by `virsh vol-list`); not fatal if the pool
+    // cannot refresh, the file is what the domain uses.
+    let _ = pool.refresh(0);
+    Ok(path)
+}
+
+/// Deletes a volume by path (through libvirt, else from the file system). Missing is fine.
+pub fn delete_volume(conn: &Connect, path: &str) -> Result<(), KvmError> {
+    match conn.lookup_storage_vol_by_path(path) {
+        Ok(vol) => match vol.delete(0) {
+            Ok(()) => Ok(()),
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => Ok(()),
+            Err(source) => Err(KvmError::Libvirt {
+                op: "deleting a volume",
+                source,
+            }),
+        },
+        Err(_) => match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(KvmError::Io {
+                what: "removing a volume file",
+                source,
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_names_must_be_plain() {
+        for bad in ["", "../x", "a/b", "..", ".hidden", "a\\b", "x..y"] {
+            assert!(check_template_name(bad).is_err(), "{bad}");
+        }
+        for good in ["ubuntu-22.04", "debian_12", "alpine"] {
+            assert!(check_template_name(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn lists_and_finds_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut q = vec![0u8; 512];
+        q[..4].copy_from_slice(b"QFI\xfb");
+        q[24..32].copy_from_slice(&(5u64 << 30).to_be_bytes());
+        std::fs::write(dir.path().join("ubuntu-22.04.qcow2"), &q).unwrap();
+        std::fs::write(dir.path().join("tiny.raw"), vec![0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let names: Vec<String> = list_templates(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, vec!["tiny", "ubuntu-22.04"]);
+        let t = find_template(dir.path(), "ubuntu-22.04").unwrap();
+        assert_eq!((t.format, t.virtual_size), ("qcow2", 5 << 30));
+        let t = find_template(dir.path(), "tiny").unwrap();
+        assert_eq!((t.format, t.virtual_size), ("raw", 4096));
+        match find_template(dir.path(), "nope") {
+            Err(KvmError::UnknownTemplate { available, .. }) => {
+                assert_eq!(available, vec!["tiny", "ubuntu-22.04"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            find_template(dir.path(), "../etc/passwd"),
+            Err(KvmError::InvalidRequest(_))
+        ));
+        assert!(list_templates(&dir.path().join("missing"))
+            .unwrap()
+            .is_empty());
+    }
+}
