@@ -36,9 +36,15 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// The build profile the tests use: `debug`, or `release` when
+/// `UCTEST_PROFILE=release` (the benchmarks set it).
+pub fn profile() -> String {
+    std::env::var("UCTEST_PROFILE").unwrap_or_else(|_| "debug".into())
+}
+
 /// The `unicompute` binary built by `cargo build --workspace`.
 pub fn host_binary() -> PathBuf {
-    let p = target_dir().join("debug/unicompute");
+    let p = target_dir().join(profile()).join("unicompute");
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
@@ -49,7 +55,9 @@ pub fn host_binary() -> PathBuf {
 
 /// A plugin of the workspace (`docker`, `kvm`) built by `cargo build --workspace`.
 pub fn workspace_plugin(name: &str) -> PathBuf {
-    let p = target_dir().join(format!("debug/libunicompute_{name}.so"));
+    let p = target_dir()
+        .join(profile())
+        .join(format!("libunicompute_{name}.so"));
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace` first",
@@ -65,7 +73,8 @@ static BUILDS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
 /// Each (project, features) is built once per test process; each feature set gets
 /// its own target directory so builds do not overwrite each other's library.
 pub fn build_external(project: &str, lib: &str, features: &str) -> PathBuf {
-    let key = format!("{project}#{features}");
+    let release = profile() == "release";
+    let key = format!("{project}#{features}#{release}");
     let mut builds = BUILDS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, p)) = builds.iter().find(|(k, _)| *k == key) {
         return p.clone();
@@ -85,9 +94,12 @@ pub fn build_external(project: &str, lib: &str, features: &str) -> PathBuf {
     if !features.is_empty() {
         cmd.arg("--features").arg(features);
     }
+    if release {
+        cmd.arg("--release");
+    }
     let status = cmd.status().expect("cargo runs");
     assert!(status.success(), "building {project} failed");
-    let so = dir.join("debug").join(format!("lib{lib}.so"));
+    let so = dir.join(profile()).join(format!("lib{lib}.so"));
     assert!(so.exists(), "{} not built", so.display());
     builds.push((key, so.clone()));
     so
