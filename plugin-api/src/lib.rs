@@ -40,8 +40,14 @@ pub use model::*;
 use serde::{Deserialize, Serialize};
 
 /// The interface version this crate implements. A host accepts plugins with the same
-/// major version.
-pub const INTERFACE_VERSION: &str = "1.0";
+/// major version, older or newer minor.
+///
+/// - 1.0: the frozen ABI ([`ffi`]); instances with the seed's fields; operations
+///   describe, health, host_resources, images, list, get, create, update, delete,
+///   start, stop, restart, pause, unpause, usage.
+/// - 1.1: `pendingResources`, `resources.storage.enforced`, labels in updates, the
+///   `resync` event. A 1.0 plugin never sends them; the host reads their defaults.
+pub const INTERFACE_VERSION: &str = "1.1";
 
 /// What a plugin says of itself at load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -637,7 +637,7 @@ fn backend_info_images_cluster_and_openapi() {
     }
     assert_eq!(r.json["type"], "fake");
     assert_eq!(r.json["plugin"]["name"], "fake");
-    assert_eq!(r.json["plugin"]["interfaceVersion"], "1.0");
+    assert_eq!(r.json["plugin"]["interfaceVersion"], "1.1");
     assert!(r.json["plugin"]["file"]
         .as_str()
         .is_some_and(|f| f.ends_with("libunicompute_fake.so")));
@@ -769,4 +769,40 @@ fn bad_config_fails_startup_naming_the_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{key} named in: {stderr}");
     }
+}
+
+#[test]
+fn a_plugin_built_against_interface_1_0_loads_and_works() {
+    let legacy = build_external("tests/fixtures/legacy-plugin", "legacy_plugin", "");
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![legacy],
+        toml: "[backends.old]\nplugin = \"legacy\"\n".into(),
+        ..Default::default()
+    });
+    let r = s.get("/api/v1/compute/backends/old/info");
+    assert_eq!(r.json["status"], "running", "{}", r.text);
+    assert_eq!(r.json["plugin"]["interfaceVersion"], "1.0");
+    let name = unique("old");
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({"name": name, "backend": "old"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    // fields the 1.0 plugin never sent have their defaults
+    assert_eq!(r.json["status"], "none");
+    assert_eq!(r.json["backend"], "old");
+    assert!(r.json["metadata"]["labels"].is_object());
+    assert!(r.json.get("pendingResources").is_none());
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    assert_eq!(s.get(&format!("{INSTANCES}?backend=old")).json["total"], 1);
+    // an operation it does not know is a clean 501
+    let r = s.get(&format!("{INSTANCES}/{id}/usage"));
+    assert_eq!((r.status, r.code()), (501, "OPERATION_NOT_SUPPORTED"));
+    assert_eq!(
+        s.call("DELETE", &format!("{INSTANCES}/{id}"), ADMIN, None)
+            .status,
+        204
+    );
 }
