@@ -629,7 +629,8 @@ impl Inner {
             }
         }
         undefine(&found.dom)?;
-        self.forget(id);
+        // The id stays known until the worker sees the UNDEFINED event, so that the
+        // host gets a Vanished event after any late Changed event of this domain.
         self.cpu.forget(&found.doc.uuid);
         let mut volumes = vec![found.meta.disk.clone()];
         volumes.extend(found.meta.seed.clone());

@@ -103,6 +103,32 @@ impl KvmError {
     }
 }
 
+/// Replaces every absolute path in a message by `<path>`.
+pub fn scrub_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_path = false;
+    let mut prev: Option<char> = None;
+    for c in message.chars() {
+        if in_path {
+            if c.is_whitespace() || matches!(c, '\'' | '"' | ',' | ')' | ']' | '`') {
+                in_path = false;
+                out.push(c);
+            }
+        } else if c == '/'
+            && prev.is_none_or(|p| {
+                p.is_whitespace() || matches!(p, '\'' | '"' | '=' | '(' | '[' | '`')
+            })
+        {
+            in_path = true;
+            out.push_str("<path>");
+        } else {
+            out.push(c);
+        }
+        prev = Some(c);
+    }
+    out
+}
+
 /// Maps a libvirt error number onto an API code.
 fn libvirt_code(code: sys::virErrorNumber) -> ErrorCode {
     match code {
@@ -118,11 +144,22 @@ fn libvirt_code(code: sys::virErrorNumber) -> ErrorCode {
 impl From<KvmError> for PluginError {
     fn from(e: KvmError) -> Self {
         let code = e.code();
+        // Errors of the daemon and the file system are logged in full; the client
+        // gets them without host paths.
         let message = match &e {
-            KvmError::Libvirt { source, .. } | KvmError::Unavailable { source, .. } => {
-                format!("{e}: {}", source.message())
+            KvmError::Libvirt { source, .. } => {
+                tracing::warn!(error = %e, reason = %source.message(), "libvirt call failed");
+                format!("{e}: {}", scrub_paths(source.message()))
             }
-            KvmError::Io { source, .. } => format!("{e}: {source}"),
+            KvmError::Unavailable { source, .. } => {
+                tracing::warn!(error = %e, reason = %source.message(), "libvirt unavailable");
+                e.to_string()
+            }
+            KvmError::Io { source, .. } => {
+                tracing::warn!(error = %e, reason = %source, "i/o failed");
+                format!("{e}: {}", scrub_paths(&source.to_string()))
+            }
+            KvmError::Tool { .. } => scrub_paths(&e.to_string()),
             _ => e.to_string(),
         };
         let mut out = PluginError::new(code, message);
@@ -216,6 +253,16 @@ mod tests {
             libvirt_code(sys::VIR_ERR_INTERNAL_ERROR),
             ErrorCode::BackendError
         );
+    }
+
+    #[test]
+    fn paths_are_scrubbed() {
+        assert_eq!(
+            scrub_paths("Cannot access storage file '/var/lib/x.qcow2': No such file"),
+            "Cannot access storage file '<path>': No such file"
+        );
+        assert_eq!(scrub_paths("/a/b failed at /c"), "<path> failed at <path>");
+        assert_eq!(scrub_paths("1/2 and and/or"), "1/2 and and/or");
     }
 
     #[test]
