@@ -250,6 +250,9 @@ impl Inner {
         let Some(meta) = doc.meta().cloned() else {
             return Ok(None);
         };
+        if meta.pool != self.config.storage_pool {
+            return Ok(None);
+        }
         self.remember(&meta.id, &doc.uuid);
         Ok(Some(Found { dom, doc, meta }))
     }
@@ -492,6 +495,7 @@ impl Inner {
             started: req.start,
             labels: LabelsXml::from_map(&req.labels),
             config,
+            pool: self.config.storage_pool.clone(),
             disk: disk.clone(),
             disk_size: size,
             seed: seed.clone(),

@@ -41,6 +41,10 @@ pub struct InstanceMeta {
     pub labels: LabelsXml,
     /// The applied instance config.
     pub config: InstanceConfig,
+    /// The storage pool of the backend that made it: a backend manages only the
+    /// domains of its own pool.
+    #[serde(default)]
+    pub pool: String,
     /// Path of the instance's disk volume.
     pub disk: String,
     /// Size of that disk in bytes.
@@ -756,6 +760,7 @@ mod tests {
                     network_config: None,
                 }),
             },
+            pool: "unicompute".into(),
             disk: "/p/i-1.qcow2".into(),
             disk_size: 20 << 30,
             seed: Some("/p/i-1-seed.img".into()),
