@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use unicompute_host::api::{self, auth::Auth, AppState};
 use unicompute_host::config::Config;
-use unicompute_host::plugins::{loader, registry::Registry};
+use unicompute_host::plugins::loader;
 use unicompute_host::service::Service;
 
 /// One REST API for KVM virtual machines and Docker containers.
@@ -76,7 +76,8 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let config = match Config::load(config_path(&cli).as_deref()) {
+    let path = config_path(&cli);
+    let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("unicompute: {e}");
@@ -84,7 +85,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, path),
         Command::Plugins(PluginsCommand::List) => plugins_list(&config),
         Command::Token(TokenCommand::New { name, role }) => {
             let token = api::auth::generate();
@@ -115,17 +116,15 @@ fn plugins_list(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(config: Config) -> ExitCode {
-    let scanned = loader::scan(&config.plugins.dirs);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let registry = match Registry::build(&config.backends, &scanned, Service::event_sink(tx)) {
-        Ok(r) => r,
+fn serve(config: Config, config_path: Option<PathBuf>) -> ExitCode {
+    let (service, rx) = match Service::start(config, config_path) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("unicompute: invalid configuration: {e}");
+            eprintln!("unicompute: {e}");
             return ExitCode::from(2);
         }
     };
-    let auth = match Auth::from_config(&config.auth) {
+    let auth = match Auth::from_config(&service.config().auth) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("unicompute: {e}");
@@ -143,21 +142,20 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config, registry, auth, rx));
+    let code = runtime.block_on(run(service, auth, rx));
     // Blocking backend calls still running (a long graceful stop) are abandoned.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
 }
 
 async fn run(
-    config: Config,
-    registry: Registry,
+    service: Arc<Service>,
     auth: Auth,
     rx: mpsc::UnboundedReceiver<(String, unicompute_plugin_api::Event)>,
 ) -> ExitCode {
+    let config = service.config();
     let listen = config.server.listen;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let service = Arc::new(Service::new(config, registry));
     tokio::spawn(Arc::clone(&service).run_events(rx));
     service.sync_all(Duration::from_secs(10)).await;
     tokio::spawn(Arc::clone(&service).run_maintenance());
@@ -172,13 +170,14 @@ async fn run(
     let local = listener.local_addr().unwrap_or(listen);
     let state = Arc::new(AppState::new(Arc::clone(&service), auth));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(api::filter(state))
+    let server = warp::serve(api::filter(Arc::clone(&state)))
         .incoming(listener)
         .graceful(async {
             let _ = stop_rx.await;
         })
         .run();
     let mut server = tokio::spawn(server);
+    tokio::spawn(reload_on_sighup(Arc::clone(&state)));
     tracing::info!(addr = %local, instances = service.inventory.len(), "listening");
     println!("unicompute: listening on http://{local}");
 
@@ -194,9 +193,23 @@ async fn run(
     if tokio::time::timeout(grace, server).await.is_err() {
         tracing::warn!("requests still in flight after the grace period; exiting");
     }
-    service.registry.shutdown();
+    service.registry().shutdown();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+async fn reload_on_sighup(state: Arc<AppState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "cannot listen for SIGHUP; reload with POST /api/v1/compute/backends/reload"
+        );
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config and plugins");
+        let _ = state.reload().await;
+    }
 }
 
 async fn shutdown_signal() {

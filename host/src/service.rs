@@ -10,7 +10,8 @@
 //! - backend calls run on the blocking pool, never on the HTTP executor.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
@@ -23,6 +24,7 @@ use unicompute_plugin_api::{
 use crate::api::error::ApiError;
 use crate::config::Config;
 use crate::inventory::{Inventory, ListFilter};
+use crate::plugins::loader::{self, ScanEntry};
 use crate::plugins::registry::{BackendEntry, Registry};
 
 /// Whether a name is 1-63 characters of `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -94,14 +96,49 @@ pub struct BackendSummary {
 
 /// The service.
 pub struct Service {
-    /// The configuration in force.
-    pub config: Config,
-    /// The backends.
-    pub registry: Registry,
+    config: RwLock<Arc<Config>>,
+    registry: RwLock<Arc<Registry>>,
+    scanned: Mutex<Vec<ScanEntry>>,
+    config_path: Option<PathBuf>,
+    events: mpsc::UnboundedSender<(String, Event)>,
+    reload_lock: tokio::sync::Mutex<()>,
     /// What is known of every instance.
     pub inventory: Inventory,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     busy: Mutex<BTreeMap<String, usize>>,
+}
+
+/// Why the service could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file or environment is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A backend's settings were refused by its plugin.
+    #[error("invalid configuration: {0}")]
+    Registry(#[from] crate::plugins::registry::RegistryError),
+}
+
+/// What a reload did, per backend: `kept`, `started`, `restarted`, `stopped`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    /// Plugin files and what loading them gave.
+    pub plugins: Vec<PluginFileReport>,
+    /// Backends and what happened to them.
+    pub backends: BTreeMap<String, String>,
+}
+
+/// One plugin file in a [`ReloadReport`].
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginFileReport {
+    /// The file.
+    pub file: String,
+    /// The plugin name and version, when loaded.
+    pub plugin: Option<String>,
+    /// Why skipped.
+    pub skipped: Option<String>,
 }
 
 /// Marks an instance busy (spared by resyncs) while alive.
@@ -134,16 +171,137 @@ async fn call<T: Send + 'static>(
 }
 
 impl Service {
-    /// A service over a registry. Returns the receiving end of the plugins' events,
-    /// to hand to [`Service::run_events`].
-    pub fn new(config: Config, registry: Registry) -> Self {
-        Service {
-            config,
-            registry,
+    /// Loads the plugins and makes the backends of `config`. Returns the receiving end
+    /// of the plugins' events, to hand to [`Service::run_events`]. `config_path` is
+    /// read again on [`Service::reload`].
+    pub fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<(Arc<Service>, mpsc::UnboundedReceiver<(String, Event)>), StartError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let scanned = loader::scan(&config.plugins.dirs);
+        let registry = Registry::build(&config.backends, &scanned, Self::event_sink(tx.clone()))?;
+        let service = Service {
+            config: RwLock::new(Arc::new(config)),
+            registry: RwLock::new(Arc::new(registry)),
+            scanned: Mutex::new(scanned),
+            config_path,
+            events: tx,
+            reload_lock: tokio::sync::Mutex::new(()),
             inventory: Inventory::default(),
             locks: Mutex::default(),
             busy: Mutex::default(),
+        };
+        Ok((Arc::new(service), rx))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The backends in force.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Re-reads the config file (and environment), loads new or changed plugin files,
+    /// and swaps in the new set of backends. Backends whose settings and plugin are
+    /// unchanged are kept as they are; requests in flight finish on the backend they
+    /// started on. On an invalid config nothing changes.
+    pub async fn reload(self: &Arc<Self>) -> Result<ReloadReport, StartError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let svc = Arc::clone(self);
+        let (new_config, new_registry, scanned) = tokio::task::spawn_blocking(move || {
+            let config = Config::load(svc.config_path.as_deref())?;
+            let previous = svc
+                .scanned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let scanned = loader::rescan(&config.plugins.dirs, &previous);
+            let old = svc.registry();
+            let registry = Registry::rebuild(
+                Some(&old),
+                &config.backends,
+                &scanned,
+                Self::event_sink(svc.events.clone()),
+            )?;
+            Ok::<_, StartError>((config, registry, scanned))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(StartError::Config(crate::config::ConfigError::Invalid(
+                "reload failed".into(),
+            )))
+        })?;
+        let old = self.registry();
+        let new_registry = Arc::new(new_registry);
+        let mut report = ReloadReport {
+            plugins: scanned
+                .iter()
+                .map(|e| PluginFileReport {
+                    file: e.path.display().to_string(),
+                    plugin: e
+                        .outcome
+                        .as_ref()
+                        .ok()
+                        .map(|p| format!("{} {}", p.handshake.name, p.handshake.version)),
+                    skipped: e.outcome.as_ref().err().cloned(),
+                })
+                .collect(),
+            backends: BTreeMap::new(),
+        };
+        *self.scanned.lock().unwrap_or_else(|p| p.into_inner()) = scanned;
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_config);
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&new_registry);
+
+        for entry in new_registry.all() {
+            let verdict = match old.get(&entry.name) {
+                Some(o) if Arc::ptr_eq(&o, entry) => "kept",
+                Some(_) if entry.config.enabled => "restarted",
+                None if entry.config.enabled => "started",
+                _ => "stopped",
+            };
+            report
+                .backends
+                .insert(entry.name.clone(), verdict.to_owned());
         }
+        for o in old.all() {
+            if new_registry.get(&o.name).is_none() {
+                report.backends.insert(o.name.clone(), "removed".to_owned());
+            }
+        }
+        // Old backends that were replaced or dropped: stop their background work,
+        // forget their instances unless the new backend of the same name lists them.
+        for o in old.all() {
+            let replaced = !new_registry
+                .get(&o.name)
+                .is_some_and(|n| Arc::ptr_eq(&n, o));
+            if !replaced {
+                continue;
+            }
+            if let Some(b) = o.backend.clone() {
+                tokio::task::spawn_blocking(move || b.shutdown());
+            }
+            let still_served = new_registry
+                .get(&o.name)
+                .is_some_and(|n| n.backend.is_some());
+            if !still_served {
+                for i in self.inventory.of_backend(&o.name) {
+                    self.inventory.remove(&i.id);
+                }
+            }
+        }
+        for (entry, backend) in new_registry.live() {
+            if report.backends.get(&entry.name).map(String::as_str) != Some("kept") {
+                if self.check(entry, backend).await {
+                    self.resync(entry, backend).await;
+                }
+            }
+        }
+        tracing::info!(backends = ?report.backends, "reloaded");
+        Ok(report)
     }
 
     /// The event sink factory for [`Registry::build`]: events go into `tx`.
@@ -191,7 +349,7 @@ impl Service {
     /// The live backend of a name, or the error a client gets.
     pub fn backend(&self, name: &str) -> Result<(Arc<BackendEntry>, Arc<dyn Backend>), ApiError> {
         let entry = self
-            .registry
+            .registry()
             .get(name)
             .ok_or_else(|| ApiError::invalid_backend(name))?;
         match &entry.backend {
@@ -252,7 +410,7 @@ impl Service {
         page_size: usize,
     ) -> Result<(Vec<Arc<Instance>>, usize), ApiError> {
         if let Some(b) = &filter.backend {
-            if self.registry.get(b).is_none() {
+            if self.registry().get(b).is_none() {
                 return Err(ApiError::invalid_backend(b));
             }
         }
@@ -437,7 +595,7 @@ impl Service {
         ApiError,
     > {
         let entry = self
-            .registry
+            .registry()
             .get(name)
             .ok_or_else(|| ApiError::invalid_backend(name))?;
         let Some(backend) = entry.backend.clone() else {
@@ -470,7 +628,7 @@ impl Service {
     /// Per-backend counts for cluster status, for the enabled backends.
     pub fn summaries(&self) -> Vec<BackendSummary> {
         let usage = self.inventory.usage_by_backend();
-        self.registry
+        self.registry()
             .all()
             .filter(|e| e.config.enabled)
             .map(|e| {
@@ -553,7 +711,7 @@ impl Service {
     /// Checks and resyncs every live backend, at most `limit` each.
     pub async fn sync_all(self: &Arc<Self>, limit: Duration) {
         let mut tasks = Vec::new();
-        for (entry, backend) in self.registry.live() {
+        for (entry, backend) in self.registry().live() {
             let (svc, entry, backend) = (Arc::clone(self), Arc::clone(entry), Arc::clone(backend));
             tasks.push(tokio::spawn(async move {
                 let work = async {
@@ -576,7 +734,7 @@ impl Service {
         while let Some((backend, event)) = rx.recv().await {
             match event {
                 Event::Changed { instance } => {
-                    let Some(entry) = self.registry.get(&backend) else {
+                    let Some(entry) = self.registry().get(&backend) else {
                         continue;
                     };
                     let inst = self.adopt(&entry, *instance);
@@ -594,7 +752,7 @@ impl Service {
                     }
                 }
                 Event::Resync => {
-                    if let Some(entry) = self.registry.get(&backend) {
+                    if let Some(entry) = self.registry().get(&backend) {
                         if let Some(b) = entry.backend.clone() {
                             let svc = Arc::clone(&self);
                             tokio::spawn(async move { svc.resync(&entry, &b).await });
@@ -607,8 +765,8 @@ impl Service {
 
     /// Health checks and resyncs, forever.
     pub async fn run_maintenance(self: Arc<Self>) {
-        let health = Duration::from_secs(self.config.server.health_interval_secs.max(1));
-        let resync = Duration::from_secs(self.config.server.resync_interval_secs.max(1));
+        let health = Duration::from_secs(self.config().server.health_interval_secs.max(1));
+        let resync = Duration::from_secs(self.config().server.resync_interval_secs.max(1));
         let mut last_resync = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(health).await;
@@ -616,7 +774,7 @@ impl Service {
             if full {
                 last_resync = tokio::time::Instant::now();
             }
-            for (entry, backend) in self.registry.live() {
+            for (entry, backend) in self.registry().live() {
                 let (svc, entry, backend) =
                     (Arc::clone(&self), Arc::clone(entry), Arc::clone(backend));
                 tokio::spawn(async move {

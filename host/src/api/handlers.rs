@@ -321,7 +321,7 @@ pub fn cluster_status(svc: &Service) -> Result<Reply, ApiError> {
 pub fn backends(svc: &Service) -> Result<Reply, ApiError> {
     let counts = svc.inventory.usage_by_backend();
     let backends = svc
-        .registry
+        .registry()
         .all()
         .map(|e| BackendSummaryDto {
             name: e.name.clone(),
@@ -400,6 +400,16 @@ pub async fn backend_images(svc: &Service, name: &str) -> Result<Reply, ApiError
             images,
         },
     )
+}
+
+/// Re-reads the config and the plugin directories: new plugin files are loaded,
+/// changed ones loaded anew, backends enabled, disabled or changed, the rest untouched.
+#[utoipa::path(post, path = "/api/v1/compute/backends/reload",
+    responses((status = 200, body = crate::service::ReloadReport), (status = 400, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn reload(state: &crate::api::AppState) -> Result<Reply, ApiError> {
+    let report = state.reload().await?;
+    json(StatusCode::OK, &report)
 }
 
 /// The OpenAPI document, generated from the code.

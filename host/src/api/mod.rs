@@ -34,7 +34,7 @@ use routes::Route;
         handlers::healthz, handlers::list, handlers::create, handlers::get, handlers::get_by_name,
         handlers::update, handlers::delete, handlers::action, handlers::usage,
         handlers::cluster_status, handlers::backends, handlers::backend_info,
-        handlers::backend_images, handlers::openapi,
+        handlers::backend_images, handlers::reload, handlers::openapi,
     ),
     components(schemas(
         unicompute_plugin_api::Instance, unicompute_plugin_api::Usage, unicompute_plugin_api::Image,
@@ -61,8 +61,7 @@ impl utoipa::Modify for BearerAuth {
 pub struct AppState {
     /// The domain.
     pub service: Arc<Service>,
-    /// Accepted tokens.
-    pub auth: Auth,
+    auth: std::sync::RwLock<Arc<Auth>>,
     /// The OpenAPI document, serialized once.
     pub openapi: Arc<Vec<u8>>,
 }
@@ -73,9 +72,29 @@ impl AppState {
         let openapi = serde_json::to_vec_pretty(&ApiDoc::openapi()).unwrap_or_default();
         AppState {
             service,
-            auth,
+            auth: std::sync::RwLock::new(Arc::new(auth)),
             openapi: Arc::new(openapi),
         }
+    }
+
+    /// The tokens in force.
+    pub fn auth(&self) -> Arc<Auth> {
+        Arc::clone(&self.auth.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reloads the config and plugins (SIGHUP, `POST /backends/reload`), and the
+    /// tokens with them.
+    pub async fn reload(&self) -> Result<crate::service::ReloadReport, ApiError> {
+        let report = self.service.reload().await.map_err(|e| {
+            tracing::warn!(error = %e, "reload refused; the running config is kept");
+            ApiError::invalid(format!("reload refused, nothing changed: {e}"))
+        })?;
+        let config = self.service.config();
+        match Auth::from_config(&config.auth) {
+            Ok(a) => *self.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(a),
+            Err(e) => tracing::warn!(error = %e, "tokens not reloaded"),
+        }
+        Ok(report)
     }
 }
 
@@ -178,7 +197,8 @@ where
         let Some(token) = bearer(headers) else {
             return Err(ApiError::new("UNAUTHORIZED", "missing bearer token"));
         };
-        let Some((name, role)) = state.auth.check(token) else {
+        let auth = state.auth();
+        let Some((name, role)) = auth.check(token) else {
             return Err(ApiError::new("UNAUTHORIZED", "invalid token"));
         };
         let needed = auth::required_role(method.as_str(), path);
@@ -198,7 +218,7 @@ where
     }
     let route = routes::route(method.as_str(), path)?;
     let svc = &*state.service;
-    let limit = svc.config.server.max_body_bytes;
+    let limit = svc.config().server.max_body_bytes;
     match route {
         Route::Healthz => handlers::healthz(),
         Route::OpenApi => handlers::openapi(&state.openapi),
@@ -221,7 +241,7 @@ where
                 id,
                 kind,
                 &body,
-                svc.config.server.max_stop_timeout_secs,
+                svc.config().server.max_stop_timeout_secs,
             )
             .await
         }
@@ -230,6 +250,7 @@ where
         Route::Backends => handlers::backends(svc),
         Route::BackendInfo(b) => handlers::backend_info(svc, b).await,
         Route::BackendImages(b) => handlers::backend_images(svc, b).await,
+        Route::Reload => handlers::reload(state).await,
     }
 }
 

@@ -47,6 +47,8 @@ pub enum Route<'a> {
     Backends,
     /// `GET /api/v1/compute/backends/:backend/info`
     BackendInfo(&'a str),
+    /// `POST /api/v1/compute/backends/reload`
+    Reload,
     /// `GET /api/v1/compute/backends/:backend/images`
     BackendImages(&'a str),
 }
@@ -113,6 +115,10 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
         ["api", "v1", "compute", "backends"] => match m {
             "GET" => Route::Backends,
             _ => return Err(not_allowed(m, "GET")),
+        },
+        ["api", "v1", "compute", "backends", "reload"] => match m {
+            "POST" => Route::Reload,
+            _ => return Err(not_allowed(m, "POST")),
         },
         ["api", "v1", "compute", "backends", b, "info"] if !b.is_empty() => match m {
             "GET" => Route::BackendInfo(b),

@@ -17,8 +17,17 @@ use unicompute_plugin_api::Handshake;
 pub struct ScanEntry {
     /// The file in the plugin directory.
     pub path: PathBuf,
+    /// Modification time and size when loaded: a changed file is loaded again.
+    pub fingerprint: Option<(std::time::SystemTime, u64)>,
+    /// Unique per load: a backend whose plugin has a new load id is made anew.
+    pub load_id: u64,
     /// The plugin, or why the file was skipped.
     pub outcome: Result<LoadedPlugin, String>,
+}
+
+fn fingerprint(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 static COPY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -68,6 +77,12 @@ pub fn load_file(path: &Path) -> Result<LoadedPlugin, String> {
 /// Loads every file of the directories, in directory order then file-name order. A
 /// plugin name already loaded from an earlier file is skipped.
 pub fn scan(dirs: &[PathBuf]) -> Vec<ScanEntry> {
+    rescan(dirs, &[])
+}
+
+/// As [`scan`], reusing what `previous` loaded from files that have not changed since.
+/// A new or changed file is loaded (through a new private copy).
+pub fn rescan(dirs: &[PathBuf], previous: &[ScanEntry]) -> Vec<ScanEntry> {
     let mut out: Vec<ScanEntry> = Vec::new();
     for dir in dirs {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -83,6 +98,14 @@ pub fn scan(dirs: &[PathBuf]) -> Vec<ScanEntry> {
         };
         files.sort();
         for path in files {
+            let fp = fingerprint(&path);
+            if let Some(old) = previous
+                .iter()
+                .find(|e| e.path == path && e.fingerprint == fp && fp.is_some())
+            {
+                out.push(old.clone());
+                continue;
+            }
             let outcome = load_file(&path).and_then(|p| {
                 match out.iter().find_map(|e| {
                     e.outcome
@@ -111,7 +134,12 @@ pub fn scan(dirs: &[PathBuf]) -> Vec<ScanEntry> {
                     tracing::warn!(file = %path.display(), %reason, "plugin file skipped")
                 }
             }
-            out.push(ScanEntry { path, outcome });
+            out.push(ScanEntry {
+                path,
+                fingerprint: fp,
+                load_id: COPY_COUNTER.fetch_add(1, Ordering::Relaxed),
+                outcome,
+            });
         }
     }
     out

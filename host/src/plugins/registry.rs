@@ -38,11 +38,15 @@ pub struct PluginMeta {
     pub interface_version: String,
     /// The file it was loaded from.
     pub file: String,
+    /// Which load of the file this is.
+    #[serde(skip)]
+    pub load_id: u64,
 }
 
 impl PluginMeta {
-    fn of(p: &LoadedPlugin) -> Self {
+    fn of(p: &LoadedPlugin, load_id: u64) -> Self {
         PluginMeta {
+            load_id,
             name: p.handshake.name.clone(),
             kind: p.handshake.kind.clone(),
             version: p.handshake.version.clone(),
@@ -119,12 +123,35 @@ impl Registry {
         scanned: &[ScanEntry],
         events: impl Fn(&str) -> EventSink,
     ) -> Result<Registry, RegistryError> {
+        Self::rebuild(None, configs, scanned, events)
+    }
+
+    /// As [`Registry::build`], keeping from `old` every backend whose settings and
+    /// plugin load are unchanged (the same live object, untouched).
+    pub fn rebuild(
+        old: Option<&Registry>,
+        configs: &BTreeMap<String, BackendConfig>,
+        scanned: &[ScanEntry],
+        events: impl Fn(&str) -> EventSink,
+    ) -> Result<Registry, RegistryError> {
         let mut backends = BTreeMap::new();
         for (name, config) in configs {
-            let plugin = scanned
-                .iter()
-                .filter_map(|e| e.outcome.as_ref().ok())
-                .find(|p| p.handshake.name == config.plugin);
+            let found = scanned.iter().find_map(|e| {
+                e.outcome
+                    .as_ref()
+                    .ok()
+                    .filter(|p| p.handshake.name == config.plugin)
+                    .map(|p| (p, e.load_id))
+            });
+            let plugin = found.map(|(p, _)| p);
+            let load_id = found.map(|(_, id)| id);
+            if let Some(kept) = old
+                .and_then(|o| o.get(name))
+                .filter(|e| e.config == *config && e.plugin.as_ref().map(|p| p.load_id) == load_id)
+            {
+                backends.insert(name.clone(), kept);
+                continue;
+            }
             let mut health = Health {
                 available: false,
                 reason: None,
@@ -166,7 +193,7 @@ impl Registry {
                 Arc::new(BackendEntry {
                     name: name.clone(),
                     config: config.clone(),
-                    plugin: plugin.map(PluginMeta::of),
+                    plugin: found.map(|(p, id)| PluginMeta::of(p, id)),
                     backend,
                     health: Mutex::new(health),
                 }),
