@@ -108,6 +108,9 @@ pub struct Service {
     busy: Mutex<BTreeMap<String, usize>>,
 }
 
+/// Where the plugins' events arrive, tagged with the backend's name.
+pub type EventReceiver = mpsc::UnboundedReceiver<(String, Event)>;
+
 /// Why the service could not start or reload.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -177,7 +180,7 @@ impl Service {
     pub fn start(
         config: Config,
         config_path: Option<PathBuf>,
-    ) -> Result<(Arc<Service>, mpsc::UnboundedReceiver<(String, Event)>), StartError> {
+    ) -> Result<(Arc<Service>, EventReceiver), StartError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let scanned = loader::scan(&config.plugins.dirs);
         let registry = Registry::build(&config.backends, &scanned, Self::event_sink(tx.clone()))?;
@@ -294,10 +297,10 @@ impl Service {
             }
         }
         for (entry, backend) in new_registry.live() {
-            if report.backends.get(&entry.name).map(String::as_str) != Some("kept") {
-                if self.check(entry, backend).await {
-                    self.resync(entry, backend).await;
-                }
+            if report.backends.get(&entry.name).map(String::as_str) != Some("kept")
+                && self.check(entry, backend).await
+            {
+                self.resync(entry, backend).await;
             }
         }
         tracing::info!(backends = ?report.backends, "reloaded");
