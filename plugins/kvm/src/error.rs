@@ -89,6 +89,10 @@ impl KvmError {
     pub fn code(&self) -> ErrorCode {
         match self {
             KvmError::Unavailable { .. } => ErrorCode::BackendUnavailable,
+            // A call cut by a dying daemon fails in the RPC layer, whatever its number.
+            KvmError::Libvirt { source, .. } if source.domain().to_raw() == sys::VIR_FROM_RPC => {
+                ErrorCode::BackendUnavailable
+            }
             KvmError::Libvirt { source, .. } => libvirt_code(source.code().to_raw()),
             KvmError::InvalidRequest(_) | KvmError::UnknownTemplate { .. } => {
                 ErrorCode::InvalidRequest
