@@ -425,7 +425,7 @@ impl Shared {
         labels.insert(LABEL_BACKEND.into(), self.name.clone());
         labels.insert(
             LABEL_CREATED_AT.into(),
-            req.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            req.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
         );
         labels.insert(LABEL_CONFIG.into(), applied);
         labels.insert(LABEL_LABELS.into(), user_labels);
@@ -585,26 +585,43 @@ impl Shared {
 
     async fn delete(&self, id: &str, force: bool) -> Result<()> {
         let cached = lock(&self.containers).get(id).cloned();
-        let container = match cached {
+        if let (Some(cid), true) = (cached, force) {
             // Our own cache says which container it is: no need to look first.
-            Some(cid) if force => cid,
-            _ => {
-                let (cid, c) = self.resolve(id).await?;
-                let state = state_of(&c);
-                let active = matches!(
-                    state,
-                    Some(ContainerStateStatusEnum::RUNNING)
-                        | Some(ContainerStateStatusEnum::PAUSED)
-                        | Some(ContainerStateStatusEnum::RESTARTING)
-                );
-                if active && !force {
-                    return Err(PluginError::invalid_state(
-                        "the instance is running; stop it or delete with force",
-                    ));
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
+            let removed = self
+                .engine
+                .quick("remove", |d| async move {
+                    d.remove_container(&cid, Some(options)).await
+                })
+                .await;
+            match removed {
+                Ok(()) => {
+                    self.forget(id);
+                    return Ok(());
                 }
-                cid
+                // Gone or replaced meanwhile: look it up by its label.
+                Err(e) if e.status() == Some(404) => {
+                    lock(&self.containers).remove(id);
+                }
+                Err(e) => return Err(e.into()),
             }
-        };
+        }
+        let (container, c) = self.resolve(id).await?;
+        let active = matches!(
+            state_of(&c),
+            Some(ContainerStateStatusEnum::RUNNING)
+                | Some(ContainerStateStatusEnum::PAUSED)
+                | Some(ContainerStateStatusEnum::RESTARTING)
+        );
+        if active && !force {
+            return Err(PluginError::invalid_state(
+                "the instance is running; stop it or delete with force",
+            ));
+        }
         self.remove(&container).await?;
         self.forget(id);
         Ok(())

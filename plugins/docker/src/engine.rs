@@ -150,16 +150,53 @@ impl Engine {
         Fut: Future<Output = Result<T, bollard::errors::Error>>,
     {
         let docker = self.client().await?;
-        let result = match tokio::time::timeout(timeout, f(docker)).await {
-            Ok(r) => r.map_err(|e| Error::from_bollard(operation, e)),
-            Err(_) => Err(Error::Timeout { operation }),
-        };
+        let result = self
+            .watched(operation, timeout, docker.clone(), f(docker))
+            .await;
         if let Err(e) = &result {
             if e.is_unavailable() {
                 self.reset();
             }
         }
         result
+    }
+
+    /// Waits for a call; when it is slow, checks that the engine still answers at all,
+    /// so that a hung engine fails the call within the connect timeout rather than the
+    /// call's own (a stop may rightly take a minute).
+    async fn watched<T, Fut>(
+        &self,
+        operation: &'static str,
+        timeout: Duration,
+        docker: Docker,
+        fut: Fut,
+    ) -> Result<T, Error>
+    where
+        Fut: Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        // A busy engine may be slow to answer a ping too: give the ping the whole
+        // connect timeout, so that load is not mistaken for absence.
+        let half = self.config.connect_timeout() / 2;
+        let ping_timeout = self.config.connect_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::pin!(fut);
+        tokio::select! {
+            r = &mut fut => return r.map_err(|e| Error::from_bollard(operation, e)),
+            _ = tokio::time::sleep(half.min(timeout)) => {}
+        }
+        let alive = tokio::select! {
+            r = &mut fut => return r.map_err(|e| Error::from_bollard(operation, e)),
+            ping = tokio::time::timeout(ping_timeout, docker.ping()) => matches!(ping, Ok(Ok(_))),
+        };
+        if !alive {
+            return Err(Error::Unavailable {
+                reason: "the engine does not answer".to_owned(),
+            });
+        }
+        match tokio::time::timeout_at(deadline, fut).await {
+            Ok(r) => r.map_err(|e| Error::from_bollard(operation, e)),
+            Err(_) => Err(Error::Timeout { operation }),
+        }
     }
 
     /// [`Engine::call`] with the ordinary request timeout.

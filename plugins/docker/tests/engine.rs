@@ -290,6 +290,28 @@ fn a_failing_create_leaves_no_container() {
 }
 
 #[test]
+fn a_failed_pull_names_the_image_and_leaves_nothing() {
+    let _engine = FileLock::engine_shared();
+    let t = backend();
+    let engine = Engine::new();
+    let mut clean = Cleanup::default();
+    let name = clean.container(&unique("nopull"));
+    // A registry on a closed loopback port: the pull fails without leaving the host.
+    let image = "127.0.0.1:9/unicompute/missing:1";
+    let e = t
+        .backend
+        .create(request(&name, serde_json::json!({"image": image})))
+        .unwrap_err();
+    assert!(
+        matches!(e.code, ErrorCode::BackendError | ErrorCode::InvalidRequest),
+        "{e:?}"
+    );
+    assert!(e.message.contains(image), "{}", e.message);
+    assert_eq!(e.details["image"], image);
+    assert!(!engine.exists(&name));
+}
+
+#[test]
 fn every_lifecycle_call() {
     let _engine = FileLock::engine_shared();
     let t = backend();

@@ -100,8 +100,36 @@ struct EngineBack;
 
 impl Drop for EngineBack {
     fn drop(&mut self) {
+        if let Some(pid) = dockerd_pid() {
+            // SAFETY: as in stop_engine.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
         start_engine();
     }
+}
+
+/// A frozen engine (it accepts connections but never answers): calls fail within the
+/// connect timeout instead of hanging, and work again once it thaws.
+fn frozen_engine_phase(t: &common::TestBackend, id: &str) {
+    let pid = dockerd_pid().expect("dockerd is running");
+    // SAFETY: as in stop_engine.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = Instant::now();
+    let get = t.backend.get(id);
+    let stop = t.backend.stop(id, StopOptions::default());
+    let elapsed = started.elapsed();
+    // SAFETY: as in stop_engine.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    eprintln!("two calls on a frozen engine failed in {elapsed:?}");
+    assert_eq!(get.unwrap_err().code, ErrorCode::BackendUnavailable);
+    assert_eq!(stop.unwrap_err().code, ErrorCode::BackendUnavailable);
+    assert!(
+        wait_until(Duration::from_secs(30), || t
+            .backend
+            .get(id)
+            .is_ok_and(|i| i.state == InstanceState::Running)),
+        "the backend did not recover from a frozen engine"
+    );
 }
 
 #[test]
@@ -133,6 +161,7 @@ fn the_backend_recovers_from_an_engine_restart() {
         .id;
 
     let back = EngineBack;
+    frozen_engine_phase(&t, &id);
     stop_engine();
     for (what, result) in [
         ("get", t.backend.get(&id).map(|_| ())),
