@@ -530,9 +530,20 @@ impl Inner {
         if is_active_state(self.state(&found)?) {
             return self.instance(&found);
         }
+        let was_started = found.meta.started;
         found.meta.started = true;
         self.touch(&mut found)?;
-        found.dom.create().map_err(lv("starting the domain"))?;
+        if let Err(source) = found.dom.create() {
+            // Never ran: keep it `created` rather than `stopped`.
+            if !was_started {
+                found.meta.started = false;
+                let _ = self.write_meta(&found.dom, &found.meta);
+            }
+            return Err(KvmError::Libvirt {
+                op: "starting the domain",
+                source,
+            });
+        }
         tracing::info!(instance = %id, "started");
         self.reread(&conn, id, &found.dom)
     }

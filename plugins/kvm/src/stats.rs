@@ -104,7 +104,6 @@ pub(crate) fn usage(inner: &Inner, found: &Found) -> Result<Usage, KvmError> {
     } else {
         0
     };
-    let used = used.min(limit.max(used));
 
     let (total, allocated) = match dom.block_info("vda", 0) {
         Ok(b) => (b.capacity, b.allocation),
