@@ -3,6 +3,7 @@
 //! `unicompute` (`main.rs`) wires these together.
 
 pub mod api;
+pub mod check;
 pub mod config;
 pub mod inventory;
 pub mod plugins;

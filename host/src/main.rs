@@ -41,6 +41,12 @@ enum Command {
 enum PluginsCommand {
     /// Every file in the plugin directories and what loading it gives.
     List,
+    /// Loads FILE as the host would and runs the conformance scenario against a
+    /// backend made from `--config TABLE.toml` ([backend] settings, [instance] spec).
+    Check {
+        /// The plugin file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -76,6 +82,15 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Some(Command::Plugins(PluginsCommand::Check { file })) = &cli.command {
+        // Here --config is the check's own table, not the server's config.
+        let ok = unicompute_host::check::run(file, cli.config.as_deref(), &mut std::io::stdout());
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let path = config_path(&cli);
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
@@ -87,6 +102,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, path),
         Command::Plugins(PluginsCommand::List) => plugins_list(&config),
+        Command::Plugins(PluginsCommand::Check { .. }) => ExitCode::FAILURE,
         Command::Token(TokenCommand::New { name, role }) => {
             let token = api::auth::generate();
             let digest = hex::encode(api::auth::digest(&token));

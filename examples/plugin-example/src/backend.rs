@@ -1,0 +1,350 @@
+//! The backend: a map of instances, each with an optional child process.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Deserialize;
+use unicompute_plugin_api::{
+    Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, EventSink,
+    HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, Metadata,
+    NetworkUsage, PluginError, StopOptions, StorageUsage, UpdateRequest, Usage,
+};
+
+/// The backend's settings. `deny_unknown_fields`: a mistyped key fails the server's
+/// start-up with a message naming it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default = "default_programs")]
+    programs: Vec<String>,
+}
+
+fn default_programs() -> Vec<String> {
+    vec!["sleep".into()]
+}
+
+/// The instance's `config`, as the user sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessConfig {
+    image: String,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+struct Entry {
+    instance: Instance,
+    program: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// (when, cpu ticks) of the last usage sample, for cpu percent.
+    last_cpu: Option<(Instant, u64)>,
+}
+
+/// The `process` backend.
+pub struct ProcessBackend {
+    settings: Settings,
+    instances: Mutex<HashMap<String, Entry>>,
+    events: EventSink,
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+impl ProcessBackend {
+    /// Makes the backend from the host's context. Must not fail because a daemon is
+    /// down (this one has none); fails on bad settings.
+    pub fn new(ctx: BackendContext) -> Result<Self, PluginError> {
+        let settings: Settings = ctx.parse_config()?;
+        tracing::info!(backend = %ctx.name, programs = ?settings.programs, "process backend ready");
+        Ok(ProcessBackend {
+            settings,
+            instances: Mutex::default(),
+            events: ctx.events,
+        })
+    }
+
+    /// Runs `f` on one entry, after noticing a process that exited by itself.
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut Entry) -> Result<T, PluginError>) -> Result<T, PluginError> {
+        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let e = map.get_mut(id).ok_or_else(|| PluginError::not_found(id))?;
+        if reap(e) {
+            // Tell the host at once, as a daemon's event stream would.
+            self.events.emit(&unicompute_plugin_api::Event::Changed {
+                instance: Box::new(e.instance.clone()),
+            });
+        }
+        f(e)
+    }
+}
+
+/// Notices an exited child; true when the state changed.
+fn reap(e: &mut Entry) -> bool {
+    let exited = e.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+    if exited {
+        e.child = None;
+        e.instance.state = InstanceState::Stopped;
+    }
+    exited
+}
+
+fn touch(i: &mut Instance, state: InstanceState) -> Instance {
+    i.state = state;
+    i.updated_at = Utc::now();
+    i.clone()
+}
+
+impl Backend for ProcessBackend {
+    fn describe(&self) -> Result<BackendDescription, PluginError> {
+        Ok(BackendDescription {
+            version: crate::VERSION.into(),
+            api_version: "1".into(),
+            capabilities: vec!["processes".into(), "pause".into()],
+            supported_types: vec![InstanceType::Container],
+            extra: Default::default(),
+        })
+    }
+
+    fn health(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    fn host_resources(&self) -> Result<HostResources, PluginError> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+            .map(|kb| kb * 1024)
+            .unwrap_or(0);
+        Ok(HostResources { cpus, memory })
+    }
+
+    fn images(&self) -> Result<Vec<Image>, PluginError> {
+        Ok(self
+            .settings
+            .programs
+            .iter()
+            .map(|p| Image { name: p.clone(), format: Some("program".into()), ..Default::default() })
+            .collect())
+    }
+
+    fn list(&self) -> Result<Vec<Instance>, PluginError> {
+        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.values_mut().map(|e| {
+            reap(e);
+            e.instance.clone()
+        }).collect())
+    }
+
+    fn get(&self, id: &str) -> Result<Instance, PluginError> {
+        self.with(id, |e| Ok(e.instance.clone()))
+    }
+
+    fn create(&self, req: CreateRequest) -> Result<Instance, PluginError> {
+        // Validate everything before keeping anything: a failed create leaves nothing.
+        let cfg: ProcessConfig = serde_json::from_value(serde_json::Value::Object(req.config.clone()))
+            .map_err(|e| PluginError::invalid(format!("config: {e}")))?;
+        if !self.settings.programs.contains(&cfg.image) {
+            return Err(PluginError::invalid(format!("program {} is not allowed", cfg.image))
+                .with_detail("allowed", self.settings.programs.clone()));
+        }
+        let mut resources = req.resources.clone();
+        resources.cpu.get_or_insert_with(Default::default).cores.get_or_insert(1);
+        let instance = Instance {
+            id: req.id.clone(),
+            name: req.name.clone(),
+            uuid: format!("00000000-0000-4000-8000-{:012x}", Utc::now().timestamp_micros()),
+            instance_type: InstanceType::Container,
+            backend: String::new(),
+            state: InstanceState::Created,
+            status: Default::default(),
+            config: req.config.clone(),
+            resources,
+            pending_resources: None,
+            metadata: Metadata { labels: req.labels.clone() },
+            created_at: req.created_at,
+            updated_at: req.created_at,
+        };
+        let args = if cfg.args.is_empty() { vec!["infinity".into()] } else { cfg.args };
+        self.instances.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            req.id.clone(),
+            Entry { instance, program: cfg.image, args, child: None, last_cpu: None },
+        );
+        if req.start {
+            return self.start(&req.id).inspect_err(|_| {
+                self.instances.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.id);
+            });
+        }
+        self.get(&req.id)
+    }
+
+    fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance, PluginError> {
+        // A process has no limits to change live here; record them as asked.
+        self.with(id, |e| {
+            if let Some(c) = req.resources.cores() {
+                e.instance.resources.cpu.get_or_insert_with(Default::default).cores = Some(c);
+            }
+            if let Some(m) = req.resources.memory_limit() {
+                e.instance.resources.memory.get_or_insert_with(Default::default).limit = Some(m);
+            }
+            if let Some(l) = req.labels {
+                e.instance.metadata.labels = l;
+            }
+            e.instance.updated_at = Utc::now();
+            Ok(e.instance.clone())
+        })
+    }
+
+    fn delete(&self, id: &str, force: bool) -> Result<(), PluginError> {
+        self.with(id, |e| {
+            if e.child.is_some() && !force {
+                return Err(PluginError::invalid_state("the process runs; stop it or use force"));
+            }
+            if let Some(mut c) = e.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Ok(())
+        })?;
+        self.instances.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        Ok(())
+    }
+
+    fn start(&self, id: &str) -> Result<Instance, PluginError> {
+        self.with(id, |e| {
+            if e.child.is_some() {
+                return Ok(e.instance.clone()); // running or paused: nothing to do
+            }
+            let child = Command::new(&e.program)
+                .args(&e.args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|err| PluginError::backend(format!("cannot run {}: {err}", e.program)))?;
+            e.child = Some(child);
+            e.last_cpu = None;
+            Ok(touch(&mut e.instance, InstanceState::Running))
+        })
+    }
+
+    fn stop(&self, id: &str, options: StopOptions) -> Result<Instance, PluginError> {
+        // Take the child out so the lock is not held while waiting for it.
+        let child = self.with(id, |e| Ok(e.child.take()))?;
+        if let Some(mut child) = child {
+            signal(&child, libc::SIGCONT); // a paused process must see the signal
+            if !options.force {
+                signal(&child, libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(options.timeout);
+                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = child.kill(); // SIGKILL when still there
+            let _ = child.wait();
+        }
+        self.with(id, |e| match e.instance.state {
+            InstanceState::Created => Ok(e.instance.clone()),
+            InstanceState::Stopped => Ok(e.instance.clone()),
+            _ => Ok(touch(&mut e.instance, InstanceState::Stopped)),
+        })
+    }
+
+    fn restart(&self, id: &str, options: StopOptions) -> Result<Instance, PluginError> {
+        self.stop(id, options)?;
+        self.start(id)
+    }
+
+    fn pause(&self, id: &str) -> Result<Instance, PluginError> {
+        self.with(id, |e| match (&e.child, e.instance.state) {
+            (Some(_), InstanceState::Paused) => Ok(e.instance.clone()),
+            (Some(c), _) => {
+                signal(c, libc::SIGSTOP);
+                Ok(touch(&mut e.instance, InstanceState::Paused))
+            }
+            (None, _) => Err(PluginError::invalid_state("the process is not running")),
+        })
+    }
+
+    fn unpause(&self, id: &str) -> Result<Instance, PluginError> {
+        self.with(id, |e| match (&e.child, e.instance.state) {
+            (Some(c), InstanceState::Paused) => {
+                signal(c, libc::SIGCONT);
+                Ok(touch(&mut e.instance, InstanceState::Running))
+            }
+            (Some(_), _) => Ok(e.instance.clone()),
+            (None, _) => Err(PluginError::invalid_state("the process is not paused")),
+        })
+    }
+
+    fn usage(&self, id: &str) -> Result<Usage, PluginError> {
+        self.with(id, |e| {
+            let cores = e.instance.resources.cores().unwrap_or(1).max(1);
+            let limit = e.instance.resources.memory_limit().unwrap_or(0);
+            let (mut cpu, mut rss) = (0.0, 0);
+            if let Some(pid) = e.child.as_ref().map(Child::id) {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // Fields after the command name (which may hold spaces): utime is the
+                // 12th and stime the 13th after ')'.
+                let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+                let f: Vec<&str> = after.split_whitespace().collect();
+                let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                let now = Instant::now();
+                if let Some((then, before)) = e.last_cpu {
+                    let secs = now.duration_since(then).as_secs_f64();
+                    if secs > 0.0 {
+                        let used = ticks.saturating_sub(before) as f64 / ticks_per_sec();
+                        cpu = (used / secs / f64::from(cores) * 100.0).clamp(0.0, 100.0);
+                    }
+                }
+                e.last_cpu = Some((now, ticks));
+                rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+                    .map(|kb| kb * 1024)
+                    .unwrap_or(0);
+            }
+            Ok(Usage {
+                cpu: CpuUsage { usage: cpu, cores },
+                memory: MemoryUsage {
+                    used: rss,
+                    limit,
+                    percentage: if limit > 0 { rss as f64 * 100.0 / limit as f64 } else { 0.0 },
+                },
+                storage: StorageUsage::default(),
+                network: NetworkUsage::default(),
+            })
+        })
+    }
+
+    fn shutdown(&self) {
+        // The server is dropping this backend: leave no process behind.
+        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        for e in map.values_mut() {
+            if let Some(mut c) = e.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

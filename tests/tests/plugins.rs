@@ -1,0 +1,249 @@
+//! Third-party plugins: the conformance check, `plugins list`, and adding, enabling
+//! and replacing a plugin while the server runs (one process throughout).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use unicompute_tests::*;
+
+const INSTANCES: &str = "/api/v1/compute/instances";
+
+fn check(file: &Path, config: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new(host_binary());
+    cmd.arg("plugins").arg("check").arg(file);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd.output().expect("run plugins check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn example_plugin(features: &str) -> std::path::PathBuf {
+    build_external("examples/plugin-example", "unicompute_example", features)
+}
+
+#[test]
+fn check_passes_on_the_fake_and_example_plugins() {
+    for so in [fake_plugin(), example_plugin("")] {
+        let (ok, out) = check(&so, None);
+        assert!(ok, "{}: {out}", so.display());
+        assert!(out.contains("PASS  load"), "{out}");
+        assert!(out.contains("PASS  stop (graceful"), "{out}");
+        assert!(out.contains("PASS  nothing is left"), "{out}");
+        assert!(
+            out.lines().any(|l| l.ends_with(" passed, 0 failed")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn check_fails_on_a_broken_plugin_naming_the_step() {
+    let broken = build_external("tests/fake-plugin", "unicompute_fake", "broken-stop");
+    let (ok, out) = check(&broken, None);
+    assert!(!ok, "{out}");
+    let fail = out
+        .lines()
+        .find(|l| l.starts_with("FAIL"))
+        .unwrap_or_else(|| panic!("no FAIL line: {out}"));
+    assert!(fail.contains("stop (graceful"), "{fail}");
+    assert!(fail.contains("state is running"), "{fail}");
+    // a file that is not a plugin fails at load
+    let dir = TempDir::new("notplugin");
+    let junk = dir.0.join("junk.so");
+    std::fs::write(&junk, b"nope").expect("write");
+    let (ok, out) = check(&junk, None);
+    assert!(!ok);
+    assert!(out.contains("FAIL  load"), "{out}");
+}
+
+#[test]
+fn check_reads_its_config_table() {
+    let dir = TempDir::new("checkcfg");
+    let cfg = dir.0.join("check.toml");
+    std::fs::write(&cfg, "[backend]\nprograms = [\"sleep\"]\n[instance]\nconfig = { image = \"sleep\", args = [\"300\"] }\nstop_timeout = 2\n").expect("write");
+    let (ok, out) = check(&example_plugin(""), Some(&cfg));
+    assert!(ok, "{out}");
+    assert!(out.contains("PASS  stop (graceful, 2 s timeout)"), "{out}");
+    std::fs::write(&cfg, "[backend]\nprogramz = [\"sleep\"]\n").expect("write");
+    let (ok, out) = check(&example_plugin(""), Some(&cfg));
+    assert!(!ok);
+    assert!(
+        out.contains("FAIL  create backend") && out.contains("programz"),
+        "{out}"
+    );
+}
+
+#[test]
+fn plugins_list_reports_every_file() {
+    let dir = TempDir::new("list");
+    let plugins = dir.0.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("dir");
+    std::fs::copy(fake_plugin(), plugins.join("libunicompute_fake.so")).expect("copy");
+    std::fs::write(plugins.join("notes.txt"), b"hello").expect("write");
+    let cfg = dir.0.join("c.toml");
+    std::fs::write(&cfg, "[plugins]\ndirs = [\"plugins\"]\n").expect("write");
+    let out = Command::new(host_binary())
+        .args(["plugins", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("libunicompute_fake.so")
+            && l.contains("loaded")
+            && l.contains("fake 0.1.0")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("notes.txt") && l.contains("skipped")),
+        "{text}"
+    );
+}
+
+fn sighup(s: &Server) {
+    // SAFETY: kill(2) on the server we started.
+    unsafe {
+        libc::kill(s.pid() as i32, libc::SIGHUP);
+    }
+}
+
+fn backend_field(s: &Server, backend: &str, field: &str) -> Value {
+    let r = s.get(&format!("/api/v1/compute/backends/{backend}/info"));
+    if r.status != 200 {
+        return Value::Null;
+    }
+    field.split('.').fold(r.json, |v, k| v[k].clone())
+}
+
+#[test]
+fn add_enable_and_replace_a_plugin_without_a_restart() {
+    let s = Server::fake("");
+    let pid = s.pid();
+    let config_path = s.dir.0.join("unicompute.toml");
+    let plugin_dir = s.dir.0.join("plugins");
+    // an instance of another backend, to see that nothing touches it
+    let r = s.call("POST", INSTANCES, ADMIN, Some(&json!({"name": unique("keep"), "backend": "fake", "config": {"image": "busybox"}, "start": true})));
+    assert_eq!(r.status, 201);
+    let kept = r.json.clone();
+
+    // build the example plugin now, while the server runs, and drop it in
+    let so = example_plugin("");
+    std::fs::copy(&so, plugin_dir.join("libunicompute_example.so")).expect("copy");
+    // enable it with a config change and SIGHUP
+    let mut config = std::fs::read_to_string(&config_path).expect("config");
+    config.push_str("\n[backends.proc]\nplugin = \"process\"\nprograms = [\"sleep\"]\n");
+    std::fs::write(&config_path, &config).expect("config");
+    sighup(&s);
+    let up = wait_for(Duration::from_secs(20), || {
+        (backend_field(&s, "proc", "status") == "running").then_some(())
+    });
+    assert!(up.is_some(), "proc backend did not come up: {}", s.log());
+    assert_eq!(backend_field(&s, "proc", "plugin.version"), "0.1.0");
+
+    let r = s.call("POST", INSTANCES, ADMIN, Some(&json!({"name": unique("proc"), "backend": "proc", "config": {"image": "sleep", "args": ["300"]}, "start": true})));
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["state"], "running");
+    let pid_id = r.json["id"].as_str().expect("id").to_owned();
+    let r = s.call(
+        "PUT",
+        &format!("{INSTANCES}/{pid_id}/stop"),
+        ADMIN,
+        Some(&json!({"timeout": 5})),
+    );
+    assert_eq!(r.json["state"], "stopped");
+
+    // replace the file with a newer build; reload through the API this time
+    let v2 = example_plugin("v2");
+    let tmp = plugin_dir.join(".incoming.tmp");
+    std::fs::copy(&v2, &tmp).expect("copy");
+    std::fs::rename(&tmp, plugin_dir.join("libunicompute_example.so")).expect("rename");
+    let r = s.call("POST", "/api/v1/compute/backends/reload", ADMIN, None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["backends"]["proc"], "restarted");
+    assert_eq!(r.json["backends"]["fake"], "kept");
+    assert_eq!(backend_field(&s, "proc", "plugin.version"), "0.2.0");
+    assert_eq!(backend_field(&s, "proc", "version"), "0.2.0");
+    // only admins may reload
+    assert_eq!(
+        s.call("POST", "/api/v1/compute/backends/reload", OPERATOR, None)
+            .status,
+        403
+    );
+
+    // the other backend's instance was not touched
+    let now = s.get(&format!("{INSTANCES}/{}", kept["id"].as_str().expect("id")));
+    assert_eq!(now.json, kept);
+    assert_eq!(s.pid(), pid);
+    assert_eq!(s.raw("GET", "/healthz", None, None).status, 200);
+}
+
+#[test]
+fn sighup_disables_a_backend_without_dropping_requests_in_flight() {
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![fake_plugin()],
+        toml: "[backends.fake]\nplugin = \"fake\"\n[backends.extra]\nplugin = \"fake\"\n".into(),
+        ..Default::default()
+    });
+    let config_path = s.dir.0.join("unicompute.toml");
+    let r = s.call("POST", INSTANCES, ADMIN, Some(&json!({"name": unique("slow"), "backend": "fake", "config": {"image": "busybox"}, "start": true, "metadata": {"labels": {"fake/ignore-sigterm": "true"}}})));
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({"name": unique("x"), "backend": "extra", "config": {"image": "busybox"}})),
+    );
+    assert_eq!(r.status, 201);
+
+    std::thread::scope(|scope| {
+        // a graceful stop that takes 2 s, in flight during the reload
+        let stop = scope.spawn(|| {
+            s.call(
+                "PUT",
+                &format!("{INSTANCES}/{id}/stop"),
+                ADMIN,
+                Some(&json!({"timeout": 2})),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let config = std::fs::read_to_string(&config_path)
+            .expect("config")
+            .replace(
+                "[backends.extra]\nplugin = \"fake\"\n",
+                "[backends.extra]\nplugin = \"fake\"\nenabled = false\n",
+            );
+        std::fs::write(&config_path, config).expect("config");
+        sighup(&s);
+        let r = stop.join().expect("thread");
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json["state"], "stopped");
+    });
+    let off = wait_for(Duration::from_secs(10), || {
+        let r = s.get("/api/v1/compute/backends");
+        r.json["backends"]
+            .as_array()?
+            .iter()
+            .find(|b| b["name"] == "extra" && b["status"] == "disabled")
+            .map(|_| ())
+    });
+    assert!(off.is_some(), "extra not disabled: {}", s.log());
+    assert_eq!(
+        s.get(&format!("{INSTANCES}?backend=extra")).json["total"],
+        0
+    );
+    assert_eq!(s.get(&format!("{INSTANCES}?backend=fake")).json["total"], 1);
+
+    // a bad config is refused and the running one kept
+    std::fs::write(&config_path, "[server]\nbogus = 1\n").expect("config");
+    let r = s.call("POST", "/api/v1/compute/backends/reload", ADMIN, None);
+    assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"));
+    assert!(r.text.contains("bogus"), "{}", r.text);
+    assert_eq!(s.get(&format!("{INSTANCES}?backend=fake")).json["total"], 1);
+}
