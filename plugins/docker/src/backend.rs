@@ -18,8 +18,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, ErrorCode, EventSink,
-    HostResources, Image, Instance, InstanceType, MemoryUsage, PluginError, StopOptions,
-    StorageUsage, UpdateRequest, Usage,
+    HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, PluginError,
+    StopOptions, StorageUsage, UpdateRequest, Usage,
 };
 
 use crate::config::DockerConfig;
@@ -182,6 +182,15 @@ impl Shared {
         let id = instance::instance_id(c.config.as_ref().and_then(|c| c.labels.as_ref()))?;
         let mut inst = instance::from_inspect(c, self.touched_at(id))?;
         inst.backend = self.name.clone();
+        // Memory in use is cheap to report only for a watched instance.
+        if inst.state == InstanceState::Running {
+            if let Some(used) = self.stats.memory_used(&inst.id) {
+                inst.resources
+                    .memory
+                    .get_or_insert_with(Default::default)
+                    .used = Some(used);
+            }
+        }
         Some(inst)
     }
 
@@ -441,6 +450,7 @@ impl Shared {
             labels: Some(labels),
             exposed_ports: (!prepared.exposed.is_empty()).then(|| prepared.exposed.clone()),
             volumes: (!prepared.anonymous.is_empty()).then(|| prepared.anonymous.clone()),
+            healthcheck: prepared.healthcheck.clone(),
             host_config: Some(HostConfig {
                 binds: Some(prepared.binds.clone()),
                 port_bindings: Some(prepared.bindings.clone()),

@@ -34,6 +34,95 @@ pub struct DockerSpec {
     /// `no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N`.
     #[serde(default = "default_restart_policy")]
     pub restart_policy: String,
+    /// A health check, which gives the instance its `status`. Without one, the image's
+    /// own (if any) applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthcheckSpec>,
+}
+
+/// A container health check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthcheckSpec {
+    /// A shell command (`"curl -f localhost"`), or `["CMD", ...]`, `["CMD-SHELL", "..."]`
+    /// or `["NONE"]` as Docker takes it.
+    pub test: HealthTest,
+    /// Seconds between checks.
+    #[serde(default = "default_interval")]
+    pub interval: f64,
+    /// Seconds a check may take.
+    #[serde(default = "default_interval")]
+    pub timeout: f64,
+    /// Failures in a row that make the instance unhealthy.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Seconds after start during which failures do not count.
+    #[serde(default)]
+    pub start_period: f64,
+}
+
+/// The test of a health check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HealthTest {
+    /// Run by the container's shell.
+    Shell(String),
+    /// Docker's form.
+    Exec(Vec<String>),
+}
+
+fn default_interval() -> f64 {
+    30.0
+}
+fn default_retries() -> u32 {
+    3
+}
+
+impl HealthcheckSpec {
+    /// The engine's health config.
+    pub fn to_engine(&self) -> Result<bollard::models::HealthConfig, SpecError> {
+        let invalid = |message: String| SpecError::Invalid {
+            field: "healthcheck",
+            message,
+        };
+        let test = match &self.test {
+            HealthTest::Shell(cmd) if !cmd.trim().is_empty() => {
+                vec!["CMD-SHELL".to_owned(), cmd.clone()]
+            }
+            HealthTest::Exec(v)
+                if matches!(v.first().map(String::as_str), Some("CMD" | "CMD-SHELL"))
+                    && v.len() > 1 =>
+            {
+                v.clone()
+            }
+            HealthTest::Exec(v) if v.len() == 1 && v[0] == "NONE" => v.clone(),
+            _ => return Err(invalid("test must be a command".to_owned())),
+        };
+        let ns = |secs: f64, what: &str| {
+            if secs.is_finite() && (0.0..=86_400.0).contains(&secs) {
+                Ok((secs * 1e9) as i64)
+            } else {
+                Err(invalid(format!(
+                    "{what} must be between 0 and 86400 seconds"
+                )))
+            }
+        };
+        let interval = ns(self.interval, "interval")?;
+        let timeout = ns(self.timeout, "timeout")?;
+        if interval < 1_000_000 || timeout < 1_000_000 {
+            return Err(invalid(
+                "interval and timeout must be at least 1 ms".to_owned(),
+            ));
+        }
+        Ok(bollard::models::HealthConfig {
+            test: Some(test),
+            interval: Some(interval),
+            timeout: Some(timeout),
+            retries: Some(i64::from(self.retries)),
+            start_period: Some(ns(self.start_period, "startPeriod")?),
+            ..Default::default()
+        })
+    }
 }
 
 fn default_network_mode() -> String {
@@ -112,6 +201,8 @@ pub struct Prepared {
     pub bindings: HashMap<String, Option<Vec<PortBinding>>>,
     /// Restart policy.
     pub restart: RestartPolicy,
+    /// Health check.
+    pub healthcheck: Option<bollard::models::HealthConfig>,
 }
 
 impl DockerSpec {
@@ -191,6 +282,11 @@ impl DockerSpec {
             });
         }
         p.restart = parse_restart_policy(&self.restart_policy)?;
+        p.healthcheck = self
+            .healthcheck
+            .as_ref()
+            .map(HealthcheckSpec::to_engine)
+            .transpose()?;
         Ok(p)
     }
 }
@@ -513,6 +609,31 @@ mod tests {
             "70000:80",
         ] {
             assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn healthchecks() {
+        let cfg =
+            serde_json::json!({"image": "x", "healthcheck": {"test": "true", "interval": 0.5}});
+        let mut spec = DockerSpec::from_config(cfg.as_object().unwrap()).unwrap();
+        let p = spec.prepare(&[], false).unwrap();
+        let h = p.healthcheck.unwrap();
+        assert_eq!(h.test.unwrap(), vec!["CMD-SHELL", "true"]);
+        assert_eq!(h.interval, Some(500_000_000));
+        assert_eq!(h.timeout, Some(30_000_000_000));
+        assert_eq!(h.retries, Some(3));
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["healthcheck"]["retries"], 3);
+        for bad in [
+            serde_json::json!({"test": ""}),
+            serde_json::json!({"test": ["ls"]}),
+            serde_json::json!({"test": "true", "interval": -1}),
+            serde_json::json!({"test": "true", "interval": 0}),
+        ] {
+            let cfg = serde_json::json!({"image": "x", "healthcheck": bad});
+            let mut spec = DockerSpec::from_config(cfg.as_object().unwrap()).unwrap();
+            assert!(spec.prepare(&[], false).is_err(), "{cfg}");
         }
     }
 

@@ -222,6 +222,16 @@ impl StatsCache {
         ))
     }
 
+    /// Memory in use by a watched instance, from a fresh sample.
+    pub fn memory_used(&self, id: &str) -> Option<u64> {
+        let w = self.lock().get(id).cloned()?;
+        if !w.alive.load(Ordering::Acquire) {
+            return None;
+        }
+        let (at, sample) = (*w.latest.borrow())?;
+        (at.elapsed() <= FRESH).then_some(sample.memory_used)
+    }
+
     /// Stops watching an instance (its limits or state changed).
     pub fn forget(&self, id: &str) {
         if let Some(w) = self.lock().remove(id) {

@@ -692,3 +692,40 @@ fn backend_info_host_resources_and_images() {
     let images = t.backend.images().unwrap();
     assert!(images.iter().any(|i| i.name == TEST_IMAGE), "{images:?}");
 }
+
+#[test]
+fn health_checks_give_the_status() {
+    let _engine = FileLock::engine_shared();
+    let t = backend();
+    let engine = Engine::new();
+    let mut clean = Cleanup::default();
+    let mut ids = Vec::new();
+    for (test, want) in [("true", Health::Healthy), ("false", Health::Unhealthy)] {
+        let name = clean.container(&unique("health"));
+        let mut req = request(
+            &name,
+            serde_json::json!({
+                "command": ["sh", "-c", "sleep 1000"],
+                "healthcheck": {"test": test, "interval": 0.2, "timeout": 2, "retries": 1}
+            }),
+        );
+        req.start = true;
+        let id = req.id.clone();
+        let inst = t.backend.create(req).unwrap();
+        assert_eq!(inst.config["healthcheck"]["retries"], 1);
+        let h = engine.inspect(&name).config.unwrap().healthcheck.unwrap();
+        assert_eq!(
+            h.test.unwrap(),
+            vec!["CMD-SHELL".to_owned(), test.to_owned()]
+        );
+        let seen = t.events.wait_for(EVENT_WAIT, |e| {
+            matches!(e, Event::Changed { instance } if instance.id == id && instance.status == want)
+        });
+        assert!(seen.is_some(), "no {want:?} status event");
+        assert_eq!(t.backend.get(&id).unwrap().status, want);
+        ids.push(id);
+    }
+    for id in ids {
+        t.backend.delete(&id, true).unwrap();
+    }
+}
