@@ -1,6 +1,7 @@
 //! The [`Backend`] implementation: KVM virtual machines as compute instances.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use crate::connection::Connection;
 use crate::error::KvmError;
 use crate::stats::CpuSamples;
 use crate::storage;
-use crate::xml::{DomainDoc, DomainSpec, InstanceMeta, LabelsXml, NAMESPACE, NS_PREFIX};
+use crate::xml::{DomainDoc, DomainSpec, InstanceMeta, LabelsXml, PoolDoc, NAMESPACE, NS_PREFIX};
 
 type Result<T> = std::result::Result<T, KvmError>;
 
@@ -53,8 +54,9 @@ pub(crate) struct Inner {
     /// Our id -> libvirt UUID, so a lookup needs no scan of every domain.
     ids: Mutex<HashMap<String, String>>,
     pub cpu: CpuSamples,
-    /// The connection generation for which the storage pool is known to be there.
-    pool_generation: Mutex<u64>,
+    /// The connection generation for which the storage pool is known to be there,
+    /// and the pool's directory.
+    pool_state: Mutex<Option<(u64, PathBuf)>>,
     pub stopping: AtomicBool,
 }
 
@@ -67,7 +69,7 @@ fn lv(op: &'static str) -> impl FnOnce(virt::error::Error) -> KvmError {
 }
 
 fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    Utc::now().to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 fn parse_time(s: &str) -> DateTime<Utc> {
@@ -188,7 +190,7 @@ impl KvmBackend {
             sink: ctx.events,
             ids: Mutex::default(),
             cpu: CpuSamples::default(),
-            pool_generation: Mutex::new(0),
+            pool_state: Mutex::new(None),
             stopping: AtomicBool::new(false),
         });
         crate::events::spawn_worker(Arc::downgrade(&inner), rx).map_err(|e| {
@@ -204,17 +206,30 @@ impl Inner {
         self.conn.get()
     }
 
-    fn pool(&self, conn: &Connect) -> Result<virt::storage_pool::StoragePool> {
+    /// The instance pool and its directory (which is `storage_dir` unless the pool
+    /// existed before with another one).
+    fn pool(&self, conn: &Connect) -> Result<(virt::storage_pool::StoragePool, PathBuf)> {
         let generation = self.conn.generation();
-        let mut known = lock(&self.pool_generation);
-        if *known == generation {
-            if let Ok(pool) = conn.lookup_storage_pool_by_name(&self.config.storage_pool) {
-                return Ok(pool);
+        let mut known = lock(&self.pool_state);
+        if let Some((g, dir)) = &*known {
+            if *g == generation {
+                if let Ok(pool) = conn.lookup_storage_pool_by_name(&self.config.storage_pool) {
+                    return Ok((pool, dir.clone()));
+                }
             }
         }
         let pool = storage::ensure_pool(conn, &self.config.storage_pool, &self.config.storage_dir)?;
-        *known = generation;
-        Ok(pool)
+        let dir = pool
+            .xml_desc(0)
+            .ok()
+            .and_then(|x| PoolDoc::parse(&x).ok())
+            .and_then(|d| d.path().map(PathBuf::from))
+            .unwrap_or_else(|| self.config.storage_dir.clone());
+        if dir != self.config.storage_dir {
+            tracing::warn!(pool = %self.config.storage_pool, "the storage pool exists with another directory than storage_dir; using the pool's");
+        }
+        *known = Some((generation, dir.clone()));
+        Ok((pool, dir))
     }
 
     fn remember(&self, id: &str, uuid: &str) {
@@ -450,7 +465,7 @@ impl Inner {
         if conn.lookup_domain_by_name(&req.name).is_ok() {
             return Err(KvmError::NameTaken(req.name));
         }
-        let pool = self.pool(&conn)?;
+        let (pool, pool_dir) = self.pool(&conn)?;
         let format = config.disk_format.as_str();
         let mut rollback = Rollback {
             conn: &conn,
@@ -460,7 +475,7 @@ impl Inner {
         };
         let disk = storage::create_disk(
             &pool,
-            &self.config.storage_dir,
+            &pool_dir,
             &format!("{}.{format}", req.id),
             &template,
             format,
@@ -475,7 +490,7 @@ impl Inner {
                 let image = cloud_init::build_seed(&files)?;
                 let path = storage::create_seed(
                     &pool,
-                    &self.config.storage_dir,
+                    &pool_dir,
                     &format!("{}-seed.img", req.id),
                     &image,
                 )?
@@ -486,7 +501,7 @@ impl Inner {
             }
             None => None,
         };
-        let created = req.created_at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let created = req.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
         let meta = InstanceMeta {
             xmlns: None,
             id: req.id.clone(),

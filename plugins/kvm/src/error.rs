@@ -140,6 +140,7 @@ fn libvirt_code(code: sys::virErrorNumber) -> ErrorCode {
             ErrorCode::BackendUnavailable
         }
         sys::VIR_ERR_NO_DOMAIN => ErrorCode::InstanceNotFound,
+        sys::VIR_ERR_DOM_EXIST => ErrorCode::InstanceAlreadyExists,
         sys::VIR_ERR_OPERATION_INVALID => ErrorCode::InvalidState,
         _ => ErrorCode::BackendError,
     }
@@ -248,6 +249,10 @@ mod tests {
         assert_eq!(
             libvirt_code(sys::VIR_ERR_NO_DOMAIN),
             ErrorCode::InstanceNotFound
+        );
+        assert_eq!(
+            libvirt_code(sys::VIR_ERR_DOM_EXIST),
+            ErrorCode::InstanceAlreadyExists
         );
         assert_eq!(
             libvirt_code(sys::VIR_ERR_OPERATION_INVALID),

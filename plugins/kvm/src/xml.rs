@@ -441,6 +441,30 @@ impl PoolXml {
     }
 }
 
+/// The parts of a pool's XML we read back.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PoolDoc {
+    #[serde(default)]
+    target: Option<PoolTargetDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PoolTargetDoc {
+    #[serde(default)]
+    path: Option<String>,
+}
+
+impl PoolDoc {
+    /// Parses a pool XML.
+    pub fn parse(xml: &str) -> Result<Self, KvmError> {
+        quick_xml::de::from_str(xml).map_err(|e| KvmError::Xml(e.to_string()))
+    }
+    /// The pool's directory.
+    pub fn path(&self) -> Option<&str> {
+        self.target.as_ref()?.path.as_deref()
+    }
+}
+
 /// A volume, optionally backed by another image.
 #[derive(Debug, Serialize)]
 #[serde(rename = "volume")]
@@ -821,6 +845,16 @@ mod tests {
     fn metadata_element_has_no_prefix() {
         let s = meta().to_metadata_element().unwrap();
         assert!(s.starts_with("<instance>"), "{s}");
+    }
+
+    #[test]
+    fn pool_xml_round_trips() {
+        let xml = PoolXml::dir("p", "/var/lib/x").to_xml().unwrap();
+        assert_eq!(
+            xml,
+            "<pool type=\"dir\"><name>p</name><target><path>/var/lib/x</path></target></pool>"
+        );
+        assert_eq!(PoolDoc::parse(&xml).unwrap().path(), Some("/var/lib/x"));
     }
 
     #[test]
