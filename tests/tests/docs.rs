@@ -10,7 +10,7 @@ fn bash_blocks(markdown: &str) -> Vec<String> {
     let mut current: Option<String> = None;
     for line in markdown.lines() {
         match (&mut current, line.trim_start()) {
-            (None, l) if l == "```bash" => current = Some(String::new()),
+            (None, "```bash") => current = Some(String::new()),
             (Some(_), "```") => blocks.extend(current.take()),
             (Some(b), _) => {
                 b.push_str(line);
