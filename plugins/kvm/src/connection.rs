@@ -20,6 +20,13 @@ static LIBVIRT_INIT: Once = Once::new();
 pub fn init_libvirt() {
     LIBVIRT_INIT.call_once(|| {
         virt::error::clear_error_callback();
+        if event_loop_registered() {
+            // Another copy of this library (the host loads each plugin file through a
+            // private copy) or the application did it: registering twice would reset
+            // the loop under the thread that runs it.
+            tracing::info!("libvirt event loop already registered in this process");
+            return;
+        }
         if let Err(e) = virt::event::event_register_default_impl() {
             tracing::error!(error = %e, "cannot register the libvirt event loop");
             return;
@@ -35,6 +42,24 @@ pub fn init_libvirt() {
             tracing::error!(error = %e, "cannot start the libvirt event thread");
         }
     });
+}
+
+unsafe extern "C" fn noop_timer(_timer: c_int, _opaque: *mut c_void) {}
+
+/// Whether an event loop implementation is registered with libvirt in this process:
+/// only then can a timer be added.
+fn event_loop_registered() -> bool {
+    // SAFETY: a disabled timer (-1) with a callback that does nothing and no opaque
+    // data; removed at once when it was added.
+    unsafe {
+        let id = sys::virEventAddTimeout(-1, Some(noop_timer), std::ptr::null_mut(), None);
+        if id >= 0 {
+            sys::virEventRemoveTimeout(id);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A domain lifecycle event, as libvirt reported it.
