@@ -16,6 +16,7 @@ use bollard::query_parameters::{
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
+use tracing::Instrument;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, ErrorCode, EventSink,
     HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, PluginError,
@@ -90,13 +91,25 @@ impl DockerBackend {
     }
 
     /// Runs one operation on the plugin's runtime.
-    fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    fn run<T, F, Fut>(&self, op: &'static str, instance: String, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
-        engine::block_on(f(Arc::clone(&self.shared)))
+        let span =
+            tracing::debug_span!("docker", backend = %self.shared.name, op, instance = %instance);
+        let fut = f(Arc::clone(&self.shared));
+        engine::block_on(
+            async move {
+                let result = fut.await;
+                if let Err(e) = &result {
+                    tracing::debug!(code = e.code.as_str(), error = %e, "call failed");
+                }
+                result
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -255,6 +268,13 @@ impl Shared {
         Err(PluginError::not_found(id))
     }
 
+    /// The instance from an inspection already made.
+    fn instance_of(&self, id: &str, c: &ContainerInspectResponse) -> Result<Instance> {
+        self.to_instance(c)
+            .ok_or_else(|| PluginError::not_found(id))
+    }
+
+    /// The instance, inspected now.
     async fn instance(&self, id: &str, container: &str) -> Result<Instance> {
         match self.inspect_instance(container).await {
             Ok(Some(i)) => Ok(i),
@@ -640,8 +660,9 @@ impl Shared {
     async fn start(&self, id: &str) -> Result<Instance> {
         let (container, c) = self.resolve(id).await?;
         match state_of(&c) {
+            // Already running: nothing changes.
             Some(ContainerStateStatusEnum::RUNNING)
-            | Some(ContainerStateStatusEnum::RESTARTING) => {}
+            | Some(ContainerStateStatusEnum::RESTARTING) => return self.instance_of(id, &c),
             Some(ContainerStateStatusEnum::PAUSED) => {
                 return Err(PluginError::invalid_state(
                     "the instance is paused; unpause it",
@@ -682,7 +703,7 @@ impl Shared {
             | Some(ContainerStateStatusEnum::RESTARTING)
             | Some(ContainerStateStatusEnum::PAUSED) => {}
             // Created, exited, dead: nothing runs.
-            _ => return self.instance(id, &container).await,
+            _ => return self.instance_of(id, &c),
         }
         if state_of(&c) == Some(ContainerStateStatusEnum::PAUSED) {
             // A frozen process cannot handle (or die of) a signal.
@@ -711,7 +732,7 @@ impl Shared {
     async fn pause(&self, id: &str) -> Result<Instance> {
         let (container, c) = self.resolve(id).await?;
         match state_of(&c) {
-            Some(ContainerStateStatusEnum::PAUSED) => {}
+            Some(ContainerStateStatusEnum::PAUSED) => return self.instance_of(id, &c),
             Some(ContainerStateStatusEnum::RUNNING) => {
                 let cid = container.clone();
                 self.engine
@@ -732,7 +753,7 @@ impl Shared {
     async fn unpause(&self, id: &str) -> Result<Instance> {
         let (container, c) = self.resolve(id).await?;
         match state_of(&c) {
-            Some(ContainerStateStatusEnum::RUNNING) => {}
+            Some(ContainerStateStatusEnum::RUNNING) => return self.instance_of(id, &c),
             Some(ContainerStateStatusEnum::PAUSED) => {
                 self.unpause_container(&container).await?;
                 self.touch(id);
@@ -954,60 +975,76 @@ impl Shared {
 
 impl Backend for DockerBackend {
     fn describe(&self) -> Result<BackendDescription> {
-        self.run(|s| async move { s.describe().await })
+        self.run(
+            "describe",
+            String::new(),
+            |s| async move { s.describe().await },
+        )
     }
 
     fn health(&self) -> Result<()> {
-        self.run(|s| async move { s.health().await })
+        self.run("health", String::new(), |s| async move { s.health().await })
     }
 
     fn host_resources(&self) -> Result<HostResources> {
-        self.run(|s| async move { s.host_resources().await })
+        self.run("host_resources", String::new(), |s| async move {
+            s.host_resources().await
+        })
     }
 
     fn images(&self) -> Result<Vec<Image>> {
-        self.run(|s| async move { s.images().await })
+        self.run("images", String::new(), |s| async move { s.images().await })
     }
 
     fn list(&self) -> Result<Vec<Instance>> {
-        self.run(|s| async move { s.list().await })
+        self.run("list", String::new(), |s| async move { s.list().await })
     }
 
     fn get(&self, id: &str) -> Result<Instance> {
         let id = id.to_owned();
-        self.run(|s| async move {
-            let (container, _) = s.resolve(&id).await?;
-            s.instance(&id, &container).await
+        self.run("get", id.clone(), |s| async move {
+            let (_, c) = s.resolve(&id).await?;
+            s.instance_of(&id, &c)
         })
     }
 
     fn create(&self, request: CreateRequest) -> Result<Instance> {
-        self.run(|s| async move { s.create(request).await })
+        self.run("create", request.id.clone(), |s| async move {
+            s.create(request).await
+        })
     }
 
     fn update(&self, id: &str, request: UpdateRequest) -> Result<Instance> {
         let id = id.to_owned();
-        self.run(|s| async move { s.update(&id, request).await })
+        self.run("update", id.clone(), |s| async move {
+            s.update(&id, request).await
+        })
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<()> {
         let id = id.to_owned();
-        self.run(|s| async move { s.delete(&id, force).await })
+        self.run("delete", id.clone(), |s| async move {
+            s.delete(&id, force).await
+        })
     }
 
     fn start(&self, id: &str) -> Result<Instance> {
         let id = id.to_owned();
-        self.run(|s| async move { s.start(&id).await })
+        self.run("start", id.clone(), |s| async move { s.start(&id).await })
     }
 
     fn stop(&self, id: &str, options: StopOptions) -> Result<Instance> {
         let id = id.to_owned();
-        self.run(|s| async move { s.stop(&id, options).await })
+        self.run(
+            "stop",
+            id.clone(),
+            |s| async move { s.stop(&id, options).await },
+        )
     }
 
     fn restart(&self, id: &str, options: StopOptions) -> Result<Instance> {
         let id = id.to_owned();
-        self.run(|s| async move {
+        self.run("restart", id.clone(), |s| async move {
             s.stop(&id, options).await?;
             s.start(&id).await
         })
@@ -1015,12 +1052,16 @@ impl Backend for DockerBackend {
 
     fn pause(&self, id: &str) -> Result<Instance> {
         let id = id.to_owned();
-        self.run(|s| async move { s.pause(&id).await })
+        self.run("pause", id.clone(), |s| async move { s.pause(&id).await })
     }
 
     fn unpause(&self, id: &str) -> Result<Instance> {
         let id = id.to_owned();
-        self.run(|s| async move { s.unpause(&id).await })
+        self.run(
+            "unpause",
+            id.clone(),
+            |s| async move { s.unpause(&id).await },
+        )
     }
 
     fn usage(&self, id: &str) -> Result<Usage> {
@@ -1029,7 +1070,7 @@ impl Backend for DockerBackend {
             return Ok(u);
         }
         let id = id.to_owned();
-        self.run(|s| async move { s.usage(&id).await })
+        self.run("usage", id.clone(), |s| async move { s.usage(&id).await })
     }
 
     fn shutdown(&self) {
