@@ -134,6 +134,7 @@ fn check_id(id: &str) -> Result<()> {
 /// What a failed create leaves behind, removed on drop unless disarmed.
 struct Rollback<'a> {
     conn: &'a Connect,
+    local: bool,
     dom: Option<Domain>,
     volumes: Vec<String>,
     armed: bool,
@@ -151,7 +152,7 @@ impl Drop for Rollback<'_> {
             }
         }
         for path in &self.volumes {
-            if let Err(e) = storage::delete_volume(self.conn, path) {
+            if let Err(e) = storage::delete_volume(self.conn, path, self.local) {
                 tracing::warn!(error = %e, "rollback could not delete a volume");
             }
         }
@@ -469,6 +470,7 @@ impl Inner {
         let format = config.disk_format.as_str();
         let mut rollback = Rollback {
             conn: &conn,
+            local: storage::uri_is_local(&self.config.uri),
             dom: None,
             volumes: Vec::new(),
             armed: true,
@@ -488,14 +490,8 @@ impl Inner {
             Some(ci) => {
                 let files = cloud_init::seed_files(ci, &req.id, &req.name);
                 let image = cloud_init::build_seed(&files)?;
-                let path = storage::create_seed(
-                    &pool,
-                    &pool_dir,
-                    &format!("{}-seed.img", req.id),
-                    &image,
-                )?
-                .to_string_lossy()
-                .into_owned();
+                let path =
+                    storage::create_seed(&conn, &pool, &format!("{}-seed.img", req.id), &image)?;
                 rollback.volumes.push(path.clone());
                 Some(path)
             }
@@ -665,7 +661,7 @@ impl Inner {
         let mut volumes = vec![found.meta.disk.clone()];
         volumes.extend(found.meta.seed.clone());
         for path in volumes {
-            storage::delete_volume(&conn, &path)?;
+            storage::delete_volume(&conn, &path, storage::uri_is_local(&self.config.uri))?;
         }
         tracing::info!(instance = %id, "deleted");
         Ok(())

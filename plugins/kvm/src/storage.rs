@@ -10,6 +10,7 @@ use unicompute_plugin_api::Image;
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
 use virt::sys;
 
 use crate::error::KvmError;
@@ -240,49 +241,127 @@ fn run(cmd: &mut Command) -> Result<(), KvmError> {
     }
 }
 
-/// Writes a seed image into the pool directory and makes it a volume.
+/// Makes the seed volume: a raw volume of the image's size, its bytes uploaded over a
+/// libvirt stream (so that a remote libvirt works too). Drivers without uploads
+/// (`test:///`) get the file written in place. Returns the volume's path.
 pub fn create_seed(
+    conn: &Connect,
     pool: &StoragePool,
-    pool_dir: &Path,
     vol_name: &str,
     image: &[u8],
-) -> Result<PathBuf, KvmError> {
-    let path = pool_dir.join(vol_name);
-    std::fs::write(&path, image).map_err(|source| KvmError::Io {
-        what: "writing the seed image",
-        source,
-    })?;
-    // Seen as a volume by libvirt (and by `virsh vol-list`); not fatal if the pool
-    // cannot refresh, the file is what the domain uses.
-    let _ = pool.refresh(0);
-    Ok(path)
+) -> Result<String, KvmError> {
+    let xml = VolumeXml::new(vol_name, image.len() as u64, "raw", None).to_xml()?;
+    let vol = StorageVol::create_xml(pool, &xml, 0)
+        .map_err(KvmError::libvirt("creating the seed volume"))?;
+    let path = match vol.path() {
+        Ok(p) => p,
+        Err(source) => {
+            let _ = vol.delete(0);
+            return Err(KvmError::Libvirt {
+                op: "reading the seed volume path",
+                source,
+            });
+        }
+    };
+    let result = match upload(conn, &vol, image) {
+        Ok(()) => Ok(()),
+        Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => std::fs::write(&path, image)
+            .map_err(|source| KvmError::Io {
+                what: "writing the seed image",
+                source,
+            }),
+        Err(source) => Err(KvmError::Libvirt {
+            op: "uploading the seed image",
+            source,
+        }),
+    };
+    match result {
+        Ok(()) => Ok(path),
+        Err(e) => {
+            let _ = vol.delete(0);
+            Err(e)
+        }
+    }
 }
 
-/// Deletes a volume by path (through libvirt, else from the file system). Missing is fine.
-pub fn delete_volume(conn: &Connect, path: &str) -> Result<(), KvmError> {
+fn upload(conn: &Connect, vol: &StorageVol, data: &[u8]) -> Result<(), virt::error::Error> {
+    let stream = Stream::new(conn, 0)?;
+    if let Err(e) = vol.upload(&stream, 0, data.len() as u64, 0) {
+        let _ = stream.abort();
+        return Err(e);
+    }
+    for chunk in data.chunks(256 << 10) {
+        let mut sent = 0;
+        while sent < chunk.len() {
+            match stream.send(&chunk[sent..]) {
+                Ok(n) if n > 0 => sent += n as usize,
+                Ok(_) => {
+                    let _ = stream.abort();
+                    return Err(virt::error::Error::last_error());
+                }
+                Err(e) => {
+                    let _ = stream.abort();
+                    return Err(e);
+                }
+            }
+        }
+    }
+    stream.finish()
+}
+
+/// Whether a libvirt URI names this host (`qemu:///system`, `test:///...`), so that
+/// volume paths are local files.
+pub fn uri_is_local(uri: &str) -> bool {
+    match uri.split_once("://") {
+        Some((_, rest)) => rest.starts_with('/'),
+        None => true,
+    }
+}
+
+/// Deletes a volume by path through libvirt; with `local` files, also the file (a
+/// driver like `test:///` keeps volumes in memory only). Missing is fine.
+pub fn delete_volume(conn: &Connect, path: &str, local: bool) -> Result<(), KvmError> {
     match conn.lookup_storage_vol_by_path(path) {
         Ok(vol) => match vol.delete(0) {
-            Ok(()) => Ok(()),
-            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => Ok(()),
-            Err(source) => Err(KvmError::Libvirt {
-                op: "deleting a volume",
-                source,
-            }),
+            Ok(()) => {}
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => {}
+            Err(source) => {
+                return Err(KvmError::Libvirt {
+                    op: "deleting a volume",
+                    source,
+                })
+            }
         },
-        Err(_) => match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(KvmError::Io {
-                what: "removing a volume file",
-                source,
-            }),
-        },
+        Err(_) if !local => return Ok(()),
+        Err(_) => {}
     }
+    if local {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KvmError::Io {
+                    what: "removing a volume file",
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_uris() {
+        assert!(uri_is_local("qemu:///system"));
+        assert!(uri_is_local("test:///tmp/node.xml"));
+        assert!(uri_is_local("qemu+unix:///session?socket=/x"));
+        assert!(!uri_is_local("qemu+ssh://root@host/system"));
+        assert!(!uri_is_local("qemu+tls://host/system"));
+    }
 
     #[test]
     fn template_names_must_be_plain() {
