@@ -475,16 +475,24 @@ impl Inner {
             volumes: Vec::new(),
             armed: true,
         };
-        let disk = storage::create_disk(
+        let volume = storage::create_disk(
             &pool,
             &pool_dir,
             &format!("{}.{format}", req.id),
             &template,
             format,
             size,
-        )?
-        .path()
-        .map_err(lv("reading the disk volume path"))?;
+        )?;
+        let disk = match volume.path() {
+            Ok(path) => path,
+            Err(source) => {
+                let _ = volume.delete(0);
+                return Err(KvmError::Libvirt {
+                    op: "reading the disk volume path",
+                    source,
+                });
+            }
+        };
         rollback.volumes.push(disk.clone());
         let seed = match &config.cloud_init {
             Some(ci) => {
