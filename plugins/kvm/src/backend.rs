@@ -800,6 +800,7 @@ impl Backend for KvmBackend {
     }
 
     fn list(&self) -> std::result::Result<Vec<Instance>, PluginError> {
+        let _span = tracing::info_span!("kvm", backend = %self.inner.name, op = "list").entered();
         let conn = self.inner.connect()?;
         let mut out = Vec::new();
         for found in self.inner.scan(&conn)? {
@@ -814,12 +815,16 @@ impl Backend for KvmBackend {
     }
 
     fn get(&self, id: &str) -> std::result::Result<Instance, PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "get", instance = %id)
+                .entered();
         let conn = self.inner.connect()?;
         let found = self.inner.find(&conn, id)?;
         Ok(self.inner.instance(&found)?)
     }
 
     fn create(&self, request: CreateRequest) -> std::result::Result<Instance, PluginError> {
+        let _span = tracing::info_span!("kvm", backend = %self.inner.name, op = "create", instance = %request.id).entered();
         Ok(self.inner.create(request)?)
     }
 
@@ -828,18 +833,30 @@ impl Backend for KvmBackend {
         id: &str,
         request: UpdateRequest,
     ) -> std::result::Result<Instance, PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "update", instance = %id)
+                .entered();
         Ok(self.inner.update(id, request)?)
     }
 
     fn delete(&self, id: &str, force: bool) -> std::result::Result<(), PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "delete", instance = %id)
+                .entered();
         Ok(self.inner.delete(id, force)?)
     }
 
     fn start(&self, id: &str) -> std::result::Result<Instance, PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "start", instance = %id)
+                .entered();
         Ok(self.inner.start(id)?)
     }
 
     fn stop(&self, id: &str, options: StopOptions) -> std::result::Result<Instance, PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "stop", instance = %id)
+                .entered();
         Ok(self.inner.stop(id, options)?)
     }
 
@@ -848,19 +865,31 @@ impl Backend for KvmBackend {
         id: &str,
         options: StopOptions,
     ) -> std::result::Result<Instance, PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "restart", instance = %id)
+                .entered();
         self.inner.stop(id, options)?;
         Ok(self.inner.start(id)?)
     }
 
     fn pause(&self, id: &str) -> std::result::Result<Instance, PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "pause", instance = %id)
+                .entered();
         Ok(self.inner.pause(id)?)
     }
 
     fn unpause(&self, id: &str) -> std::result::Result<Instance, PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "unpause", instance = %id)
+                .entered();
         Ok(self.inner.unpause(id)?)
     }
 
     fn usage(&self, id: &str) -> std::result::Result<Usage, PluginError> {
+        let _span =
+            tracing::info_span!("kvm", backend = %self.inner.name, op = "usage", instance = %id)
+                .entered();
         let conn = self.inner.connect()?;
         let found = self.inner.find(&conn, id)?;
         Ok(crate::stats::usage(&self.inner, &found)?)

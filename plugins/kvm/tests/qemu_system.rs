@@ -15,6 +15,8 @@ use unicompute_kvm::xml::{DomainDoc, VolumeDoc};
 use unicompute_plugin_api::{
     Backend, CreateRequest, ErrorCode, Event, InstanceState, StopOptions, UpdateRequest,
 };
+use virt::domain::{DomainShutoffReason, DomainState, DomainStateReason};
+use virt::enumutil::Enum;
 
 const GIB: u64 = 1 << 30;
 
@@ -136,10 +138,7 @@ fn every_lifecycle_call_update_and_usage() {
     );
 
     assert_eq!(b.pause(&id).unwrap().state, InstanceState::Paused);
-    assert_eq!(
-        dom.state().unwrap().0.known(),
-        Some(virt::domain::DomainState::Paused)
-    );
+    assert_eq!(dom.state().unwrap().0.known(), Some(DomainState::Paused));
     assert_eq!(b.unpause(&id).unwrap().state, InstanceState::Running);
 
     // Usage while it runs: repeated calls work from the kept sample.
@@ -196,6 +195,18 @@ fn every_lifecycle_call_update_and_usage() {
         .expect("graceful stop");
     assert_eq!(stopped.state, InstanceState::Stopped);
     assert!(!dom.is_active().unwrap());
+    // Ended hard: libvirt records the domain as destroyed, not shut down.
+    let (state, reason) = dom.state().unwrap();
+    assert_eq!(state.known(), Some(DomainState::Shutoff));
+    assert!(
+        matches!(
+            reason,
+            Enum::Known(DomainStateReason::Shutoff(Enum::Known(
+                DomainShutoffReason::Destroyed
+            )))
+        ),
+        "{reason:?}"
+    );
     assert_eq!(
         b.stop(&id, StopOptions::default()).unwrap().state,
         InstanceState::Stopped,
