@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::{json, Value};
 
+pub mod docker;
+pub mod kvm;
+
 /// Tokens every test server accepts.
 pub const ADMIN: &str = "admin-token-for-tests";
 /// Operator token.

@@ -1,0 +1,110 @@
+//! Docker fixtures shared with the docker plugin's own tests: the local test image
+//! (`FROM scratch` with busybox-static, imported, never pulled) and the engine lock
+//! (the engine restart test takes it exclusively; everyone else shares it).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+/// The local image the tests use.
+pub const TEST_IMAGE: &str = "unicompute-test-busybox:latest";
+const ENGINE_LOCK: &str = "/tmp/unicompute-docker-engine.lock";
+const IMAGE_LOCK: &str = "/tmp/unicompute-docker-image.lock";
+
+/// An flock held until dropped.
+pub struct FileLock(File);
+
+impl FileLock {
+    fn take(path: &str, op: libc::c_int) -> FileLock {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .expect("open lock file");
+        // SAFETY: flock on a file descriptor we own, with a valid operation.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
+        assert_eq!(rc, 0, "flock {path}");
+        FileLock(f)
+    }
+
+    /// A shared hold of the engine: it is not restarted meanwhile.
+    pub fn engine_shared() -> FileLock {
+        Self::take(ENGINE_LOCK, libc::LOCK_SH)
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: as in take.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// Runs the docker CLI; returns (success, stdout).
+pub fn docker(args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
+}
+
+/// Makes the test image if missing: a tarball of busybox and its applet links,
+/// imported. Idempotent and safe from parallel processes.
+pub fn ensure_image() {
+    let _lock = FileLock::take(IMAGE_LOCK, libc::LOCK_EX);
+    if docker(&["image", "inspect", TEST_IMAGE]).0 {
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static is installed");
+    let dir = crate::TempDir::new("uc-image");
+    let root = dir.0.join("root");
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("dir");
+    std::fs::create_dir_all(root.join("tmp")).expect("dir");
+    std::fs::copy(busybox, bin.join("busybox")).expect("copy busybox");
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+    }
+    let tar = dir.0.join("image.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(ok.success(), "tar");
+    let tar_s = tar.to_string_lossy().into_owned();
+    let (ok, _) = docker(&[
+        "import",
+        "--change",
+        r#"CMD ["/bin/sh"]"#,
+        &tar_s,
+        TEST_IMAGE,
+    ]);
+    assert!(ok, "docker import failed");
+}
+
+/// Removes a container by name when dropped (a test's cleanup, also on failure).
+pub struct ContainerGuard(pub String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", "-v", &self.0]);
+    }
+}
