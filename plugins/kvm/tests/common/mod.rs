@@ -64,9 +64,50 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
 }
 
+/// The pid in a name made by [`unique`], when that process is gone.
+fn dead_owner(name: &str) -> bool {
+    if !name.starts_with("uc-test-") && !name.starts_with("uc-bench-") {
+        return false;
+    }
+    let parts: Vec<&str> = name.rsplitn(3, '-').collect();
+    match parts.get(1).and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+/// Removes what killed test runs left on `uri` (their guards never ran).
+pub fn sweep_stale(uri: &str) {
+    let Ok(conn) = Connect::open(Some(uri)) else {
+        return;
+    };
+    for dom in conn.list_all_domains(0).unwrap_or_default() {
+        if dom.name().is_ok_and(|n| dead_owner(&n)) {
+            let _ = dom.destroy();
+            if dom
+                .undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM)
+                .is_err()
+            {
+                let _ = dom.undefine();
+            }
+        }
+    }
+    for pool in conn.list_all_storage_pools(0).unwrap_or_default() {
+        if pool.name().is_ok_and(|n| dead_owner(&n)) {
+            let _ = pool.refresh(0);
+            for v in pool.list_all_volumes(0).unwrap_or_default() {
+                let _ = v.delete(0);
+            }
+            let _ = pool.destroy();
+            let _ = pool.undefine();
+        }
+    }
+}
+
 /// A backend on `uri` with its own templates dir, storage dir and pool.
 pub fn harness(uri: &str, extra: serde_json::Value) -> Harness {
     unicompute_kvm::init_libvirt();
+    sweep_stale(uri);
     let dir = workdir();
     let templates = dir.path().join("templates");
     let storage = dir.path().join("pool");
@@ -178,6 +219,14 @@ impl Drop for Cleanup {
 pub fn libvirt(uri: &str) -> Connect {
     unicompute_kvm::init_libvirt();
     Connect::open(Some(uri)).expect("libvirt is up (run scripts/test-env.sh)")
+}
+
+#[test]
+fn dead_owners_are_recognised() {
+    assert!(dead_owner("uc-test-pool-999999999-3"));
+    assert!(!dead_owner(&unique("pool")));
+    assert!(!dead_owner("someone-elses-vm"));
+    assert!(!dead_owner("uc-test-x-notapid-1"));
 }
 
 /// Volume names in a pool.
