@@ -10,13 +10,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions, StatsOptions};
+use bollard::query_parameters::{
+    CreateContainerOptions, KillContainerOptions, RemoveContainerOptions, StatsOptions,
+};
 use common::{request, unique, Cleanup, Engine, TEST_IMAGE};
 use futures_util::StreamExt;
 use unicompute_docker::DockerBackend;
-use unicompute_plugin_api::{Backend, BackendContext, EventSink};
+use unicompute_plugin_api::{Backend, BackendContext, Event, EventSink, InstanceState};
 
-const ROUNDS: usize = 15;
+const ROUNDS: usize = 25;
 const USAGE_CALLS: usize = 200;
 const STATS_CALLS: usize = 5;
 
@@ -173,4 +175,46 @@ fn main() {
         serde_json::to_string(&first).unwrap_or_default()
     );
     backend.delete(&inst.id, true).expect("delete");
+
+    // How soon a container killed by hand is reported.
+    let events = common::Recorder::default();
+    let watched = DockerBackend::new(BackendContext {
+        name: unique("bench-events"),
+        config: serde_json::json!({}),
+        events: events.sink(),
+    })
+    .expect("backend");
+    let name = clean.container(&unique("events"));
+    let inst = watched
+        .create(request(&name, command.clone()))
+        .expect("create");
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        watched.start(&inst.id).expect("start");
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        engine
+            .block_on(
+                engine
+                    .docker
+                    .kill_container(&name, None::<KillContainerOptions>),
+            )
+            .expect("kill");
+        let id = inst.id.clone();
+        events
+            .wait_for(Duration::from_secs(10), |e| {
+                matches!(e, Event::Changed { instance } if instance.id == id
+                    && instance.state == InstanceState::Stopped
+                    && instance.updated_at.timestamp_millis() >= 0)
+            })
+            .expect("an event");
+        seen.push(t.elapsed());
+        events.clear();
+    }
+    println!(
+        "container killed by hand -> changed event: median {:.1} ms, max {:.1} ms",
+        ms(median(&mut seen)),
+        ms(pct(&mut seen, 1.0))
+    );
+    watched.delete(&inst.id, true).expect("delete");
 }

@@ -133,6 +133,11 @@ async fn handle(shared: &Shared, message: EventMessage) {
     if ends_stats(action) {
         shared.stats.forget(&id);
     }
+    // "die" follows a kill that ends the process and comes before "stop", with the
+    // state already changed: inspecting again would tell nothing new.
+    if matches!(action, "kill" | "stop") {
+        return;
+    }
     if action == "destroy" {
         shared.forget(&id);
         tracing::debug!(instance = %id, "container removed");

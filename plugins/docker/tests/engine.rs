@@ -729,3 +729,34 @@ fn health_checks_give_the_status() {
         t.backend.delete(&id, true).unwrap();
     }
 }
+
+#[test]
+fn cpu_usage_follows_a_busy_process() {
+    let _engine = FileLock::engine_shared();
+    let t = backend();
+    let mut clean = Cleanup::default();
+    let name = clean.container(&unique("busy"));
+    let mut req = request(
+        &name,
+        serde_json::json!({"command": ["sh", "-c", "while :; do :; done"]}),
+    );
+    req.resources = resources(Some(1), None, None);
+    req.start = true;
+    let id = req.id.clone();
+    t.backend.create(req).unwrap();
+    // One core spinning on its one allocated core: near 100 %, less on a loaded host.
+    let mut best = 0.0f64;
+    for _ in 0..40 {
+        let u = t.backend.usage(&id).unwrap();
+        assert!((0.0..=100.0).contains(&u.cpu.usage), "{u:?}");
+        assert_eq!(u.cpu.cores, 1);
+        best = best.max(u.cpu.usage);
+        if best > 10.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("a spinning process on 1 core shows {best} % cpu");
+    assert!(best > 10.0, "a spinning process shows {best} % cpu");
+    t.backend.delete(&id, true).unwrap();
+}

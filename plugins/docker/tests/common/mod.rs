@@ -123,6 +123,11 @@ impl Recorder {
         EventSink::from_fn(move |e| events.lock().unwrap().push(e.clone()))
     }
 
+    /// Forgets what was recorded.
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+
     /// Waits (up to `limit`) for an event matching `pred`.
     pub fn wait_for(&self, limit: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
         let start = Instant::now();
