@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-env.sh
+# The tests' local image (imported from busybox-static, never pulled) goes at the end.
+cleanup() { docker rmi -f unicompute-test-busybox:latest >/dev/null 2>&1 || true; }
+trap cleanup EXIT
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Build the binary and the plugins once; the black-box tests use these artifacts.
 cargo build --workspace
-cargo test --workspace --no-fail-fast -- --test-threads="${UNICOMPUTE_TEST_THREADS:-4}"
+cargo test --workspace --no-fail-fast -- --test-threads="${UC_TEST_THREADS:-4}"

@@ -259,6 +259,12 @@ impl Server {
         std::fs::write(dir.0.join("unicompute.toml"), &config).expect("config");
         let log = std::fs::File::create(dir.0.join("server.log")).expect("log");
         let mut cmd = Command::new(host_binary());
+        // The server refuses unknown UNICOMPUTE_* variables: pass only ours.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("UNICOMPUTE_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.arg("--config")
             .arg(dir.0.join("unicompute.toml"))
             .current_dir(&dir.0)
