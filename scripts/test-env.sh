@@ -10,10 +10,10 @@ SUDO=""
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v libvirtd >/dev/null 2>&1 || need_pkgs+=(libvirt-daemon-system)
-[ -e /usr/include/libvirt/libvirt.h ] || need_pkgs+=(libvirt-dev)
+dpkg -s libvirt-dev >/dev/null 2>&1 || need_pkgs+=(libvirt-dev)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need_pkgs+=(qemu-system-x86)
 command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
-[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_pkgs+=(busybox-static)
+dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
