@@ -182,6 +182,34 @@ fn every_lifecycle_call_update_and_usage() {
         == Some(192 << 20);
     assert!(mem_now || mem_pending, "{updated:?}");
 
+    // The disk grows live (block resize), never shrinks.
+    let disk_path = DomainDoc::parse(&dom.xml_desc(0).unwrap()).unwrap().disks()[0]
+        .file()
+        .unwrap()
+        .to_owned();
+    let grown = b
+        .update(
+            &id,
+            UpdateRequest {
+                resources: serde_json::from_value(json!({"storage": {"totalSpace": 96u64 << 20}}))
+                    .unwrap(),
+                labels: None,
+            },
+        )
+        .expect("grow the disk");
+    assert_eq!(grown.resources.total_space(), Some(96 << 20));
+    let vol = conn.lookup_storage_vol_by_path(&disk_path).unwrap();
+    assert_eq!(vol.info().unwrap().capacity, 96 << 20);
+    let shrink = b.update(
+        &id,
+        UpdateRequest {
+            resources: serde_json::from_value(json!({"storage": {"totalSpace": 64u64 << 20}}))
+                .unwrap(),
+            labels: None,
+        },
+    );
+    assert_eq!(shrink.unwrap_err().code, ErrorCode::InvalidRequest);
+
     // A guest without an OS ignores ACPI: the graceful stop reaches its timeout and
     // ends hard.
     let stopped = b
@@ -213,6 +241,20 @@ fn every_lifecycle_call_update_and_usage() {
         "stop of a stopped one"
     );
     assert_eq!(b.pause(&id).unwrap_err().code, ErrorCode::InvalidState);
+    // Offline, the volume itself grows.
+    let grown = b
+        .update(
+            &id,
+            UpdateRequest {
+                resources: serde_json::from_value(json!({"storage": {"totalSpace": 128u64 << 20}}))
+                    .unwrap(),
+                labels: None,
+            },
+        )
+        .expect("grow the stopped disk");
+    assert_eq!(grown.resources.total_space(), Some(128 << 20));
+    assert_eq!(grown.state, InstanceState::Stopped);
+    assert_eq!(vol.info().unwrap().capacity, 128 << 20);
 
     // At the next start the pending change is in force.
     let i = b.start(&id).expect("start again");

@@ -256,6 +256,17 @@ fn update_applies_to_the_config_and_reports() {
         )
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::ResourceLimitExceeded);
+    let e = b
+        .update(
+            "i-1",
+            UpdateRequest {
+                resources: serde_json::from_value(json!({"storage": {"totalSpace": 1u64 << 30}}))
+                    .unwrap(),
+                labels: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "disks never shrink");
     assert_eq!(
         b.update("missing", UpdateRequest::default())
             .unwrap_err()
