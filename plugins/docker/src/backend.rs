@@ -1144,6 +1144,23 @@ mod tests {
     }
 
     #[test]
+    fn missing_tls_files_fail_calls_not_the_backend() {
+        let ctx = BackendContext {
+            name: "docker-tls".into(),
+            config: serde_json::json!({
+                "endpoint": "tcp://127.0.0.1:9",
+                "tls": {"ca": "/nonexistent/ca.pem", "cert": "/nonexistent/cert.pem", "key": "/nonexistent/key.pem"}
+            }),
+            events: EventSink::discard(),
+        };
+        let b = DockerBackend::new(ctx).unwrap();
+        let e = b.health().unwrap_err();
+        assert_eq!(e.code, ErrorCode::BackendError, "{e:?}");
+        assert!(!e.message.contains("/nonexistent"), "{}", e.message);
+        b.shutdown();
+    }
+
+    #[test]
     fn bad_config_is_refused_at_create() {
         let ctx = BackendContext {
             name: "docker".into(),

@@ -63,6 +63,15 @@ impl Error {
             B::SocketNotFoundError(_) => Error::Unavailable {
                 reason: "the engine's socket does not exist".to_owned(),
             },
+            // These name files of the server: say what is wrong, not where.
+            B::CertPathError { .. }
+            | B::CertMultipleKeys { .. }
+            | B::CertParseError { .. }
+            | B::NoNativeCertsError { .. }
+            | B::LoadNativeCertsErrors { .. } => Error::Client {
+                operation,
+                message: "the backend's TLS certificates cannot be read".to_owned(),
+            },
             other => Error::Client {
                 operation,
                 message: other.to_string(),
@@ -204,6 +213,19 @@ mod tests {
         assert_eq!(p.code, ErrorCode::BackendUnavailable);
         let text = serde_json::to_string(&p).unwrap();
         assert!(!text.contains("/var/run"), "{text}");
+    }
+
+    #[test]
+    fn certificate_errors_name_no_path() {
+        let e = Error::from_bollard(
+            "connect",
+            bollard::errors::Error::CertPathError {
+                path: "/etc/secret/key.pem".into(),
+            },
+        );
+        let text = serde_json::to_string(&PluginError::from(e)).unwrap();
+        assert!(!text.contains("/etc/secret"), "{text}");
+        assert!(text.contains("TLS"), "{text}");
     }
 
     #[test]
