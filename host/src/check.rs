@@ -75,6 +75,15 @@ fn code(e: &PluginError) -> String {
     format!("{}: {}", e.code.as_str(), e.message)
 }
 
+/// Passes when `res` is `INSTANCE_NOT_FOUND`.
+fn expect_not_found<T>(res: Result<T, PluginError>, what: &str) -> Check<()> {
+    match res {
+        Err(e) if e.code == ErrorCode::InstanceNotFound => Ok(()),
+        Err(e) => Err(format!("got {}", code(&e))),
+        Ok(_) => Err(format!("{what} succeeded")),
+    }
+}
+
 fn expect_state(i: &Instance, want: &[InstanceState]) -> Check<()> {
     if want.contains(&i.state) {
         Ok(())
@@ -297,18 +306,10 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
         return;
     }
     r.step("get after delete is INSTANCE_NOT_FOUND", || {
-        match b.get(&id) {
-            Err(e) if e.code == ErrorCode::InstanceNotFound => Ok(()),
-            Err(e) => Err(format!("got {}", code(&e))),
-            Ok(_) => Err("the instance is still there".into()),
-        }
+        expect_not_found(b.get(&id), "get of a deleted instance")
     });
     r.step("start after delete is INSTANCE_NOT_FOUND", || {
-        match b.start(&id) {
-            Err(e) if e.code == ErrorCode::InstanceNotFound => Ok(()),
-            Err(e) => Err(format!("got {}", code(&e))),
-            Ok(_) => Err("start of a deleted instance succeeded".into()),
-        }
+        expect_not_found(b.start(&id), "start of a deleted instance")
     });
     r.step("nothing is left", || {
         let list = b.list().map_err(|e| code(&e))?;
@@ -321,6 +322,14 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
 
 fn steps_on<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, name: &str, timeout: u64) {
     use InstanceState::*;
+    let graceful = StopOptions {
+        force: false,
+        timeout,
+    };
+    let hard = StopOptions {
+        force: true,
+        timeout,
+    };
     let ok = |res: Result<Instance, PluginError>, want: &[InstanceState]| -> Check<Instance> {
         let i = res.map_err(|e| code(&e))?;
         expect_state(&i, want)?;
@@ -340,11 +349,7 @@ fn steps_on<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, name: &s
             .ok_or_else(|| "not in list".to_owned())
     });
     r.step("get of an unknown id is INSTANCE_NOT_FOUND", || {
-        match b.get("chk-does-not-exist") {
-            Err(e) if e.code == ErrorCode::InstanceNotFound => Ok(()),
-            Err(e) => Err(format!("got {}", code(&e))),
-            Ok(_) => Err("found an instance that does not exist".into()),
-        }
+        expect_not_found(b.get("chk-does-not-exist"), "get of an unknown id")
     });
     r.step("start", || ok(b.start(id), &[Running]));
     r.step("start again changes nothing", || {
@@ -370,54 +375,14 @@ fn steps_on<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, name: &s
         }
     }
     r.step(&format!("stop (graceful, {timeout} s timeout)"), || {
-        ok(
-            b.stop(
-                id,
-                StopOptions {
-                    force: false,
-                    timeout,
-                },
-            ),
-            &[Stopped],
-        )
+        ok(b.stop(id, graceful), &[Stopped])
     });
     r.step("stop again changes nothing", || {
-        ok(
-            b.stop(
-                id,
-                StopOptions {
-                    force: false,
-                    timeout,
-                },
-            ),
-            &[Stopped],
-        )
+        ok(b.stop(id, graceful), &[Stopped])
     });
     r.step("start after stop", || ok(b.start(id), &[Running]));
-    r.step("stop (force)", || {
-        ok(
-            b.stop(
-                id,
-                StopOptions {
-                    force: true,
-                    timeout,
-                },
-            ),
-            &[Stopped],
-        )
-    });
-    r.step("restart", || {
-        ok(
-            b.restart(
-                id,
-                StopOptions {
-                    force: true,
-                    timeout,
-                },
-            ),
-            &[Running],
-        )
-    });
+    r.step("stop (force)", || ok(b.stop(id, hard), &[Stopped]));
+    r.step("restart", || ok(b.restart(id, hard), &[Running]));
     r.step("update cpu and memory", || {
         let want_mem = 512u64 << 20;
         let req: UpdateRequest = serde_json::from_value(serde_json::json!({
