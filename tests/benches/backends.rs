@@ -36,7 +36,12 @@ fn api_cycle(s: &Server, body: Value) -> Duration {
     let r = s.call("POST", INSTANCES, ADMIN, Some(&body));
     assert_eq!(r.status, 201, "{}", r.text);
     let id = r.json["id"].as_str().expect("id").to_owned();
-    let d = s.call("DELETE", &format!("{INSTANCES}/{id}?force=true"), ADMIN, None);
+    let d = s.call(
+        "DELETE",
+        &format!("{INSTANCES}/{id}?force=true"),
+        ADMIN,
+        None,
+    );
     assert_eq!(d.status, 204, "{}", d.text);
     t.elapsed()
 }
@@ -56,11 +61,14 @@ fn bench_docker(runs: usize) {
     let mut direct = Vec::new();
     for i in 0..runs {
         let name = unique(&format!("uc-bench-api-{i}"));
-        ours.push(api_cycle(&s, json!({
-            "name": name, "backend": "docker", "start": true,
-            "config": {"image": TEST_IMAGE, "command": ["sleep", "1000"]},
-            "resources": {"cpu": {"cores": 1}, "memory": {"limit": 134217728}}
-        })));
+        ours.push(api_cycle(
+            &s,
+            json!({
+                "name": name, "backend": "docker", "start": true,
+                "config": {"image": TEST_IMAGE, "command": ["sleep", "1000"]},
+                "resources": {"cpu": {"cores": 1}, "memory": {"limit": 134217728}}
+            }),
+        ));
         let name = unique(&format!("uc-bench-direct-{i}"));
         let t = Instant::now();
         rt.block_on(async {
@@ -75,12 +83,26 @@ fn bench_docker(runs: usize) {
                 ..Default::default()
             };
             docker
-                .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
+                .create_container(
+                    Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                    body,
+                )
                 .await
                 .expect("create");
-            docker.start_container(&name, None::<StartContainerOptions>).await.expect("start");
             docker
-                .remove_container(&name, Some(RemoveContainerOptionsBuilder::new().force(true).v(true).build()))
+                .start_container(&name, None::<StartContainerOptions>)
+                .await
+                .expect("start");
+            docker
+                .remove_container(
+                    &name,
+                    Some(
+                        RemoveContainerOptionsBuilder::new()
+                            .force(true)
+                            .v(true)
+                            .build(),
+                    ),
+                )
                 .await
                 .expect("remove");
         });
@@ -94,10 +116,15 @@ fn bench_docker(runs: usize) {
 
     // usage: ours repeated vs the engine's stats call
     let name = unique("uc-bench-usage");
-    let r = s.call("POST", INSTANCES, ADMIN, Some(&json!({
-        "name": name, "backend": "docker", "start": true,
-        "config": {"image": TEST_IMAGE, "command": ["sleep", "1000"]}
-    })));
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": name, "backend": "docker", "start": true,
+            "config": {"image": TEST_IMAGE, "command": ["sleep", "1000"]}
+        })),
+    );
     let id = r.json["id"].as_str().expect("id").to_owned();
     let usage = format!("{INSTANCES}/{id}/usage");
     let first = Instant::now();
@@ -114,13 +141,21 @@ fn bench_docker(runs: usize) {
     for _ in 0..5 {
         let t = Instant::now();
         rt.block_on(async {
-            let mut st = docker.stats(&name, Some(StatsOptionsBuilder::new().stream(false).build()));
+            let mut st = docker.stats(
+                &name,
+                Some(StatsOptionsBuilder::new().stream(false).build()),
+            );
             st.next().await.expect("a sample").expect("stats");
         });
         theirs.push(t.elapsed());
     }
     println!("docker usage: first call {}, repeated median {} (50 calls); engine stats(stream=false) median {} (5 calls)", ms(first), ms(median(ours)), ms(median(theirs)));
-    s.call("DELETE", &format!("{INSTANCES}/{id}?force=true"), ADMIN, None);
+    s.call(
+        "DELETE",
+        &format!("{INSTANCES}/{id}?force=true"),
+        ADMIN,
+        None,
+    );
 }
 
 fn bench_kvm(runs: usize) {
@@ -144,17 +179,25 @@ fn bench_kvm(runs: usize) {
     let mut ours = Vec::new();
     let mut direct = Vec::new();
     for i in 0..runs {
-        ours.push(api_cycle(&s, json!({
-            "name": format!("{}-api-{i}", f.prefix), "backend": "kvm", "start": true,
-            "config": {"image": "ubuntu-22.04", "networkType": "none"},
-            "resources": {"cpu": {"cores": 1}, "memory": {"limit": 134217728}}
-        })));
+        ours.push(api_cycle(
+            &s,
+            json!({
+                "name": format!("{}-api-{i}", f.prefix), "backend": "kvm", "start": true,
+                "config": {"image": "ubuntu-22.04", "networkType": "none"},
+                "resources": {"cpu": {"cores": 1}, "memory": {"limit": 134217728}}
+            }),
+        ));
         let name = format!("{}-virt-{i}", f.prefix);
         let t = Instant::now();
         let pool = conn.lookup_storage_pool_by_name(&f.pool).expect("pool");
-        let vol_xml = VolumeXml::new(&format!("{name}.qcow2"), 64 << 20, "qcow2", Some((&template.to_string_lossy(), "qcow2")))
-            .to_xml()
-            .expect("xml");
+        let vol_xml = VolumeXml::new(
+            &format!("{name}.qcow2"),
+            64 << 20,
+            "qcow2",
+            Some((&template.to_string_lossy(), "qcow2")),
+        )
+        .to_xml()
+        .expect("xml");
         let vol = StorageVol::create_xml(&pool, &vol_xml, 0).expect("volume");
         let spec = DomainSpec {
             domain_type: domain_type.clone(),
@@ -171,14 +214,19 @@ fn bench_kvm(runs: usize) {
                 updated_at: String::new(),
                 started: true,
                 labels: LabelsXml::default(),
-                config: serde_json::from_value(json!({"image": "ubuntu-22.04", "networkType": "none"})).expect("config"),
+                config: serde_json::from_value(
+                    json!({"image": "ubuntu-22.04", "networkType": "none"}),
+                )
+                .expect("config"),
                 pool: f.pool.clone(),
                 disk: String::new(),
                 disk_size: 0,
                 seed: None,
             },
         };
-        let dom = conn.define_domain_xml(&spec.to_xml().expect("xml")).expect("define");
+        let dom = conn
+            .define_domain_xml(&spec.to_xml().expect("xml"))
+            .expect("define");
         dom.create().expect("start");
         dom.destroy().expect("destroy");
         dom.undefine().expect("undefine");
@@ -194,7 +242,10 @@ fn bench_kvm(runs: usize) {
 
 fn main() {
     std::env::set_var("UCTEST_PROFILE", "release");
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(15);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(15);
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     if only.as_deref().is_none_or(|o| o == "docker") {
         bench_docker(runs);
