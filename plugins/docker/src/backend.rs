@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
@@ -37,6 +37,8 @@ type Result<T> = std::result::Result<T, PluginError>;
 
 /// Docker refuses memory limits below this.
 const MIN_MEMORY: u64 = 6 * 1024 * 1024;
+/// How long an API call's own engine events are expected.
+const EXPECT_WINDOW: Duration = Duration::from_secs(5);
 /// Whether the storage driver enforces `StorageOpt.size`: not known yet.
 const QUOTA_UNKNOWN: u8 = 0;
 const QUOTA_YES: u8 = 1;
@@ -60,6 +62,9 @@ pub(crate) struct Shared {
     touched: Mutex<HashMap<String, DateTime<Utc>>>,
     host: Mutex<Option<HostResources>>,
     storage_quota: AtomicU8,
+    /// Engine events that a call in progress causes, by instance id: the event loop
+    /// skips them, since the call's result tells the host already.
+    expected: Mutex<HashMap<String, Vec<(&'static str, Instant)>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -83,6 +88,7 @@ impl DockerBackend {
             touched: Mutex::default(),
             host: Mutex::default(),
             storage_quota: AtomicU8::new(QUOTA_UNKNOWN),
+            expected: Mutex::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         rt.spawn(crate::events::run(Arc::clone(&shared), rx));
@@ -177,7 +183,47 @@ impl Shared {
     pub(crate) fn forget(&self, id: &str) {
         lock(&self.containers).remove(id);
         lock(&self.touched).remove(id);
+        lock(&self.expected).remove(id);
         self.stats.forget(id);
+    }
+
+    /// Notes that a call is about to cause these engine events.
+    fn expect(&self, id: &str, actions: &[&'static str]) {
+        let now = Instant::now();
+        lock(&self.expected)
+            .entry(id.to_owned())
+            .or_default()
+            .extend(actions.iter().map(|a| (*a, now)));
+    }
+
+    /// The call failed: its events may not come.
+    fn unexpect(&self, id: &str) {
+        lock(&self.expected).remove(id);
+    }
+
+    /// Whether an engine event was caused by a call of ours (and is consumed). Any
+    /// other event for the instance means someone else acts on it: then nothing more
+    /// is skipped.
+    pub(crate) fn expected_event(&self, id: &str, action: &str) -> bool {
+        let mut map = lock(&self.expected);
+        let Some(list) = map.get_mut(id) else {
+            return false;
+        };
+        list.retain(|(_, at)| at.elapsed() < EXPECT_WINDOW);
+        let found = list.iter().position(|(a, _)| *a == action);
+        match found {
+            Some(i) => {
+                list.remove(i);
+                if list.is_empty() {
+                    map.remove(id);
+                }
+                true
+            }
+            None => {
+                map.remove(id);
+                false
+            }
+        }
     }
 
     fn mine(&self, c: &ContainerInspectResponse) -> bool {
@@ -490,8 +536,10 @@ impl Shared {
             h.storage_opt = Some(HashMap::from([("size".to_owned(), s.to_string())]));
         }
 
+        self.expect(&req.id, &["create"]);
+        let made: Result<String> = async {
         let mut pulled = false;
-        let container = loop {
+        Ok(loop {
             match self.create_container(&req.name, &body).await {
                 Ok(id) => {
                     if body
@@ -541,9 +589,13 @@ impl Shared {
                     return Err(e.into());
                 }
             }
-        };
+        })
+        }
+        .await;
+        let container = made.inspect_err(|_| self.unexpect(&req.id))?;
         lock(&self.containers).insert(req.id.clone(), container.clone());
         if req.start {
+            self.expect(&req.id, &["start"]);
             let cid = &container;
             let started = self
                 .engine
@@ -602,12 +654,14 @@ impl Shared {
             ..Default::default()
         };
         let cid = container.clone();
+        self.expect(id, &["update"]);
         self.engine
             .quick(
                 "update",
                 |d| async move { d.update_container(&cid, body).await },
             )
-            .await?;
+            .await
+            .inspect_err(|_| self.unexpect(id))?;
         self.touch(id);
         self.stats.forget(id);
         self.instance(id, &container).await
@@ -658,6 +712,41 @@ impl Shared {
     }
 
     async fn start(&self, id: &str) -> Result<Instance> {
+        let cached = lock(&self.containers).get(id).cloned();
+        if let Some(cid) = cached {
+            // Straight to the engine: starting a running container changes nothing
+            // there either. Anything unusual takes the checked way below.
+            self.expect(id, &["start"]);
+            let c = cid.clone();
+            match self
+                .engine
+                .quick(
+                    "start",
+                    |d| async move { d.start_container(&c, None).await },
+                )
+                .await
+            {
+                Ok(()) => return self.instance(id, &cid).await,
+                // Gone or replaced: look it up by its label below.
+                Err(e) if e.status() == Some(404) => {
+                    self.unexpect(id);
+                    lock(&self.containers).remove(id);
+                }
+                Err(e) => {
+                    self.unexpect(id);
+                    if !e.is_unavailable() {
+                        if let Ok((_, c)) = self.resolve(id).await {
+                            if state_of(&c) == Some(ContainerStateStatusEnum::PAUSED) {
+                                return Err(PluginError::invalid_state(
+                                    "the instance is paused; unpause it",
+                                ));
+                            }
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         let (container, c) = self.resolve(id).await?;
         match state_of(&c) {
             // Already running: nothing changes.
@@ -670,13 +759,14 @@ impl Shared {
             }
             _ => {
                 let cid = container.clone();
+                self.expect(id, &["start"]);
                 self.engine
                     .quick(
                         "start",
                         |d| async move { d.start_container(&cid, None).await },
                     )
-                    .await?;
-                self.touch(id);
+                    .await
+                    .inspect_err(|_| self.unexpect(id))?;
             }
         }
         self.instance(id, &container).await
@@ -705,9 +795,13 @@ impl Shared {
             // Created, exited, dead: nothing runs.
             _ => return self.instance_of(id, &c),
         }
+        self.expect(id, &["die"]);
         if state_of(&c) == Some(ContainerStateStatusEnum::PAUSED) {
             // A frozen process cannot handle (or die of) a signal.
-            self.unpause_container(&container).await?;
+            self.expect(id, &["unpause"]);
+            self.unpause_container(&container)
+                .await
+                .inspect_err(|_| self.unexpect(id))?;
         }
         // `force` is a stop with no grace period: Docker kills at once and, as for any
         // stop, does not apply the restart policy.
@@ -723,8 +817,8 @@ impl Shared {
             .call("stop", timeout, |d| async move {
                 d.stop_container(&cid, Some(stop)).await
             })
-            .await?;
-        self.touch(id);
+            .await
+            .inspect_err(|_| self.unexpect(id))?;
         self.stats.forget(id);
         self.instance(id, &container).await
     }
@@ -735,9 +829,11 @@ impl Shared {
             Some(ContainerStateStatusEnum::PAUSED) => return self.instance_of(id, &c),
             Some(ContainerStateStatusEnum::RUNNING) => {
                 let cid = container.clone();
+                self.expect(id, &["pause"]);
                 self.engine
                     .quick("pause", |d| async move { d.pause_container(&cid).await })
-                    .await?;
+                    .await
+                    .inspect_err(|_| self.unexpect(id))?;
                 self.touch(id);
             }
             other => {
@@ -755,7 +851,10 @@ impl Shared {
         match state_of(&c) {
             Some(ContainerStateStatusEnum::RUNNING) => return self.instance_of(id, &c),
             Some(ContainerStateStatusEnum::PAUSED) => {
-                self.unpause_container(&container).await?;
+                self.expect(id, &["unpause"]);
+                self.unpause_container(&container)
+                    .await
+                    .inspect_err(|_| self.unexpect(id))?;
                 self.touch(id);
             }
             other => {
@@ -1157,6 +1256,31 @@ mod tests {
         let e = b.health().unwrap_err();
         assert_eq!(e.code, ErrorCode::BackendError, "{e:?}");
         assert!(!e.message.contains("/nonexistent"), "{}", e.message);
+        b.shutdown();
+    }
+
+    #[test]
+    fn events_of_our_own_calls_are_skipped_once_and_only_in_order() {
+        let b = DockerBackend::new(BackendContext {
+            name: "docker-expect".into(),
+            config: serde_json::json!({"endpoint": "unix:///nonexistent/docker.sock"}),
+            events: EventSink::discard(),
+        })
+        .unwrap();
+        let s = &b.shared;
+        s.expect("i-1", &["create", "start"]);
+        assert!(s.expected_event("i-1", "create"));
+        assert!(s.expected_event("i-1", "start"));
+        // Consumed: the next one is someone else's.
+        assert!(!s.expected_event("i-1", "start"));
+        // Something unexpected drops what was still expected.
+        s.expect("i-1", &["start"]);
+        assert!(!s.expected_event("i-1", "die"));
+        assert!(!s.expected_event("i-1", "start"));
+        assert!(!s.expected_event("i-2", "start"));
+        s.expect("i-3", &["pause"]);
+        s.unexpect("i-3");
+        assert!(!s.expected_event("i-3", "pause"));
         b.shutdown();
     }
 

@@ -138,6 +138,9 @@ async fn handle(shared: &Shared, message: EventMessage) {
     if matches!(action, "kill" | "stop") {
         return;
     }
+    if shared.expected_event(&id, action) {
+        return;
+    }
     if action == "destroy" {
         shared.forget(&id);
         tracing::debug!(instance = %id, "container removed");

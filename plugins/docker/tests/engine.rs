@@ -760,3 +760,36 @@ fn cpu_usage_follows_a_busy_process() {
     assert!(best > 10.0, "a spinning process shows {best} % cpu");
     t.backend.delete(&id, true).unwrap();
 }
+
+#[test]
+fn hand_changes_right_after_api_calls_are_still_reported() {
+    let _engine = FileLock::engine_shared();
+    let t = backend();
+    let mut clean = Cleanup::default();
+    let name = clean.container(&unique("mixed"));
+    let mut req = request(&name, sleeper());
+    req.start = true;
+    let id = req.id.clone();
+    t.backend.create(req).unwrap();
+    // A start of a running instance through the API causes no engine event...
+    t.backend.start(&id).unwrap();
+    // ...so the events of what is done by hand right after must all come through.
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker {args:?}");
+    };
+    docker(&["kill", &name]);
+    let stopped = t.events.wait_for(EVENT_WAIT, |e| {
+        matches!(e, Event::Changed { instance } if instance.id == id && instance.state == InstanceState::Stopped)
+    });
+    assert!(stopped.is_some(), "the kill by hand was not reported");
+    docker(&["start", &name]);
+    let running = t.events.wait_for(EVENT_WAIT, |e| {
+        matches!(e, Event::Changed { instance } if instance.id == id && instance.state == InstanceState::Running)
+    });
+    assert!(running.is_some(), "the start by hand was not reported");
+    t.backend.delete(&id, true).unwrap();
+}
