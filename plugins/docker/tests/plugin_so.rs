@@ -75,6 +75,20 @@ fn the_cdylib_loads_and_serves_the_hosts_calls() {
 
     let usage = backend.usage(&id).unwrap();
     assert!(usage.memory.used > 0);
+    // Events cross the boundary as well: a kill by hand is reported.
+    let kill = std::process::Command::new("docker")
+        .args(["kill", &name])
+        .output()
+        .unwrap();
+    assert!(kill.status.success());
+    assert!(events
+        .wait_for(std::time::Duration::from_secs(10), |e| matches!(
+            e,
+            Event::Changed { instance } if instance.id == id && instance.state == InstanceState::Stopped
+        ))
+        .is_some());
+    let started = backend.start(&id).unwrap();
+    assert_eq!(started.state, InstanceState::Running);
     let stopped = backend
         .stop(
             &id,
@@ -85,13 +99,6 @@ fn the_cdylib_loads_and_serves_the_hosts_calls() {
         )
         .unwrap();
     assert_eq!(stopped.state, InstanceState::Stopped);
-    // Events cross the boundary as well.
-    assert!(events
-        .wait_for(std::time::Duration::from_secs(10), |e| matches!(
-            e,
-            Event::Changed { instance } if instance.id == id && instance.state == InstanceState::Stopped
-        ))
-        .is_some());
     backend.delete(&id, false).unwrap();
     assert_eq!(
         backend.get(&id).unwrap_err().code,
