@@ -174,19 +174,22 @@ impl Engine {
     where
         Fut: Future<Output = Result<T, bollard::errors::Error>>,
     {
-        // A busy engine may be slow to answer a ping too: give the ping the whole
-        // connect timeout, so that load is not mistaken for absence.
-        let half = self.config.connect_timeout() / 2;
-        let ping_timeout = self.config.connect_timeout();
-        let deadline = tokio::time::Instant::now() + timeout;
+        // After a quarter of the connect timeout the call counts as slow; the ping gets
+        // the rest of it, so that a hung engine fails the call within the connect
+        // timeout, while a merely busy one has most of it to answer a ping.
+        let connect = self.config.connect_timeout();
+        let slow = connect / 4;
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
         tokio::pin!(fut);
         tokio::select! {
             r = &mut fut => return r.map_err(|e| Error::from_bollard(operation, e)),
-            _ = tokio::time::sleep(half.min(timeout)) => {}
+            _ = tokio::time::sleep_until((start + slow).min(deadline)) => {}
         }
+        let ping_until = (start + connect).min(deadline);
         let alive = tokio::select! {
             r = &mut fut => return r.map_err(|e| Error::from_bollard(operation, e)),
-            ping = tokio::time::timeout(ping_timeout, docker.ping()) => matches!(ping, Ok(Ok(_))),
+            ping = tokio::time::timeout_at(ping_until, docker.ping()) => matches!(ping, Ok(Ok(_))),
         };
         if !alive {
             return Err(Error::Unavailable {
