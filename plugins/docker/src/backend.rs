@@ -187,6 +187,14 @@ impl Shared {
         self.stats.forget(id);
     }
 
+    /// The engine came back: it may be another one (or another version) now.
+    pub(crate) fn reconnected(&self) {
+        *lock(&self.host) = None;
+        self.storage_quota.store(QUOTA_UNKNOWN, Ordering::Relaxed);
+        lock(&self.expected).clear();
+        self.stats.clear();
+    }
+
     /// Notes that a call is about to cause these engine events.
     fn expect(&self, id: &str, actions: &[&'static str]) {
         let now = Instant::now();
