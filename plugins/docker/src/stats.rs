@@ -176,6 +176,8 @@ struct Watcher {
     latest: watch::Receiver<Option<(Instant, Sample)>>,
     last_access: Mutex<Instant>,
     storage_used: AtomicU64,
+    /// Turns true once the writable layer was measured.
+    measured: watch::Sender<bool>,
     alive: AtomicBool,
 }
 
@@ -263,15 +265,28 @@ impl StatsCache {
         };
         w.touch();
         let mut rx = w.latest.clone();
-        let waited = tokio::time::timeout(
-            FIRST_SAMPLE,
-            rx.wait_for(|s| s.is_some_and(|(_, s)| s.has_cpu_delta)),
-        )
-        .await;
-        let sample = match waited {
-            Ok(Ok(s)) => (*s)?.1,
-            // No delta in time (or the stream ended): answer with what there is.
-            _ => (*w.latest.borrow())?.1,
+        let mut measured = w.measured.subscribe();
+        // The disk is measured beside the stream; both usually take about a second.
+        let (with_delta, _) = tokio::join!(
+            async {
+                let waited = tokio::time::timeout(
+                    FIRST_SAMPLE,
+                    rx.wait_for(|s| s.is_some_and(|(_, s)| s.has_cpu_delta)),
+                )
+                .await;
+                match waited {
+                    Ok(Ok(s)) => *s,
+                    _ => None,
+                }
+            },
+            async {
+                let _ = tokio::time::timeout(FIRST_SAMPLE, measured.wait_for(|m| *m)).await;
+            },
+        );
+        // No delta in time (or the stream ended): answer with what there is.
+        let sample = match with_delta {
+            Some((_, s)) => s,
+            None => (*w.latest.borrow())?.1,
         };
         Some(usage_from(
             &sample,
@@ -294,6 +309,7 @@ impl StatsCache {
             latest: rx,
             last_access: Mutex::new(Instant::now()),
             storage_used: AtomicU64::new(0),
+            measured: watch::Sender::new(false),
             alive: AtomicBool::new(true),
         });
         if let Some(old) = self.lock().insert(id.to_owned(), Arc::clone(&w)) {
@@ -323,6 +339,7 @@ impl StatsCache {
                         {
                             let used = c.size_rw.unwrap_or(0).max(0) as u64;
                             me.storage_used.store(used, Ordering::Relaxed);
+                            me.measured.send_replace(true);
                         }
                     });
                 }
