@@ -478,6 +478,63 @@ impl Shared {
         }
     }
 
+    /// Creates the container, pulling the image when it is missing and dropping the
+    /// storage size when the driver cannot enforce it.
+    async fn make_container(
+        &self,
+        name: &str,
+        image: &str,
+        body: &mut ContainerCreateBody,
+    ) -> Result<String> {
+        let mut pulled = false;
+        loop {
+            let with_quota = body
+                .host_config
+                .as_ref()
+                .is_some_and(|h| h.storage_opt.is_some());
+            match self.create_container(name, body).await {
+                Ok(id) => {
+                    if with_quota {
+                        self.storage_quota.store(QUOTA_YES, Ordering::Relaxed);
+                    }
+                    return Ok(id);
+                }
+                Err(e) if e.status() == Some(404) && !pulled => {
+                    pulled = true;
+                    self.pull(image).await?;
+                }
+                Err(e) if with_quota && storage_opt_refused(&e) => {
+                    tracing::info!(
+                        backend = %self.name,
+                        "the storage driver has no size quota; sizes are kept, not enforced"
+                    );
+                    self.storage_quota.store(QUOTA_NO, Ordering::Relaxed);
+                    if let Some(h) = body.host_config.as_mut() {
+                        h.storage_opt = None;
+                    }
+                }
+                Err(e) if e.status() == Some(409) => {
+                    return Err(PluginError::new(
+                        ErrorCode::InstanceAlreadyExists,
+                        format!("a container named {name} exists"),
+                    )
+                    .with_detail("name", name));
+                }
+                Err(e) if e.status() == Some(404) => {
+                    return Err(PluginError::invalid(format!("image {image} not found"))
+                        .with_detail("image", image));
+                }
+                Err(e) => {
+                    if e.is_unavailable() {
+                        // The engine may have made it before going quiet.
+                        let _ = self.remove(name).await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
     async fn create(&self, req: CreateRequest) -> Result<Instance> {
         if let Some(k) = req.labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
             return Err(PluginError::invalid(format!(
@@ -545,62 +602,10 @@ impl Shared {
         }
 
         self.expect(&req.id, &["create"]);
-        let made: Result<String> = async {
-        let mut pulled = false;
-        Ok(loop {
-            match self.create_container(&req.name, &body).await {
-                Ok(id) => {
-                    if body
-                        .host_config
-                        .as_ref()
-                        .is_some_and(|h| h.storage_opt.is_some())
-                    {
-                        self.storage_quota.store(QUOTA_YES, Ordering::Relaxed);
-                    }
-                    break id;
-                }
-                Err(e) if e.status() == Some(404) && !pulled => {
-                    pulled = true;
-                    self.pull(&spec.image).await?;
-                }
-                Err(e)
-                    if storage_opt_refused(&e)
-                        && body
-                            .host_config
-                            .as_ref()
-                            .is_some_and(|h| h.storage_opt.is_some()) =>
-                {
-                    tracing::info!(backend = %self.name, "the storage driver has no size quota; storage sizes are kept, not enforced");
-                    self.storage_quota.store(QUOTA_NO, Ordering::Relaxed);
-                    if let Some(h) = body.host_config.as_mut() {
-                        h.storage_opt = None;
-                    }
-                }
-                Err(e) if e.status() == Some(409) => {
-                    return Err(PluginError::new(
-                        ErrorCode::InstanceAlreadyExists,
-                        format!("a container named {} exists", req.name),
-                    )
-                    .with_detail("name", req.name.as_str()));
-                }
-                Err(e) if e.status() == Some(404) => {
-                    return Err(
-                        PluginError::invalid(format!("image {} not found", spec.image))
-                            .with_detail("image", spec.image.as_str()),
-                    );
-                }
-                Err(e) => {
-                    if e.is_unavailable() {
-                        // The engine may have made it before going quiet.
-                        let _ = self.remove(&req.name).await;
-                    }
-                    return Err(e.into());
-                }
-            }
-        })
-        }
-        .await;
-        let container = made.inspect_err(|_| self.unexpect(&req.id))?;
+        let container = self
+            .make_container(&req.name, &spec.image, &mut body)
+            .await
+            .inspect_err(|_| self.unexpect(&req.id))?;
         lock(&self.containers).insert(req.id.clone(), container.clone());
         if req.start {
             self.expect(&req.id, &["start"]);
