@@ -618,9 +618,17 @@ impl Shared {
                 )
                 .await;
             if let Err(e) = started {
-                tracing::warn!(instance = %req.id, error = %e, "start after create failed; removing the container");
+                tracing::warn!(
+                    instance = %req.id,
+                    error = %e,
+                    "start after create failed; removing the container"
+                );
                 if let Err(re) = self.remove(&container).await {
-                    tracing::error!(instance = %req.id, error = %re, "cannot remove a half-made container");
+                    tracing::error!(
+                        instance = %req.id,
+                        error = %re,
+                        "cannot remove a half-made container"
+                    );
                 }
                 self.forget(&req.id);
                 return Err(e.into());

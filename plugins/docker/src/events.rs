@@ -90,7 +90,11 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             match next {
                 Some(Ok(message)) => handle(&shared, message).await,
                 Some(Err(e)) => {
-                    tracing::warn!(backend = %shared.name, error = %e, "docker event stream failed");
+                    tracing::warn!(
+                        backend = %shared.name,
+                        error = %e,
+                        "docker event stream failed"
+                    );
                     break;
                 }
                 None => break,
@@ -151,7 +155,12 @@ async fn handle(shared: &Shared, message: EventMessage) {
     let Some(container) = actor.id else { return };
     match shared.inspect_instance(&container).await {
         Ok(Some(instance)) => {
-            tracing::debug!(instance = %id, action, state = instance.state.as_str(), "container changed");
+            tracing::debug!(
+                instance = %id,
+                action,
+                state = instance.state.as_str(),
+                "container changed"
+            );
             shared.events.emit(&Event::Changed {
                 instance: Box::new(instance),
             })
