@@ -4,9 +4,10 @@
 //!
 //! It runs on a private libvirtd that the test starts itself (as user `nobody`, a
 //! `qemu:///session` daemon on its own socket) and restarts by its process id, so the
-//! shared system daemon is never disturbed. With `UNICOMPUTE_KVM_RESTART_SYSTEM=1` the
-//! same run is also made on `qemu:///system`, restarting the system libvirtd
-//! (`libvirtd -d`) and restoring it even when the test fails.
+//! shared system daemon is never disturbed by that one. The same run is then made on
+//! `qemu:///system`, restarting the system libvirtd (`libvirtd -d`) and restoring it
+//! even when the test fails; `UC_KVM_SKIP_SYSTEM_RESTART=1` skips that part on a
+//! machine whose system daemon others are using.
 //!
 //! Its own test binary, so that nothing else runs beside a daemon restart.
 
@@ -263,8 +264,8 @@ fn backend_survives_a_libvirtd_restart() {
 
 #[test]
 fn system_backend_survives_a_system_libvirtd_restart() {
-    if std::env::var("UNICOMPUTE_KVM_RESTART_SYSTEM").as_deref() != Ok("1") {
-        eprintln!("skipped: set UNICOMPUTE_KVM_RESTART_SYSTEM=1 to restart the system libvirtd");
+    if std::env::var("UC_KVM_SKIP_SYSTEM_RESTART").as_deref() == Ok("1") {
+        eprintln!("skipped: UC_KVM_SKIP_SYSTEM_RESTART=1");
         return;
     }
     let system = SystemDaemon;
