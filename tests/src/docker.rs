@@ -32,6 +32,11 @@ impl FileLock {
     pub fn engine_shared() -> FileLock {
         Self::take(ENGINE_LOCK, libc::LOCK_SH)
     }
+
+    /// The engine to oneself (to stop and restart it).
+    pub fn engine_exclusive() -> FileLock {
+        Self::take(ENGINE_LOCK, libc::LOCK_EX)
+    }
 }
 
 impl Drop for FileLock {

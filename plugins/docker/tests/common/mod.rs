@@ -3,8 +3,6 @@
 //! cleanup guards.
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::os::unix::io::AsRawFd;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,96 +12,10 @@ use bollard::Docker;
 use unicompute_docker::DockerBackend;
 use unicompute_plugin_api::{BackendContext, CreateRequest, Event, EventSink, Resources};
 
-/// The local image every test uses: `FROM scratch` with busybox-static.
-pub const TEST_IMAGE: &str = "unicompute-test-busybox:latest";
-
-/// Taken shared by every engine test, exclusively by the engine restart test.
-const ENGINE_LOCK: &str = "/tmp/unicompute-docker-engine.lock";
-const IMAGE_LOCK: &str = "/tmp/unicompute-docker-image.lock";
-
-/// An flock held until dropped.
-pub struct FileLock(File);
-
-impl FileLock {
-    fn take(path: &str, op: libc::c_int) -> FileLock {
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .expect("open lock file");
-        // SAFETY: flock on a file descriptor we own, with a valid operation.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
-        assert_eq!(rc, 0, "flock {path}");
-        FileLock(f)
-    }
-    /// A shared hold of the engine: the engine stays up meanwhile.
-    pub fn engine_shared() -> FileLock {
-        Self::take(ENGINE_LOCK, libc::LOCK_SH)
-    }
-    /// The engine to oneself (to stop and restart it).
-    pub fn engine_exclusive() -> FileLock {
-        Self::take(ENGINE_LOCK, libc::LOCK_EX)
-    }
-}
-
-impl Drop for FileLock {
-    fn drop(&mut self) {
-        // SAFETY: as in take.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
-/// Makes the test image by importing a tarball of busybox and its applet links (no
-/// registry, no builder). Idempotent and safe from parallel processes.
-pub fn ensure_image() {
-    let _lock = FileLock::take(IMAGE_LOCK, libc::LOCK_EX);
-    let have = Command::new("docker")
-        .args(["image", "inspect", TEST_IMAGE])
-        .output()
-        .expect("run docker");
-    if have.status.success() {
-        return;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("busybox-static is installed");
-    let dir = std::env::temp_dir().join(format!("uc-image-{}", uuid::Uuid::new_v4().simple()));
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(dir.join("tmp")).unwrap();
-    std::fs::copy(busybox, bin.join("busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
-            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-        }
-    }
-    let tar = dir.with_extension("tar");
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(&dir)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success(), "tar");
-    let ok = Command::new("docker")
-        .args(["import", "--change", r#"CMD ["/bin/sh"]"#])
-        .arg(&tar)
-        .arg(TEST_IMAGE)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "docker import: {}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(&tar);
-}
+// The local test image (`FROM scratch` with busybox-static) and the engine lock are
+// the black-box tests' own, shared rather than kept twice.
+#[allow(unused_imports)] // not every user of this module takes every helper
+pub use unicompute_tests::docker::{ensure_image, FileLock, TEST_IMAGE};
 
 /// A unique name for something a test makes.
 pub fn unique(prefix: &str) -> String {
