@@ -77,12 +77,17 @@ pub struct PluginsConfig {
     /// Directories scanned for plugin files (`*.so`), in order. Relative paths are
     /// taken from the config file's directory.
     pub dirs: Vec<PathBuf>,
+    /// Seconds between looks at the plugin directories: a file added, replaced or
+    /// removed there is loaded (or dropped) once it has stayed the same for one more
+    /// look, without a SIGHUP. `0` turns the watch off.
+    pub watch_interval_secs: u64,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             dirs: vec![PathBuf::from("/usr/lib/unicompute/plugins")],
+            watch_interval_secs: 2,
         }
     }
 }
@@ -265,6 +270,7 @@ mod tests {
         let c = Config::load_with_env(None, no_env()).unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         assert!(c.auth.tokens.is_empty());
+        assert_eq!(c.plugins.watch_interval_secs, 2);
     }
 
     #[test]

@@ -194,6 +194,7 @@ async fn run(
         .run();
     let mut server = tokio::spawn(server);
     tokio::spawn(reload_on_sighup(Arc::clone(&state)));
+    tokio::spawn(Arc::clone(&service).watch_plugins());
     tracing::info!(addr = %local, instances = service.inventory.len(), "listening");
     println!("unicompute: listening on http://{local}");
 

@@ -213,10 +213,66 @@ impl Service {
     /// unchanged are kept as they are; requests in flight finish on the backend they
     /// started on. On an invalid config nothing changes.
     pub async fn reload(self: &Arc<Self>) -> Result<ReloadReport, StartError> {
+        self.reload_with(true).await
+    }
+
+    /// As [`Service::reload`], with the configuration in force: only the plugin files
+    /// are looked at again (what the directory watch does).
+    pub async fn reload_plugins(self: &Arc<Self>) -> Result<ReloadReport, StartError> {
+        self.reload_with(false).await
+    }
+
+    /// Watches the plugin directories every `plugins.watch_interval_secs` (read anew
+    /// each round, so a reload can change it; `0` pauses the watch). A file added,
+    /// replaced or removed is acted on once it has stayed the same for one more round,
+    /// so that a file still being written is not loaded half-made.
+    pub async fn watch_plugins(self: Arc<Self>) {
+        let mut pending: Option<Vec<loader::Fingerprinted>> = None;
+        loop {
+            let config = self.config();
+            let secs = config.plugins.watch_interval_secs;
+            tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
+            if secs == 0 {
+                pending = None;
+                continue;
+            }
+            let dirs = config.plugins.dirs.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || loader::listing(&dirs)).await else {
+                continue;
+            };
+            let known: Vec<loader::Fingerprinted> = self
+                .scanned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|e| (e.path.clone(), e.fingerprint))
+                .collect();
+            if now == known {
+                pending = None;
+                continue;
+            }
+            if pending.as_ref() != Some(&now) {
+                // Changed since the last look: wait one more round for it to settle.
+                pending = Some(now);
+                continue;
+            }
+            pending = None;
+            tracing::info!("plugin directory changed: loading the plugins again");
+            if let Err(e) = self.reload_plugins().await {
+                tracing::warn!(error = %e, "plugins not reloaded; the running set is kept");
+            }
+        }
+    }
+
+    async fn reload_with(self: &Arc<Self>, read_config: bool) -> Result<ReloadReport, StartError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let svc = Arc::clone(self);
         let (new_config, new_registry, scanned) = tokio::task::spawn_blocking(move || {
-            let config = Config::load(svc.config_path.as_deref())?;
+            let config = if read_config {
+                Config::load(svc.config_path.as_deref())?
+            } else {
+                (*svc.config()).clone()
+            };
             let previous = svc
                 .scanned
                 .lock()

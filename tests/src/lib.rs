@@ -208,6 +208,8 @@ pub struct ServerOptions {
     pub tokens: bool,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// `plugins.watch_interval_secs`; the server's default when none.
+    pub watch_interval_secs: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -218,6 +220,7 @@ impl Default for ServerOptions {
             toml: String::new(),
             tokens: true,
             env: vec![],
+            watch_interval_secs: None,
         }
     }
 }
@@ -252,7 +255,8 @@ impl Server {
             std::fs::write(plugins.join(name), contents).expect("junk");
         }
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nhealth_interval_secs = 1\n[plugins]\ndirs = [\"plugins\"]\n{}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nhealth_interval_secs = 1\n[plugins]\ndirs = [\"plugins\"]\n{}{}\n{}",
+            opts.watch_interval_secs.map(|n| format!("watch_interval_secs = {n}\n")).unwrap_or_default(),
             if opts.tokens { auth_toml() } else { format!("[auth]\ntoken_file = \"{}\"\n", dir.0.join("admin.token").display()) },
             opts.toml
         );

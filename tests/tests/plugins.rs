@@ -124,7 +124,14 @@ fn backend_field(s: &Server, backend: &str, field: &str) -> Value {
 
 #[test]
 fn add_enable_and_replace_a_plugin_without_a_restart() {
-    let s = Server::fake("");
+    // SIGHUP and the reload endpoint alone (no directory watch), so that what they
+    // report is theirs.
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![fake_plugin()],
+        toml: "[backends.fake]\nplugin = \"fake\"\n".into(),
+        watch_interval_secs: Some(0),
+        ..Default::default()
+    });
     let pid = s.pid();
     let config_path = s.dir.0.join("unicompute.toml");
     let plugin_dir = s.dir.0.join("plugins");
@@ -246,4 +253,65 @@ fn sighup_disables_a_backend_without_dropping_requests_in_flight() {
     assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"));
     assert!(r.text.contains("bogus"), "{}", r.text);
     assert_eq!(s.get(&format!("{INSTANCES}?backend=fake")).json["total"], 1);
+}
+
+#[test]
+fn the_directory_watch_loads_replaces_and_drops_plugins_without_a_signal() {
+    // `proc` is enabled from the start; its plugin is not there yet.
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![fake_plugin()],
+        toml: "[backends.fake]\nplugin = \"fake\"\n[backends.proc]\nplugin = \"process\"\nprograms = [\"sleep\"]\n".into(),
+        watch_interval_secs: Some(1),
+        ..Default::default()
+    });
+    let pid = s.pid();
+    let plugin_dir = s.dir.0.join("plugins");
+    assert_eq!(backend_field(&s, "proc", "status"), "unavailable");
+    let r = s.call("POST", INSTANCES, ADMIN, Some(&json!({"name": unique("keep"), "backend": "fake", "config": {"image": "busybox"}, "start": true})));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let kept = r.json.clone();
+
+    // Dropped in with a plain copy, no signal, no API call.
+    let so = plugin_dir.join("libunicompute_example.so");
+    std::fs::copy(example_plugin(""), &so).expect("copy");
+    let up = wait_for(Duration::from_secs(20), || {
+        (backend_field(&s, "proc", "status") == "running").then_some(())
+    });
+    assert!(up.is_some(), "proc did not come up: {}", s.log());
+    assert_eq!(backend_field(&s, "proc", "plugin.version"), "0.1.0");
+    let r = s.call("POST", INSTANCES, ADMIN, Some(&json!({"name": unique("proc"), "backend": "proc", "config": {"image": "sleep", "args": ["300"]}, "start": true})));
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["state"], "running");
+    let one = format!("{INSTANCES}/{}", r.json["id"].as_str().expect("id"));
+    let r = s.call(
+        "PUT",
+        &format!("{one}/stop"),
+        ADMIN,
+        Some(&json!({"force": true})),
+    );
+    assert_eq!(r.json["state"], "stopped", "{}", r.text);
+    assert_eq!(s.call("DELETE", &one, ADMIN, None).status, 204);
+
+    // Overwritten in place by a newer build: the backend switches to it.
+    std::fs::copy(example_plugin("v2"), &so).expect("copy");
+    let v2 = wait_for(Duration::from_secs(20), || {
+        (backend_field(&s, "proc", "plugin.version") == "0.2.0").then_some(())
+    });
+    assert!(v2.is_some(), "v2 not loaded: {}", s.log());
+    assert_eq!(backend_field(&s, "proc", "status"), "running");
+
+    // A file that is not a plugin is skipped; the rest serves on.
+    std::fs::write(plugin_dir.join("README.txt"), "not a plugin").expect("junk");
+    // Removed: the backend goes with its plugin.
+    std::fs::remove_file(&so).expect("remove");
+    let gone = wait_for(Duration::from_secs(20), || {
+        (backend_field(&s, "proc", "status") == "unavailable").then_some(())
+    });
+    assert!(gone.is_some(), "proc still served: {}", s.log());
+    assert!(s.log().contains("plugin directory changed"), "{}", s.log());
+
+    let now = s.get(&format!("{INSTANCES}/{}", kept["id"].as_str().expect("id")));
+    assert_eq!(now.json, kept, "the other backend's instance was touched");
+    assert_eq!(backend_field(&s, "fake", "status"), "running");
+    assert_eq!(s.pid(), pid);
 }

@@ -12,6 +12,9 @@ use std::sync::Arc;
 use unicompute_plugin_api::load::{load_plugin, LoadedPlugin, LogFn};
 use unicompute_plugin_api::Handshake;
 
+/// A file and its modification time and size (none when it cannot be read).
+pub type Fingerprinted = (PathBuf, Option<(std::time::SystemTime, u64)>);
+
 /// What loading one file gave.
 #[derive(Debug, Clone)]
 pub struct ScanEntry {
@@ -74,6 +77,35 @@ pub fn load_file(path: &Path) -> Result<LoadedPlugin, String> {
         })
 }
 
+/// The files of the directories as [`rescan`] takes them (directory order, then
+/// file-name order), each with its fingerprint.
+pub fn listing(dirs: &[PathBuf]) -> Vec<Fingerprinted> {
+    dirs.iter()
+        .flat_map(|dir| files_of(dir))
+        .map(|path| {
+            let fp = fingerprint(&path);
+            (path, fp)
+        })
+        .collect()
+}
+
+/// The files of one directory, sorted; none when it cannot be read.
+fn files_of(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), error = %e, "plugin directory not readable");
+            return Vec::new();
+        }
+    };
+    files.sort();
+    files
+}
+
 /// Loads every file of the directories, in directory order then file-name order. A
 /// plugin name already loaded from an earlier file is skipped.
 pub fn scan(dirs: &[PathBuf]) -> Vec<ScanEntry> {
@@ -85,19 +117,7 @@ pub fn scan(dirs: &[PathBuf]) -> Vec<ScanEntry> {
 pub fn rescan(dirs: &[PathBuf], previous: &[ScanEntry]) -> Vec<ScanEntry> {
     let mut out: Vec<ScanEntry> = Vec::new();
     for dir in dirs {
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.is_file())
-                .collect(),
-            Err(e) => {
-                tracing::debug!(dir = %dir.display(), error = %e, "plugin directory not readable");
-                continue;
-            }
-        };
-        files.sort();
-        for path in files {
+        for path in files_of(dir) {
             let fp = fingerprint(&path);
             if let Some(old) = previous
                 .iter()
