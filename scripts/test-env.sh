@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need on Debian 12: a Docker engine, libvirtd with
-# QEMU/KVM, qemu-img and busybox-static. Idempotent: does only what is missing.
+# QEMU/KVM, qemu-img, busybox-static and curl. Idempotent: does only what is missing.
 set -euo pipefail
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
@@ -15,6 +15,7 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need_pkgs+=(qemu-system-x86)
 command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl) # the README's examples are run with it
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
