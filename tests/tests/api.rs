@@ -212,10 +212,21 @@ fn unknown_route_404_and_wrong_method_405_in_the_envelope() {
 fn paging_bounds_order_and_total() {
     let s = Server::fake("");
     let prefix = unique("page");
-    let mut ids = Vec::new();
+    let mut made = Vec::new();
     for n in 0..7 {
-        ids.push(created_id(&create(&s, &format!("{prefix}-{n}"), json!({}))));
+        let r = create(&s, &format!("{prefix}-{n}"), json!({}));
+        let at = r.json["createdAt"].as_str().expect("createdAt");
+        // RFC 3339 with milliseconds; a whole second may come without them.
+        let at = if at.contains('.') {
+            at.to_owned()
+        } else {
+            at.replacen('Z', ".000Z", 1)
+        };
+        made.push((at, created_id(&r)));
     }
+    // The contract's order: createdAt, then id (creates in the same millisecond tie).
+    made.sort();
+    let ids: Vec<String> = made.into_iter().map(|(_, id)| id).collect();
     let r = s.get(&format!("{INSTANCES}?pageSize=3&page=1"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json["total"], 7);
