@@ -77,7 +77,7 @@ pub struct PluginsConfig {
     /// Directories scanned for plugin files (`*.so`), in order. Relative paths are
     /// taken from the config file's directory.
     pub dirs: Vec<PathBuf>,
-    /// Seconds between looks at the plugin directories: a file added, replaced or
+    /// Seconds between looks at the plugin directories: a `*.so` added, replaced or
     /// removed there is loaded (or dropped) once it has stayed the same for one more
     /// look, without a SIGHUP. `0` turns the watch off.
     pub watch_interval_secs: u64,

@@ -223,8 +223,8 @@ impl Service {
     }
 
     /// Watches the plugin directories every `plugins.watch_interval_secs` (read anew
-    /// each round, so a reload can change it; `0` pauses the watch). A file added,
-    /// replaced or removed is acted on once it has stayed the same for one more round,
+    /// each round, so a reload can change it; `0` pauses the watch). A `*.so` file
+    /// added, replaced or removed is acted on once it has stayed the same for one more round,
     /// so that a file still being written is not loaded half-made.
     pub async fn watch_plugins(self: Arc<Self>) {
         let mut pending: Option<Vec<loader::Fingerprinted>> = None;
@@ -237,7 +237,15 @@ impl Service {
                 continue;
             }
             let dirs = config.plugins.dirs.clone();
-            let Ok(now) = tokio::task::spawn_blocking(move || loader::listing(&dirs)).await else {
+            // Only `*.so` files count: a build's target directory changes all the time.
+            let is_so = |p: &std::path::Path| p.extension().is_some_and(|e| e == "so");
+            let Ok(now) = tokio::task::spawn_blocking(move || {
+                let mut files = loader::listing(&dirs);
+                files.retain(|(p, _)| is_so(p));
+                files
+            })
+            .await
+            else {
                 continue;
             };
             let known: Vec<loader::Fingerprinted> = self
@@ -245,6 +253,7 @@ impl Service {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
+                .filter(|e| is_so(&e.path))
                 .map(|e| (e.path.clone(), e.fingerprint))
                 .collect();
             if now == known {

@@ -150,6 +150,11 @@ pub fn rescan(dirs: &[PathBuf], previous: &[ScanEntry]) -> Vec<ScanEntry> {
                     interface = %p.handshake.interface_version,
                     "plugin loaded"
                 ),
+                // Other files beside the plugins (a build's target directory) are
+                // normal: said, not warned about.
+                Err(reason) if path.extension().is_none_or(|e| e != "so") => {
+                    tracing::info!(file = %path.display(), %reason, "plugin file skipped")
+                }
                 Err(reason) => {
                     tracing::warn!(file = %path.display(), %reason, "plugin file skipped")
                 }
