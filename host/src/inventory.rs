@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use unicompute_plugin_api::{Instance, InstanceState};
@@ -20,7 +21,17 @@ struct Inner {
     names: HashMap<String, String>,
     /// list order: createdAt, then id
     order: BTreeSet<Key>,
+    /// Counts every change; a resync only overrides what changed before it began.
+    seq: u64,
+    /// id -> `seq` of its last upsert
+    touched: HashMap<String, u64>,
+    /// id -> `seq` and time of its removal, for [`GONE_FOR`]
+    gone: HashMap<String, (u64, Instant)>,
 }
+
+/// How long a removed id is remembered: a late event about it, or a resync that
+/// listed the backend before the removal, does not bring it back meanwhile.
+const GONE_FOR: Duration = Duration::from_secs(300);
 
 /// The inventory.
 #[derive(Default)]
@@ -116,15 +127,42 @@ impl Inventory {
             }
         }
         let arc = Arc::new(instance);
+        inner.seq += 1;
+        let seq = inner.seq;
+        inner.touched.insert(arc.id.clone(), seq);
+        inner.gone.remove(&arc.id);
         inner.names.insert(arc.name.clone(), arc.id.clone());
         inner.order.insert((arc.created_at, arc.id.clone()));
         inner.by_id.insert(arc.id.clone(), Arc::clone(&arc));
         arc
     }
 
+    /// An instance a backend's event reports, unless it was removed less than
+    /// [`GONE_FOR`] ago (the event is older news than the removal).
+    pub fn upsert_reported(&self, instance: Instance) -> Option<Arc<Instance>> {
+        if self.read().gone.contains_key(&instance.id) {
+            return None;
+        }
+        Some(self.upsert(instance))
+    }
+
+    /// The change counter now: pass it to [`Inventory::replace_backend`] for a list
+    /// taken after this point.
+    pub fn seq(&self) -> u64 {
+        self.read().seq
+    }
+
     /// Removes an instance; returns it if it was there.
     pub fn remove(&self, id: &str) -> Option<Arc<Instance>> {
         let mut inner = self.write();
+        inner.seq += 1;
+        let seq = inner.seq;
+        let now = Instant::now();
+        inner
+            .gone
+            .retain(|_, (_, at)| now.duration_since(*at) < GONE_FOR);
+        inner.gone.insert(id.to_owned(), (seq, now));
+        inner.touched.remove(id);
         let old = inner.by_id.remove(id)?;
         inner.order.remove(&(old.created_at, old.id.clone()));
         if inner.names.get(&old.name).map(String::as_str) == Some(id) {
@@ -186,19 +224,33 @@ impl Inventory {
 
     /// Replaces what is known of one backend by a fresh full list. Instances whose id
     /// is in `busy` (an operation in progress) keep their current entry.
-    pub fn replace_backend(&self, backend: &str, fresh: Vec<Instance>, busy: &BTreeSet<String>) {
+    /// `since` is [`Inventory::seq`] from before the list was asked for: an instance
+    /// added, changed or removed after that (an operation that ended while the list
+    /// was being made) keeps what it has now.
+    pub fn replace_backend(
+        &self,
+        backend: &str,
+        fresh: Vec<Instance>,
+        busy: &BTreeSet<String>,
+        since: u64,
+    ) {
+        let newer = |id: &str| {
+            let inner = self.read();
+            inner.touched.get(id).is_some_and(|s| *s > since)
+                || inner.gone.get(id).is_some_and(|(s, _)| *s > since)
+        };
         let fresh_ids: BTreeSet<String> = fresh.iter().map(|i| i.id.clone()).collect();
         let stale: Vec<String> = self
             .of_backend(backend)
             .into_iter()
-            .filter(|i| !fresh_ids.contains(&i.id) && !busy.contains(&i.id))
+            .filter(|i| !fresh_ids.contains(&i.id) && !busy.contains(&i.id) && !newer(&i.id))
             .map(|i| i.id.clone())
             .collect();
         for id in stale {
             self.remove(&id);
         }
         for inst in fresh {
-            if !busy.contains(&inst.id) {
+            if !busy.contains(&inst.id) && !newer(&inst.id) {
                 self.upsert(inst);
             }
         }
@@ -305,12 +357,46 @@ mod tests {
         inv.upsert(inst("i2", "two", "a", 1));
         inv.upsert(inst("i3", "three", "b", 2));
         let busy = BTreeSet::from(["i2".to_owned()]);
-        inv.replace_backend("a", vec![inst("i4", "four", "a", 3)], &busy);
+        let since = inv.seq();
+        inv.replace_backend("a", vec![inst("i4", "four", "a", 3)], &busy, since);
         assert!(inv.get("i1").is_none());
         assert!(inv.get("i2").is_some());
         assert!(inv.get("i3").is_some());
         assert!(inv.get("i4").is_some());
         assert!(inv.get_by_name("one").is_none());
+    }
+
+    #[test]
+    fn a_resync_does_not_undo_what_changed_while_it_listed() {
+        let inv = Inventory::default();
+        inv.upsert(inst("old", "old", "a", 0));
+        let since = inv.seq();
+        // While the backend lists: a create and a delete finish.
+        inv.upsert(inst("new", "new", "a", 1));
+        inv.remove("old");
+        // The list was made before both: it has "old" and not "new".
+        inv.replace_backend(
+            "a",
+            vec![inst("old", "old", "a", 0)],
+            &BTreeSet::new(),
+            since,
+        );
+        assert!(inv.get("new").is_some(), "a fresh create was dropped");
+        assert!(inv.get("old").is_none(), "a delete was undone");
+        // A later resync is authoritative again.
+        let since = inv.seq();
+        inv.replace_backend("a", vec![], &BTreeSet::new(), since);
+        assert!(inv.get("new").is_none());
+    }
+
+    #[test]
+    fn late_events_do_not_bring_back_a_removed_instance() {
+        let inv = Inventory::default();
+        inv.upsert(inst("i1", "one", "a", 0));
+        inv.remove("i1");
+        assert!(inv.upsert_reported(inst("i1", "one", "a", 0)).is_none());
+        assert!(inv.get("i1").is_none());
+        assert!(inv.upsert_reported(inst("i2", "two", "a", 0)).is_some());
     }
 
     #[test]

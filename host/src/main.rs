@@ -57,7 +57,7 @@ enum TokenCommand {
         #[arg(long, default_value = "admin")]
         name: String,
         /// viewer, operator or admin.
-        #[arg(long, default_value = "admin")]
+        #[arg(long, default_value = "admin", value_parser = ["viewer", "operator", "admin"])]
         role: String,
     },
 }
@@ -107,9 +107,9 @@ fn main() -> ExitCode {
             let token = api::auth::generate();
             let digest = hex::encode(api::auth::digest(&token));
             println!("token: {token}");
-            println!(
-                "[[auth.tokens]]\nname = \"{name}\"\nsha256 = \"{digest}\"\nrole = \"{role}\""
-            );
+            // A JSON string is a valid TOML basic string: the name is quoted safely.
+            let name = serde_json::Value::from(name).to_string();
+            println!("[[auth.tokens]]\nname = {name}\nsha256 = \"{digest}\"\nrole = \"{role}\"");
             ExitCode::SUCCESS
         }
     }

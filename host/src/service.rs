@@ -757,6 +757,7 @@ impl Service {
 
     /// Reads every instance of one backend into the inventory.
     pub async fn resync(&self, entry: &Arc<BackendEntry>, backend: &Arc<dyn Backend>) {
+        let since = self.inventory.seq();
         match call(backend, |b| b.list()).await {
             Ok(list) => {
                 let list: Vec<Instance> = list.into_iter().map(|i| self.adopt(entry, i)).collect();
@@ -768,7 +769,8 @@ impl Service {
                     .cloned()
                     .collect();
                 tracing::debug!(backend = %entry.name, instances = list.len(), "resynced");
-                self.inventory.replace_backend(&entry.name, list, &busy);
+                self.inventory
+                    .replace_backend(&entry.name, list, &busy, since);
             }
             Err(e) => {
                 let _ = self.fail(entry, e);
@@ -807,7 +809,9 @@ impl Service {
                     };
                     let inst = self.adopt(&entry, *instance);
                     tracing::debug!(backend = %backend, instance = %inst.id, state = inst.state.as_str(), "event: changed");
-                    self.inventory.upsert(inst);
+                    if self.inventory.upsert_reported(inst).is_none() {
+                        tracing::debug!(backend = %backend, "event about a removed instance ignored");
+                    }
                 }
                 Event::Vanished { id } => {
                     if self

@@ -126,6 +126,34 @@ impl PluginError {
     }
 }
 
+/// Replaces every absolute path in a message by `<path>`. A path ends at white
+/// space, a quote or bracket, a comma, or a `:` that ends a word (`open /x: denied`).
+pub fn scrub_paths(message: &str) -> String {
+    let chars: Vec<char> = message.chars().collect();
+    let mut out = String::with_capacity(message.len());
+    let mut in_path = false;
+    for (i, &c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|j| chars[j]);
+        if in_path {
+            let word_end = c == ':' && chars.get(i + 1).is_none_or(|n| n.is_whitespace());
+            if c.is_whitespace() || matches!(c, '\'' | '"' | ',' | ')' | ']' | '`') || word_end {
+                in_path = false;
+                out.push(c);
+            }
+        } else if c == '/'
+            && prev.is_none_or(|p| {
+                p.is_whitespace() || matches!(p, '\'' | '"' | '=' | '(' | '[' | '`')
+            })
+        {
+            in_path = true;
+            out.push_str("<path>");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -817,3 +817,70 @@ fn a_plugin_built_against_interface_1_0_loads_and_works() {
         204
     );
 }
+
+#[test]
+fn roles_follow_the_matched_route_and_paths_are_decoded() {
+    let s = Server::fake("");
+    let name = unique("Dec");
+    let r = create(
+        &s,
+        &name,
+        json!({"metadata": {"labels": {"app": "web", "k": "a=b"}}}),
+    );
+    let one = format!("{INSTANCES}/{}", created_id(&r));
+
+    // An id that reads like an action is an update: admin only, whoever asks.
+    let r = s.call(
+        "PUT",
+        &format!("{INSTANCES}/start"),
+        OPERATOR,
+        Some(&json!({"resources": {"cpu": {"cores": 1}}})),
+    );
+    assert_eq!((r.status, r.code()), (403, "FORBIDDEN"), "{}", r.text);
+    // What does not exist is 404/405 for every role, not 403.
+    let r = s.call("POST", "/api/v1/compute/nonexistent", VIEWER, None);
+    assert_eq!((r.status, r.code()), (404, "NOT_FOUND"));
+    let r = s.call("DELETE", "/api/v1/compute/cluster/status", VIEWER, None);
+    assert_eq!((r.status, r.code()), (405, "METHOD_NOT_ALLOWED"));
+    // Still 401 first.
+    assert_eq!(
+        s.raw("POST", "/api/v1/compute/nonexistent", None, None)
+            .status,
+        401
+    );
+
+    // Percent-encoded path segments are decoded.
+    let encoded = format!("{INSTANCES}/name/{}", name.replacen('D', "%44", 1));
+    let r = s.get(&encoded);
+    assert_eq!(r.status, 200, "{encoded}: {}", r.text);
+    assert_eq!(r.json["name"], name.as_str());
+    assert_eq!(s.get(&format!("{INSTANCES}/name/a%2Fb")).status, 404);
+    // HEAD is a GET without a body.
+    assert_eq!(s.raw("HEAD", "/healthz", None, None).status, 200);
+
+    // metadata without labels changes no label.
+    let r = s.call(
+        "PUT",
+        &one,
+        ADMIN,
+        Some(&json!({"resources": {"cpu": {"cores": 2}}, "metadata": {}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["metadata"]["labels"]["app"], "web");
+    // Label keys: no '=', no blanks, not empty.
+    for key in ["a=b", "", "has space"] {
+        let r = s.call(
+            "PUT",
+            &one,
+            ADMIN,
+            Some(&json!({"metadata": {"labels": {key: "v"}}})),
+        );
+        assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"), "{key:?}");
+    }
+    let r = create(
+        &s,
+        &unique("badlabel"),
+        json!({"metadata": {"labels": {"x=y": "1"}}}),
+    );
+    assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"));
+}

@@ -8,6 +8,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::api::routes::Route;
 use crate::config::{AuthConfig, Role, TokenConfig};
 
 /// Why auth could not be set up.
@@ -114,20 +115,27 @@ fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
     writeln!(f, "{token}")
 }
 
-/// The role a request needs: GET needs a viewer; start, stop, restart, pause and
-/// unpause an operator; anything else an admin.
-pub fn required_role(method: &str, path: &str) -> Role {
-    if method == "GET" || method == "HEAD" {
-        return Role::Viewer;
+/// The role a matched route needs: reading needs a viewer; start, stop, restart,
+/// pause and unpause an operator; anything else an admin. Decided on the route, not
+/// on the path's words, so an instance id that reads like an action changes nothing.
+pub fn required_role(route: &Route<'_>) -> Role {
+    match route {
+        Route::Healthz
+        | Route::OpenApi
+        | Route::ListInstances
+        | Route::GetInstance(_)
+        | Route::GetByName(_)
+        | Route::Usage(_)
+        | Route::ClusterStatus
+        | Route::Backends
+        | Route::BackendInfo(_)
+        | Route::BackendImages(_) => Role::Viewer,
+        Route::Action(..) => Role::Operator,
+        Route::CreateInstance
+        | Route::UpdateInstance(_)
+        | Route::DeleteInstance(_)
+        | Route::Reload => Role::Admin,
     }
-    let action = path.rsplit('/').next().unwrap_or("");
-    if method == "PUT"
-        && path.starts_with("/api/v1/compute/instances/")
-        && matches!(action, "start" | "stop" | "restart" | "pause" | "unpause")
-    {
-        return Role::Operator;
-    }
-    Role::Admin
 }
 
 #[cfg(test)]
@@ -156,30 +164,28 @@ mod tests {
 
     #[test]
     fn roles_per_route() {
+        use crate::api::routes::route;
+        let role = |m: &str, p: &str| required_role(&route(m, p).unwrap());
+        assert_eq!(role("GET", "/api/v1/compute/instances"), Role::Viewer);
+        assert_eq!(role("HEAD", "/api/v1/compute/instances"), Role::Viewer);
         assert_eq!(
-            required_role("GET", "/api/v1/compute/instances"),
+            role("GET", "/api/v1/compute/instances/x/usage"),
             Role::Viewer
         );
         assert_eq!(
-            required_role("PUT", "/api/v1/compute/instances/x/stop"),
+            role("PUT", "/api/v1/compute/instances/x/stop"),
             Role::Operator
         );
         assert_eq!(
-            required_role("PUT", "/api/v1/compute/instances/x/pause"),
+            role("PUT", "/api/v1/compute/instances/x/pause"),
             Role::Operator
         );
-        assert_eq!(
-            required_role("PUT", "/api/v1/compute/instances/x"),
-            Role::Admin
-        );
-        assert_eq!(
-            required_role("POST", "/api/v1/compute/instances"),
-            Role::Admin
-        );
-        assert_eq!(
-            required_role("DELETE", "/api/v1/compute/instances/x"),
-            Role::Admin
-        );
+        assert_eq!(role("PUT", "/api/v1/compute/instances/x"), Role::Admin);
+        // an id that reads like an action is still an update
+        assert_eq!(role("PUT", "/api/v1/compute/instances/start"), Role::Admin);
+        assert_eq!(role("POST", "/api/v1/compute/instances"), Role::Admin);
+        assert_eq!(role("DELETE", "/api/v1/compute/instances/x"), Role::Admin);
+        assert_eq!(role("POST", "/api/v1/compute/backends/reload"), Role::Admin);
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
     }
 

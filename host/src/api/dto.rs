@@ -78,13 +78,40 @@ impl ResourcesRequest {
     }
 }
 
-/// `metadata` in a request.
+/// `metadata` in a create request.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MetadataRequest {
-    /// Labels.
+    /// Labels: keys of 1-253 characters without `=`, whitespace or control characters.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// `metadata` in an update request.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateMetadataRequest {
+    /// New labels, replacing the old ones; absent keeps them.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Checks label keys: 1-253 characters, no `=` (a list filter is `label=key=value`),
+/// no whitespace or control characters.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    for key in labels.keys() {
+        let bad = key.is_empty()
+            || key.chars().count() > 253
+            || key
+                .chars()
+                .any(|c| c == '=' || c.is_whitespace() || c.is_control());
+        if bad {
+            return Err(format!(
+                "label key {key:?} is invalid: 1-253 characters without '=', whitespace or control characters"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `POST /api/v1/compute/instances`
@@ -120,7 +147,7 @@ pub struct UpdateInstanceRequest {
     pub resources: ResourcesRequest,
     /// New labels, replacing the old ones.
     #[serde(default)]
-    pub metadata: Option<MetadataRequest>,
+    pub metadata: Option<UpdateMetadataRequest>,
 }
 
 /// `PUT /api/v1/compute/instances/:id/stop` (and restart); the body is optional.

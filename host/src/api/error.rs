@@ -2,6 +2,7 @@
 //! place where error codes become HTTP statuses.
 
 use serde::Serialize;
+use unicompute_plugin_api::error::scrub_paths;
 use unicompute_plugin_api::{ErrorCode, PluginError};
 use warp::http::StatusCode;
 
@@ -125,6 +126,20 @@ impl ApiError {
             message: e.message,
             details: e.details,
         };
+        // A server-side failure never shows the server's paths, whatever the plugin
+        // put in its message (engine and libvirt errors often name files).
+        if status_of(code).is_server_error() {
+            err.message = scrub_paths(&err.message);
+            for v in err.details.values_mut() {
+                if let serde_json::Value::String(s) = v {
+                    *s = scrub_paths(s);
+                }
+            }
+        }
+        if code == "BACKEND_UNAVAILABLE" {
+            let reason = err.message.clone();
+            err.details.entry("reason").or_insert_with(|| reason.into());
+        }
         err.details
             .entry("backend")
             .or_insert_with(|| backend.into());
@@ -190,5 +205,30 @@ mod tests {
         assert_eq!(e.details["backend"], "docker");
         let e = ApiError::from_plugin("kvm", PluginError::config("bad"));
         assert_eq!(e.status().as_u16(), 500);
+        // 4xx keeps its paths (the client's own input); 5xx loses the server's
+        assert_eq!(e_message("/etc"), "path /etc is not allowed");
+        let e = ApiError::from_plugin(
+            "docker",
+            PluginError::new(
+                ErrorCode::BackendError,
+                "mkdir /var/lib/docker/overlay2/x: no space left",
+            ),
+        );
+        assert_eq!(e.message, "mkdir <path>: no space left");
+        let e = ApiError::from_plugin(
+            "kvm",
+            PluginError::new(ErrorCode::BackendUnavailable, "libvirt is down"),
+        );
+        assert_eq!(e.status().as_u16(), 503);
+        assert_eq!(e.details["reason"], "libvirt is down");
+        assert_eq!(e.details["backend"], "kvm");
+    }
+
+    fn e_message(path: &str) -> String {
+        ApiError::from_plugin(
+            "docker",
+            PluginError::new(ErrorCode::Forbidden, format!("path {path} is not allowed")),
+        )
+        .message
     }
 }

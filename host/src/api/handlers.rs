@@ -8,8 +8,8 @@ use unicompute_plugin_api::{Instance, InstanceState, UpdateRequest, Usage};
 use warp::http::StatusCode;
 
 use crate::api::dto::{
-    BackendInfo, BackendList, BackendSummaryDto, ClusterBackend, ClusterResources, ClusterStatus,
-    CreateInstanceRequest, HealthCheck, ImageList, InstanceList, StopRequest,
+    validate_labels, BackendInfo, BackendList, BackendSummaryDto, ClusterBackend, ClusterResources,
+    ClusterStatus, CreateInstanceRequest, HealthCheck, ImageList, InstanceList, StopRequest,
     UpdateInstanceRequest, UsedTotal,
 };
 use crate::api::error::{ApiError, ErrorEnvelope};
@@ -141,6 +141,7 @@ pub fn list(svc: &Service, query: &str) -> Result<Reply, ApiError> {
 pub async fn create(svc: &Service, body: &[u8]) -> Result<Reply, ApiError> {
     let req: CreateInstanceRequest = parse_body(body)?;
     let resources = req.resources.validate().map_err(ApiError::invalid)?;
+    validate_labels(&req.metadata.labels).map_err(ApiError::invalid)?;
     let inst = svc
         .create(NewInstance {
             name: req.name,
@@ -180,7 +181,10 @@ pub fn get_by_name(svc: &Service, name: &str) -> Result<Reply, ApiError> {
 pub async fn update(svc: &Service, id: &str, body: &[u8]) -> Result<Reply, ApiError> {
     let req: UpdateInstanceRequest = parse_body(body)?;
     let resources = req.resources.validate().map_err(ApiError::invalid)?;
-    let labels = req.metadata.map(|m| m.labels);
+    let labels = req.metadata.and_then(|m| m.labels);
+    if let Some(l) = &labels {
+        validate_labels(l).map_err(ApiError::invalid)?;
+    }
     if resources.is_empty() && labels.is_none() {
         return Err(ApiError::invalid(
             "nothing to update: give resources or metadata.labels",

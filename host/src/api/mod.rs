@@ -193,7 +193,8 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    if path.starts_with("/api/") {
+    // Who first (401), then what (404, 405), then whether they may (403).
+    let who = if path.starts_with("/api/") {
         let Some(token) = bearer(headers) else {
             return Err(ApiError::new("UNAUTHORIZED", "missing bearer token"));
         };
@@ -201,7 +202,14 @@ where
         let Some((name, role)) = auth.check(token) else {
             return Err(ApiError::new("UNAUTHORIZED", "invalid token"));
         };
-        let needed = auth::required_role(method.as_str(), path);
+        Some((name.to_owned(), role))
+    } else {
+        None
+    };
+    let path = routes::decode_path(path)?;
+    let route = routes::route(method.as_str(), &path)?;
+    if let Some((name, role)) = who {
+        let needed = auth::required_role(&route);
         if role < needed {
             let role_name = |r: Role| format!("{r:?}").to_lowercase();
             return Err(ApiError::new(
@@ -216,7 +224,6 @@ where
             .detail("required", role_name(needed)));
         }
     }
-    let route = routes::route(method.as_str(), path)?;
     let svc = &*state.service;
     let limit = svc.config().server.max_body_bytes;
     match route {

@@ -68,30 +68,30 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
     let m = method;
     let r = match segs.as_slice() {
         ["healthz"] => match m {
-            "GET" => Route::Healthz,
+            "GET" | "HEAD" => Route::Healthz,
             _ => return Err(not_allowed(m, "GET")),
         },
         ["api", "v1", "openapi.json"] => match m {
-            "GET" => Route::OpenApi,
+            "GET" | "HEAD" => Route::OpenApi,
             _ => return Err(not_allowed(m, "GET")),
         },
         ["api", "v1", "compute", "instances"] => match m {
-            "GET" => Route::ListInstances,
+            "GET" | "HEAD" => Route::ListInstances,
             "POST" => Route::CreateInstance,
             _ => return Err(not_allowed(m, "GET, POST")),
         },
         ["api", "v1", "compute", "instances", "name", name] if !name.is_empty() => match m {
-            "GET" => Route::GetByName(name),
+            "GET" | "HEAD" => Route::GetByName(name),
             _ => return Err(not_allowed(m, "GET")),
         },
         ["api", "v1", "compute", "instances", id] if !id.is_empty() => match m {
-            "GET" => Route::GetInstance(id),
+            "GET" | "HEAD" => Route::GetInstance(id),
             "PUT" => Route::UpdateInstance(id),
             "DELETE" => Route::DeleteInstance(id),
             _ => return Err(not_allowed(m, "GET, PUT, DELETE")),
         },
         ["api", "v1", "compute", "instances", id, "usage"] if !id.is_empty() => match m {
-            "GET" => Route::Usage(id),
+            "GET" | "HEAD" => Route::Usage(id),
             _ => return Err(not_allowed(m, "GET")),
         },
         ["api", "v1", "compute", "instances", id, action] if !id.is_empty() => {
@@ -109,11 +109,11 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
             }
         }
         ["api", "v1", "compute", "cluster", "status"] => match m {
-            "GET" => Route::ClusterStatus,
+            "GET" | "HEAD" => Route::ClusterStatus,
             _ => return Err(not_allowed(m, "GET")),
         },
         ["api", "v1", "compute", "backends"] => match m {
-            "GET" => Route::Backends,
+            "GET" | "HEAD" => Route::Backends,
             _ => return Err(not_allowed(m, "GET")),
         },
         ["api", "v1", "compute", "backends", "reload"] => match m {
@@ -121,16 +121,36 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
             _ => return Err(not_allowed(m, "POST")),
         },
         ["api", "v1", "compute", "backends", b, "info"] if !b.is_empty() => match m {
-            "GET" => Route::BackendInfo(b),
+            "GET" | "HEAD" => Route::BackendInfo(b),
             _ => return Err(not_allowed(m, "GET")),
         },
         ["api", "v1", "compute", "backends", b, "images"] if !b.is_empty() => match m {
-            "GET" => Route::BackendImages(b),
+            "GET" | "HEAD" => Route::BackendImages(b),
             _ => return Err(not_allowed(m, "GET")),
         },
         _ => return Err(not_found(path)),
     };
     Ok(r)
+}
+
+/// The path with each segment percent-decoded (`/instances/name/web%31` is
+/// `/instances/name/web1`), or 404 when a segment decodes to a `/` or to bytes that
+/// are not UTF-8: no id, name or backend holds either.
+pub fn decode_path(path: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+    if !path.contains('%') {
+        return Ok(std::borrow::Cow::Borrowed(path));
+    }
+    let mut out = Vec::new();
+    for seg in path.split('/') {
+        let decoded = percent_encoding::percent_decode_str(seg)
+            .decode_utf8()
+            .map_err(|_| not_found(path))?;
+        if decoded.contains('/') {
+            return Err(not_found(path));
+        }
+        out.push(decoded.into_owned());
+    }
+    Ok(std::borrow::Cow::Owned(out.join("/")))
 }
 
 /// 404 `NOT_FOUND` for an unknown route.

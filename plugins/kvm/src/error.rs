@@ -107,31 +107,7 @@ impl KvmError {
     }
 }
 
-/// Replaces every absolute path in a message by `<path>`.
-pub fn scrub_paths(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut in_path = false;
-    let mut prev: Option<char> = None;
-    for c in message.chars() {
-        if in_path {
-            if c.is_whitespace() || matches!(c, '\'' | '"' | ',' | ')' | ']' | '`') {
-                in_path = false;
-                out.push(c);
-            }
-        } else if c == '/'
-            && prev.is_none_or(|p| {
-                p.is_whitespace() || matches!(p, '\'' | '"' | '=' | '(' | '[' | '`')
-            })
-        {
-            in_path = true;
-            out.push_str("<path>");
-        } else {
-            out.push(c);
-        }
-        prev = Some(c);
-    }
-    out
-}
+pub use unicompute_plugin_api::error::scrub_paths;
 
 /// Maps a libvirt error number onto an API code.
 fn libvirt_code(code: sys::virErrorNumber) -> ErrorCode {
