@@ -25,7 +25,7 @@ use unicompute_plugin_api::{
 
 use crate::config::DockerConfig;
 use crate::engine::{self, Engine};
-use crate::error::Error;
+use crate::error::{is_no_such_image, Error};
 use crate::instance::{
     self, LABEL_BACKEND, LABEL_CONFIG, LABEL_CREATED_AT, LABEL_ID, LABEL_LABELS, LABEL_PREFIX,
     LABEL_STORAGE, LABEL_UUID,
@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     /// Engine events that a call in progress causes, by instance id: the event loop
     /// skips them, since the call's result tells the host already.
     expected: Mutex<HashMap<String, Vec<(&'static str, Instant)>>>,
+    /// Instance ids of failed creates whose container could not be removed yet (the
+    /// engine went away mid-create): never listed, removed when the engine is back.
+    abandoned: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -89,6 +92,7 @@ impl DockerBackend {
             host: Mutex::default(),
             storage_quota: AtomicU8::new(QUOTA_UNKNOWN),
             expected: Mutex::default(),
+            abandoned: Mutex::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         rt.spawn(crate::events::run(Arc::clone(&shared), rx));
@@ -153,10 +157,14 @@ fn split_image(image: &str) -> (String, Option<String>) {
     }
 }
 
+/// Whether the engine refused `StorageOpt.size` because its storage driver has no
+/// quota (`--storage-opt is supported only for overlay over xfs with 'pquota' mount
+/// option`, `... not supported ...`), not for any other reason.
 fn storage_opt_refused(e: &Error) -> bool {
     let m = e.engine_message().to_ascii_lowercase();
     e.status().is_some()
-        && (m.contains("storage-opt") || m.contains("storage opt") || m.contains("quota"))
+        && (m.contains("storage-opt") || m.contains("storage opt"))
+        && (m.contains("supported") || m.contains("quota"))
 }
 
 impl Shared {
@@ -461,8 +469,14 @@ impl Shared {
     }
 
     async fn remove(&self, container: &str) -> std::result::Result<(), Error> {
+        self.remove_with(container, true).await
+    }
+
+    /// Removes a container and its anonymous volumes; without `force` the engine
+    /// refuses a running one (409).
+    async fn remove_with(&self, container: &str, force: bool) -> std::result::Result<(), Error> {
         let options = RemoveContainerOptions {
-            force: true,
+            force,
             v: true,
             ..Default::default()
         };
@@ -478,10 +492,89 @@ impl Shared {
         }
     }
 
+    /// Refuses a `networkMode` that names a network the engine does not have (the
+    /// engine itself would only notice at start).
+    async fn check_network(&self, mode: &str) -> Result<()> {
+        let builtin = matches!(mode, "bridge" | "host" | "none" | "default")
+            || mode.starts_with("container:");
+        if builtin {
+            return Ok(());
+        }
+        let found = self
+            .engine
+            .quick("inspect network", |d| async move {
+                d.inspect_network(
+                    mode,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+            })
+            .await;
+        match found {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(404) => Err(PluginError::invalid(format!(
+                "network {mode} does not exist"
+            ))
+            .with_detail("networkMode", mode)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes every container made for instance `id` (found by its id label, never
+    /// by name: a container of that name may be someone else's).
+    async fn remove_made_for(&self, id: &str) -> std::result::Result<(), Error> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters(&[
+                ("label", format!("{LABEL_ID}={id}")),
+                ("label", format!("{LABEL_BACKEND}={}", self.name)),
+            ])),
+            ..Default::default()
+        };
+        let found = self
+            .engine
+            .quick(
+                "list",
+                |d| async move { d.list_containers(Some(options)).await },
+            )
+            .await?;
+        for cid in found.into_iter().filter_map(|c| c.id) {
+            self.remove(&cid).await?;
+        }
+        Ok(())
+    }
+
+    /// Undoes a failed create: removes what was made for `id`, now if the engine
+    /// answers, else as soon as it is back (meanwhile it is never listed).
+    async fn discard(&self, id: &str) {
+        self.forget(id);
+        if let Err(e) = self.remove_made_for(id).await {
+            tracing::warn!(
+                backend = %self.name,
+                instance = %id,
+                error = %e,
+                "a failed create's container will be removed when the engine answers"
+            );
+            lock(&self.abandoned).insert(id.to_owned());
+        }
+    }
+
+    /// Removes the containers of failed creates that could not be removed at the time.
+    pub(crate) async fn sweep_abandoned(&self) {
+        let ids: Vec<String> = lock(&self.abandoned).iter().cloned().collect();
+        for id in ids {
+            if self.remove_made_for(&id).await.is_ok() {
+                tracing::info!(backend = %self.name, instance = %id, "a failed create's container removed");
+                lock(&self.abandoned).remove(&id);
+            }
+        }
+    }
+
     /// Creates the container, pulling the image when it is missing and dropping the
     /// storage size when the driver cannot enforce it.
     async fn make_container(
         &self,
+        id: &str,
         name: &str,
         image: &str,
         body: &mut ContainerCreateBody,
@@ -499,7 +592,11 @@ impl Shared {
                     }
                     return Ok(id);
                 }
-                Err(e) if e.status() == Some(404) && !pulled => {
+                Err(e)
+                    if e.status() == Some(404)
+                        && !pulled
+                        && is_no_such_image(e.engine_message()) =>
+                {
                     pulled = true;
                     self.pull(image).await?;
                 }
@@ -520,14 +617,22 @@ impl Shared {
                     )
                     .with_detail("name", name));
                 }
-                Err(e) if e.status() == Some(404) => {
+                Err(e) if e.status() == Some(404) && is_no_such_image(e.engine_message()) => {
                     return Err(PluginError::invalid(format!("image {image} not found"))
                         .with_detail("image", image));
+                }
+                Err(e) if e.status() == Some(404) => {
+                    // Something the config names is missing (a network, a container
+                    // to share a namespace with): the client's to fix.
+                    return Err(PluginError::invalid(format!(
+                        "cannot create the container: {}",
+                        e.engine_message().trim()
+                    )));
                 }
                 Err(e) => {
                     if e.is_unavailable() {
                         // The engine may have made it before going quiet.
-                        let _ = self.remove(name).await;
+                        self.discard(id).await;
                     }
                     return Err(e.into());
                 }
@@ -555,6 +660,8 @@ impl Shared {
             self.check_resources(&host, cores, memory)?;
         }
 
+        self.check_network(&spec.network_mode).await?;
+
         let applied = serde_json::to_string(&spec)
             .map_err(|e| PluginError::internal(format!("cannot store the config: {e}")))?;
         let user_labels = serde_json::to_string(&req.labels)
@@ -573,7 +680,7 @@ impl Shared {
             labels.insert(LABEL_STORAGE.into(), s.to_string());
         }
 
-        let memory = memory.map(|m| m as i64);
+        let memory = memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let mut body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: spec.command.clone(),
@@ -603,7 +710,7 @@ impl Shared {
 
         self.expect(&req.id, &["create"]);
         let container = self
-            .make_container(&req.name, &spec.image, &mut body)
+            .make_container(&req.id, &req.name, &spec.image, &mut body)
             .await
             .inspect_err(|_| self.unexpect(&req.id))?;
         lock(&self.containers).insert(req.id.clone(), container.clone());
@@ -623,18 +730,18 @@ impl Shared {
                     error = %e,
                     "start after create failed; removing the container"
                 );
-                if let Err(re) = self.remove(&container).await {
-                    tracing::error!(
-                        instance = %req.id,
-                        error = %re,
-                        "cannot remove a half-made container"
-                    );
-                }
-                self.forget(&req.id);
+                self.discard(&req.id).await;
                 return Err(e.into());
             }
         }
-        self.instance(&req.id, &container).await
+        match self.instance(&req.id, &container).await {
+            Ok(i) => Ok(i),
+            Err(e) => {
+                // Made but not readable back: not an instance the client was told of.
+                self.discard(&req.id).await;
+                Err(e)
+            }
+        }
     }
 
     async fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance> {
@@ -667,7 +774,7 @@ impl Shared {
         }
         let host = self.host_resources().await?;
         self.check_resources(&host, cores, memory)?;
-        let memory = memory.map(|m| m as i64);
+        let memory = memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let body = ContainerUpdateBody {
             nano_cpus: cores.map(|c| i64::from(c) * 1_000_000_000),
             memory,
@@ -727,7 +834,14 @@ impl Shared {
                 "the instance is running; stop it or delete with force",
             ));
         }
-        self.remove(&container).await?;
+        // Not forced: if it was started by hand since the check, the engine refuses.
+        self.remove_with(&container, force).await.map_err(|e| {
+            if e.status() == Some(409) {
+                PluginError::invalid_state("the instance is running; stop it or delete with force")
+            } else {
+                e.into()
+            }
+        })?;
         self.forget(id);
         Ok(())
     }
@@ -828,7 +942,8 @@ impl Shared {
         // stop, does not apply the restart policy.
         let grace = if options.force { 0 } else { options.timeout };
         let grace_i32 = i32::try_from(grace).unwrap_or(i32::MAX);
-        let timeout = Duration::from_secs(grace) + self.engine.config().request_timeout();
+        let timeout =
+            Duration::from_secs(grace).saturating_add(self.engine.config().request_timeout());
         let cid = container.clone();
         let stop = StopContainerOptions {
             t: Some(grace_i32),
@@ -955,6 +1070,9 @@ impl Shared {
     }
 
     async fn list(&self) -> Result<Vec<Instance>> {
+        if !lock(&self.abandoned).is_empty() {
+            self.sweep_abandoned().await;
+        }
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters(&[
@@ -978,8 +1096,8 @@ impl Shared {
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             match r {
-                Ok(Some(i)) => out.push(i),
-                Ok(None) => {}
+                Ok(Some(i)) if !lock(&self.abandoned).contains(&i.id) => out.push(i),
+                Ok(_) => {}
                 // Removed between the list and the inspect.
                 Err(e) if e.status() == Some(404) => {}
                 Err(e) => return Err(e.into()),

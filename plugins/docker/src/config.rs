@@ -130,6 +130,19 @@ impl DockerConfig {
         if self.connect_timeout_ms == 0 || self.request_timeout_secs == 0 {
             return Err("timeouts must be positive".to_owned());
         }
+        // A day at most: anything longer is a typo, and keeps the arithmetic small.
+        if self.connect_timeout_ms > 86_400_000 || self.request_timeout_secs > 86_400 {
+            return Err("timeouts must be at most a day".to_owned());
+        }
+        if self.stats_idle_secs == 0 {
+            return Err("stats_idle_secs must be positive".to_owned());
+        }
+        if self.endpoint.starts_with("https://") && self.tls.is_none() {
+            return Err(format!(
+                "endpoint {}: https needs the [tls] settings (or use tcp:// for plain HTTP)",
+                self.endpoint
+            ));
+        }
         Ok(endpoint)
     }
 

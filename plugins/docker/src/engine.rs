@@ -180,7 +180,10 @@ impl Engine {
         let connect = self.config.connect_timeout();
         let slow = connect / 4;
         let start = tokio::time::Instant::now();
-        let deadline = start + timeout;
+        // A huge timeout (a stop with a very long grace) waits "forever", never overflows.
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
         tokio::pin!(fut);
         tokio::select! {
             r = &mut fut => return r.map_err(|e| Error::from_bollard(operation, e)),

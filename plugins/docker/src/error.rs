@@ -117,14 +117,30 @@ fn connection_reason(text: &str) -> String {
     }
 }
 
+/// Whether an engine message says the container does not exist.
+pub fn is_no_such_container(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("no such container")
+}
+
+/// Whether an engine message says the image does not exist locally.
+pub fn is_no_such_image(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("no such image") || (m.contains("image") && m.contains("not found"))
+}
+
 /// The API code of an engine error: the one place where engine statuses become codes.
 pub fn code_of(e: &Error) -> ErrorCode {
     match e {
         Error::Unavailable { .. } | Error::Timeout { .. } => ErrorCode::BackendUnavailable,
-        Error::Engine { status, .. } => match status {
+        Error::Engine {
+            status, message, ..
+        } => match status {
             400 => ErrorCode::InvalidRequest,
             403 => ErrorCode::Forbidden,
-            404 => ErrorCode::InstanceNotFound,
+            // Only a missing container is a missing instance; a missing network or
+            // image under an existing container is the engine's trouble.
+            404 if is_no_such_container(message) => ErrorCode::InstanceNotFound,
+            404 => ErrorCode::BackendError,
             409 => ErrorCode::InvalidState,
             _ => ErrorCode::BackendError,
         },
@@ -164,7 +180,7 @@ mod tests {
         Error::Engine {
             operation: "inspect",
             status,
-            message: "x".into(),
+            message: "No such container: x".into(),
         }
     }
 
@@ -186,6 +202,14 @@ mod tests {
             (engine(404), ErrorCode::InstanceNotFound),
             (engine(409), ErrorCode::InvalidState),
             (engine(500), ErrorCode::BackendError),
+            (
+                Error::Engine {
+                    operation: "start",
+                    status: 404,
+                    message: "network uc-gone not found".into(),
+                },
+                ErrorCode::BackendError,
+            ),
             (engine(502), ErrorCode::BackendError),
             (
                 Error::Client {

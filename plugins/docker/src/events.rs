@@ -80,6 +80,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if lost {
             tracing::info!(backend = %shared.name, "docker event stream is back");
             shared.reconnected();
+            shared.sweep_abandoned().await;
             shared.events.emit(&Event::Resync);
         }
         loop {

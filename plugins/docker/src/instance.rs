@@ -34,7 +34,7 @@ const ZERO_TIME_PREFIX: &str = "0001-01-01";
 ///
 /// | Docker | API |
 /// |---|---|
-/// | `created` | `created` |
+/// | `created` | `created`; `error` when a start failed (the runtime left an error) |
 /// | `running` | `running` (`restarting` while a restart policy restarts it) |
 /// | `paused` | `paused` |
 /// | `restarting` | `restarting` |
@@ -50,6 +50,7 @@ pub fn map_state(
 ) -> InstanceState {
     use ContainerStateStatusEnum as S;
     match status {
+        Some(S::CREATED) if !error.is_empty() => InstanceState::Error,
         Some(S::CREATED) => InstanceState::Created,
         Some(S::RUNNING) if restarting => InstanceState::Restarting,
         Some(S::RUNNING) => InstanceState::Running,
@@ -220,6 +221,13 @@ mod tests {
                 false,
                 false,
                 "exec failed",
+                InstanceState::Error,
+            ),
+            (
+                Some(S::CREATED),
+                false,
+                false,
+                "exec: \"nope\": not found",
                 InstanceState::Error,
             ),
             (Some(S::REMOVING), false, false, "", InstanceState::Stopped),

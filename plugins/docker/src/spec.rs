@@ -236,7 +236,8 @@ impl DockerSpec {
             }
         }
         for e in &self.env {
-            let key = e.split('=').next().unwrap_or_default();
+            // `KEY` alone would unset KEY for the engine, not set it: refused.
+            let key = e.split_once('=').map(|(k, _)| k).unwrap_or_default();
             if key.is_empty() || e.contains('\0') {
                 return Err(SpecError::Invalid {
                     field: "env",
@@ -385,14 +386,18 @@ pub fn parse_volume(
                 })
             };
             let mut ok = permitted(&host);
-            // A symlink under an allowed prefix must not lead outside it.
+            let mut source = host.clone();
+            // A symlink under an allowed prefix must not lead outside it, also when the
+            // path does not exist yet (the engine would make it, following the links):
+            // the deepest existing ancestor is resolved, and the resolved path is what
+            // gets mounted.
             if ok && canonicalize {
-                if let Ok(real) = std::fs::canonicalize(&host) {
-                    ok = permitted(&real)
-                        || allowed
-                            .iter()
-                            .any(|a| std::fs::canonicalize(a).is_ok_and(|ra| real.starts_with(ra)));
-                }
+                let real = resolve_existing(&host);
+                ok = permitted(&real)
+                    || allowed
+                        .iter()
+                        .any(|a| std::fs::canonicalize(a).is_ok_and(|ra| real.starts_with(ra)));
+                source = real;
             }
             if !ok {
                 return Err(SpecError::ForbiddenPath {
@@ -401,12 +406,34 @@ pub fn parse_volume(
                     allowed: allowed_list(),
                 });
             }
-            Ok(Volume::Bind(format!("{}:{target}{suffix}", host.display())))
+            Ok(Volume::Bind(format!(
+                "{}:{target}{suffix}",
+                source.display()
+            )))
         }
         Some(s) if is_volume_name(s) => Ok(Volume::Named(format!("{s}:{target}{suffix}"))),
         Some(s) => Err(invalid(format!(
             "{entry:?}: {s:?} is neither an absolute host path nor a volume name"
         ))),
+    }
+}
+
+/// `path` with its deepest existing ancestor resolved (symlinks followed) and the
+/// rest, which does not exist, appended as it is.
+fn resolve_existing(path: &Path) -> std::path::PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                cur = parent;
+            }
+            _ => return path.to_owned(),
+        }
     }
 }
 
@@ -467,15 +494,13 @@ pub fn parse_port(entry: &str) -> Result<(String, Option<PortBinding>), SpecErro
         Some(h) => Some(parse_port_number(h, entry)?),
     };
     let key = format!("{container}/{proto}");
-    let binding = if host.is_some() || ip.is_some() {
-        Some(PortBinding {
-            host_ip: ip,
-            host_port: host.map(|h| h.to_string()),
-        })
-    } else {
-        None
+    // As `docker run -p`: a port with no host port is published on a free host port
+    // the engine picks (the instance's inspect shows which).
+    let binding = PortBinding {
+        host_ip: ip,
+        host_port: Some(host.map(|h| h.to_string()).unwrap_or_default()),
     };
-    Ok((key, binding))
+    Ok((key, Some(binding)))
 }
 
 /// Parses a restart policy.
@@ -562,6 +587,29 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_cannot_lead_a_bind_mount_out_even_to_a_missing_path() {
+        let root = std::env::temp_dir().join(format!("uc-spec-{}", uuid::Uuid::new_v4().simple()));
+        let (inside, outside) = (root.join("allowed"), root.join("outside"));
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, inside.join("link")).unwrap();
+        let a = vec![inside.clone()];
+        for target in ["link", "link/missing/deeper"] {
+            let v = format!("{}:/m", inside.join(target).display());
+            let e = parse_volume(&v, &a, true).unwrap_err();
+            assert!(matches!(e, SpecError::ForbiddenPath { .. }), "{v}: {e:?}");
+        }
+        // A missing path under a real directory is fine, and mounted as resolved.
+        let v = format!("{}:/m", inside.join("new/dir").display());
+        let real = std::fs::canonicalize(&inside).unwrap().join("new/dir");
+        assert_eq!(
+            parse_volume(&v, &a, true).unwrap(),
+            Volume::Bind(format!("{}:/m", real.display()))
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn named_and_anonymous_volumes_are_always_allowed() {
         assert_eq!(
             parse_volume("cache:/var/cache:ro", &[], false).unwrap(),
@@ -594,11 +642,15 @@ mod tests {
         assert_eq!(b.host_port.as_deref(), Some("5353"));
         let (k, b) = parse_port("9000").unwrap();
         assert_eq!(k, "9000/tcp");
-        assert!(b.is_none());
+        assert_eq!(
+            b.unwrap().host_port.as_deref(),
+            Some(""),
+            "a free host port"
+        );
         let (_, b) = parse_port("[::1]:8443:443").unwrap();
         assert_eq!(b.unwrap().host_ip.as_deref(), Some("::1"));
         let (_, b) = parse_port("127.0.0.1::80").unwrap();
-        assert_eq!(b.unwrap().host_port, None);
+        assert_eq!(b.unwrap().host_port.as_deref(), Some(""));
         for bad in [
             "http",
             "80:0",

@@ -183,7 +183,11 @@ fn limits_ports_env_volumes_and_restart_policy_reach_the_engine() {
         ports["80/tcp"].as_ref().unwrap()[0].host_ip.as_deref(),
         Some("127.0.0.1")
     );
-    assert!(!ports.contains_key("53/udp"));
+    // No host port: published on one the engine picks, as `docker run -p 53/udp`.
+    assert_eq!(
+        ports["53/udp"].as_ref().unwrap()[0].host_port.as_deref(),
+        Some("")
+    );
     let config = c.config.clone().unwrap();
     let env = config.env.unwrap();
     assert!(env.contains(&"A=1".to_owned()) && env.contains(&"B=two words".to_owned()));
@@ -251,11 +255,25 @@ fn a_failing_create_leaves_no_container() {
         ErrorCode::InstanceNotFound
     );
 
+    // A network that does not exist: the client's mistake, no pull is tried.
+    let name = clean.container(&unique("nonet"));
+    let e = t
+        .backend
+        .create(request(
+            &name,
+            serde_json::json!({"networkMode": "uc-no-such-network"}),
+        ))
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
+    assert!(e.message.contains("uc-no-such-network"), "{e:?}");
+    assert!(!engine.exists(&name));
+
     // Refused before anything is made.
     for config in [
         serde_json::json!({"ports": ["http"]}),
         serde_json::json!({"restartPolicy": "sometimes"}),
         serde_json::json!({"bogus": true}),
+        serde_json::json!({"env": ["ONLY_A_KEY"]}),
     ] {
         let name = clean.container(&unique("bad"));
         let e = t
