@@ -204,6 +204,7 @@ fn bench_kvm(runs: usize) {
             name: name.clone(),
             vcpus: 1,
             max_vcpus: host_cpus,
+            cpu_mode: None,
             memory: 128 << 20,
             disk: (vol.path().expect("path"), "qcow2".into()),
             seed: None,

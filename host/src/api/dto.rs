@@ -99,7 +99,13 @@ pub struct UpdateMetadataRequest {
 /// Checks label keys: 1-253 characters, no `=` (a list filter is `label=key=value`),
 /// no whitespace or control characters.
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
-    for key in labels.keys() {
+    for (key, value) in labels {
+        if value
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            return Err(format!("label {key:?}: the value holds control characters"));
+        }
         let bad = key.is_empty()
             || key.chars().count() > 253
             || key

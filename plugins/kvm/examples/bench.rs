@@ -126,6 +126,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 name: name.clone(),
                 vcpus: 1,
                 max_vcpus: host_cpus,
+                cpu_mode: None,
                 memory: 128 << 20,
                 disk: (vol.path()?, "qcow2".into()),
                 seed: None,

@@ -13,8 +13,7 @@ use unicompute_plugin_api::{
     PluginError, Resources, StopOptions, StorageResources, UpdateRequest, Usage,
 };
 use virt::connect::Connect;
-use virt::domain::{Domain, DomainShutoffReason, DomainState, DomainStateReason};
-use virt::enumutil::Enum;
+use virt::domain::{Domain, DomainState, DomainStateEnum};
 use virt::sys;
 
 use crate::cloud_init;
@@ -80,6 +79,22 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 
 fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+}
+
+/// The domain's state and reason, as `virDomainGetState` gives them. `virt` 0.5's
+/// `Domain::state` drops the call's failure and answers "no state"; this reports it.
+fn domain_state(
+    dom: &Domain,
+) -> std::result::Result<(sys::virDomainState, i32), virt::error::Error> {
+    let mut state: std::os::raw::c_int = -1;
+    let mut reason: std::os::raw::c_int = -1;
+    // SAFETY: `dom` holds a valid domain pointer for this call; libvirt writes two
+    // ints that live on this stack frame.
+    let rc = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
+    if rc == -1 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok((state as sys::virDomainState, reason))
 }
 
 /// Maps a libvirt state onto an instance state.
@@ -304,14 +319,17 @@ impl Inner {
     }
 
     pub fn state(&self, found: &Found) -> Result<InstanceState> {
-        let (state, reason) = found.dom.state().map_err(lv("reading the domain state"))?;
-        let failed = matches!(
-            reason,
-            Enum::Known(DomainStateReason::Shutoff(Enum::Known(
-                DomainShutoffReason::Crashed | DomainShutoffReason::Failed
-            )))
-        );
-        Ok(map_state(state.known(), failed, found.meta.started))
+        let (state, reason) = domain_state(&found.dom).map_err(lv("reading the domain state"))?;
+        let failed = (state == sys::VIR_DOMAIN_SHUTOFF
+            && matches!(
+                reason as sys::virDomainShutoffReason,
+                sys::VIR_DOMAIN_SHUTOFF_CRASHED | sys::VIR_DOMAIN_SHUTOFF_FAILED
+            ))
+            // Paused by QEMU on an I/O error (a full pool under a thin disk).
+            || (state == sys::VIR_DOMAIN_PAUSED
+                && reason as sys::virDomainPausedReason == sys::VIR_DOMAIN_PAUSED_IOERROR);
+        let state = DomainStateEnum::from_raw(state).known();
+        Ok(map_state(state, failed, found.meta.started))
     }
 
     pub fn instance(&self, found: &Found) -> Result<Instance> {
@@ -451,6 +469,20 @@ impl Inner {
         check_id(&req.id)?;
         let config = InstanceConfig::from_request(&req.config, &self.config.default_network)
             .map_err(KvmError::InvalidRequest)?;
+        if let Some(field) = config.xml_illegal() {
+            return Err(KvmError::InvalidRequest(format!(
+                "{field} holds control characters"
+            )));
+        }
+        let xml_bad = |s: &str| {
+            s.chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        };
+        if let Some((k, _)) = req.labels.iter().find(|(k, v)| xml_bad(k) || xml_bad(v)) {
+            return Err(KvmError::InvalidRequest(format!(
+                "label {k:?} holds control characters"
+            )));
+        }
         let template = storage::find_template(&self.config.templates_dir, &config.image)?;
         let cores = req.resources.cores().unwrap_or(1);
         let memory = req.resources.memory_limit().unwrap_or(DEFAULT_MEMORY);
@@ -513,7 +545,7 @@ impl Inner {
             updated_at: created,
             started: req.start,
             labels: LabelsXml::from_map(&req.labels),
-            config,
+            config: config.redacted(),
             pool: self.config.storage_pool.clone(),
             disk: disk.clone(),
             disk_size: size,
@@ -524,6 +556,7 @@ impl Inner {
             name: req.name.clone(),
             vcpus: cores,
             max_vcpus: cores.max(host.cpus),
+            cpu_mode: self.config.cpu_mode.map(|m| m.as_str()),
             memory,
             disk: (disk, format.to_owned()),
             seed,
@@ -666,10 +699,26 @@ impl Inner {
         // The id stays known until the worker sees the UNDEFINED event, so that the
         // host gets a Vanished event after any late Changed event of this domain.
         self.cpu.forget(&found.doc.uuid);
+        // The domain is gone: from here on every volume is tried, and a failure is
+        // logged rather than answered (a retry would find no instance to delete).
+        // Only files inside this backend's pool are removed, whatever the metadata
+        // says (a domain copied by hand carries our metadata too).
+        let pool_dir = self.pool(&conn).map(|(_, dir)| dir);
         let mut volumes = vec![found.meta.disk.clone()];
         volumes.extend(found.meta.seed.clone());
         for path in volumes {
-            storage::delete_volume(&conn, &path, storage::uri_is_local(&self.config.uri))?;
+            let inside = pool_dir
+                .as_ref()
+                .is_ok_and(|dir| std::path::Path::new(&path).starts_with(dir));
+            if !inside {
+                tracing::warn!(instance = %id, volume = %path, "volume outside the pool left in place");
+                continue;
+            }
+            if let Err(e) =
+                storage::delete_volume(&conn, &path, storage::uri_is_local(&self.config.uri))
+            {
+                tracing::error!(instance = %id, volume = %path, error = %e, "volume of a deleted instance not removed");
+            }
         }
         tracing::info!(instance = %id, "deleted");
         Ok(())

@@ -28,6 +28,35 @@ pub struct KvmConfig {
     /// libvirt network used when `networkType` is `network` without a source.
     #[serde(default = "default_network")]
     pub default_network: String,
+    /// The guest CPU model: none (QEMU's default, `qemu64`, works everywhere,
+    /// also nested), `host-passthrough` (the host's CPU, fastest; some nested
+    /// hypervisors refuse it), `host-model`, or `maximum`. Distributions built for
+    /// x86-64-v2 and later need one of the last three.
+    #[serde(default)]
+    pub cpu_mode: Option<CpuMode>,
+}
+
+/// `<cpu mode="...">`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuMode {
+    /// The host CPU as it is.
+    HostPassthrough,
+    /// A named model closest to the host CPU.
+    HostModel,
+    /// Every feature the hypervisor can give.
+    Maximum,
+}
+
+impl CpuMode {
+    /// libvirt's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuMode::HostPassthrough => "host-passthrough",
+            CpuMode::HostModel => "host-model",
+            CpuMode::Maximum => "maximum",
+        }
+    }
 }
 
 fn default_uri() -> String {
@@ -55,6 +84,7 @@ impl Default for KvmConfig {
             storage_pool: default_storage_pool(),
             domain_type: None,
             default_network: default_network(),
+            cpu_mode: None,
         }
     }
 }
@@ -133,6 +163,9 @@ impl NetworkType {
     }
 }
 
+/// How stored user-data begins: `sha256:<hex> (<n> bytes)`.
+pub const REDACTED_PREFIX: &str = "sha256:";
+
 /// cloud-init NoCloud data.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -198,6 +231,49 @@ impl InstanceConfig {
             }
         }
         Ok(parsed)
+    }
+
+    /// The config as kept in the domain's metadata and shown in the instance: the
+    /// user-data (often holding passwords and keys) only as its SHA-256 and size,
+    /// since the domain XML is readable through libvirt's read-only socket. The
+    /// seed image holds the data itself.
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        if let Some(ud) = c.cloud_init.as_mut().and_then(|ci| ci.user_data.as_mut()) {
+            if !ud.starts_with(REDACTED_PREFIX) {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(ud.as_bytes());
+                *ud = format!(
+                    "{REDACTED_PREFIX}{} ({} bytes)",
+                    hex::encode(digest),
+                    ud.len()
+                );
+            }
+        }
+        c
+    }
+
+    /// Text that cannot go into XML (control characters other than tab, newline and
+    /// carriage return), named, if the metadata would hold any.
+    pub fn xml_illegal(&self) -> Option<&'static str> {
+        let bad = |s: &str| {
+            s.chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        };
+        let ci = self.cloud_init.as_ref();
+        if ci.and_then(|c| c.meta_data.as_deref()).is_some_and(bad) {
+            return Some("cloudInit.metaData");
+        }
+        if ci
+            .and_then(|c| c.network_config.as_deref())
+            .is_some_and(bad)
+        {
+            return Some("cloudInit.networkConfig");
+        }
+        if self.network_source.as_deref().is_some_and(bad) {
+            return Some("networkSource");
+        }
+        None
     }
 
     /// The config as the JSON object shown in an instance.

@@ -105,18 +105,17 @@ pub(crate) fn usage(inner: &Inner, found: &Found) -> Result<Usage, KvmError> {
         0
     };
 
-    let (total, allocated) = match dom.block_info("vda", 0) {
-        Ok(b) => (b.capacity, b.allocation),
-        Err(_) => inner
-            .connect()
-            .and_then(|c| {
-                c.lookup_storage_vol_by_path(&found.meta.disk)
-                    .and_then(|v| v.info())
-                    .map_err(KvmError::libvirt("reading the disk volume"))
-            })
-            .map(|i| (i.capacity, i.allocation))
-            .unwrap_or((found.meta.disk_size, 0)),
-    };
+    // From the volume, not `Domain::block_info`: `virt` 0.5 ignores that call's
+    // failure and reads an uninitialised struct.
+    let (total, allocated) = inner
+        .connect()
+        .and_then(|c| {
+            c.lookup_storage_vol_by_path(&found.meta.disk)
+                .and_then(|v| v.info())
+                .map_err(KvmError::libvirt("reading the disk volume"))
+        })
+        .map(|i| (i.capacity, i.allocation))
+        .unwrap_or((found.meta.disk_size, 0));
 
     let mut network = NetworkUsage::default();
     if active {

@@ -120,6 +120,8 @@ pub struct DomainXml {
     #[serde(rename = "currentMemory")]
     current_memory: Amount,
     vcpu: VcpuXml,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<CpuXml>,
     os: OsXml,
     features: FeaturesXml,
     clock: ClockXml,
@@ -175,6 +177,13 @@ struct VcpuXml {
     current: u32,
     #[serde(rename = "$text")]
     max: u32,
+}
+
+/// `<cpu mode="..."/>` (see `cpu_mode` in the backend's settings).
+#[derive(Debug, Serialize)]
+struct CpuXml {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -298,6 +307,8 @@ pub struct DomainSpec {
     pub vcpus: u32,
     /// Most vCPUs the domain can be given live.
     pub max_vcpus: u32,
+    /// `<cpu mode>`, when set.
+    pub cpu_mode: Option<&'static str>,
     /// Memory in bytes.
     pub memory: u64,
     /// Disk path and format.
@@ -377,6 +388,7 @@ impl DomainSpec {
                 current: self.vcpus,
                 max: self.max_vcpus.max(self.vcpus),
             },
+            cpu: self.cpu_mode.map(|mode| CpuXml { mode }),
             os: OsXml {
                 os_type: "hvm",
                 boot: BootXml { dev: "hd" },
@@ -797,6 +809,7 @@ mod tests {
             name: "vm<1>".into(),
             vcpus: 2,
             max_vcpus: 4,
+            cpu_mode: Some("host-passthrough"),
             memory: 2 << 30,
             disk: ("/p/i-1.qcow2".into(), "qcow2".into()),
             seed: Some("/p/i-1-seed.img".into()),
@@ -811,6 +824,12 @@ mod tests {
         assert!(!xml.contains("<evil/>"), "{xml}");
         assert!(xml.contains("<readonly/>"), "{xml}");
         assert!(xml.contains("<acpi/>"), "{xml}");
+        assert!(xml.contains("<cpu mode=\"host-passthrough\"/>"), "{xml}");
+        let default = DomainSpec {
+            cpu_mode: None,
+            ..spec()
+        };
+        assert!(!default.to_xml().unwrap().contains("<cpu"));
         let doc = DomainDoc::parse(&xml.replace(
             "<domain type=\"kvm\">",
             "<domain type=\"kvm\"><uuid>u-1</uuid>",
