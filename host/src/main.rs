@@ -171,7 +171,6 @@ async fn run(
 ) -> ExitCode {
     let config = service.config();
     let listen = config.server.listen;
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     tokio::spawn(Arc::clone(&service).run_events(rx));
     service.sync_all(Duration::from_secs(10)).await;
     tokio::spawn(Arc::clone(&service).run_maintenance());
@@ -206,6 +205,8 @@ async fn run(
         }
     }
     tracing::info!("shutting down: finishing requests in flight");
+    // Read now, so that a reload since the start counts.
+    let grace = Duration::from_secs(service.config().server.shutdown_grace_secs);
     let _ = stop_tx.send(());
     if tokio::time::timeout(grace, server).await.is_err() {
         tracing::warn!("requests still in flight after the grace period; exiting");

@@ -122,7 +122,8 @@ pub enum StartError {
     Registry(#[from] crate::plugins::registry::RegistryError),
 }
 
-/// What a reload did, per backend: `kept`, `started`, `restarted`, `stopped`.
+/// What a reload did, per backend: `kept`, `started`, `restarted`, `stopped`, `disabled`
+/// (not running before or after), `removed`.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReloadReport {
@@ -320,6 +321,12 @@ impl Service {
                 .collect(),
             backends: BTreeMap::new(),
         };
+        if new_config.server.listen != self.config().server.listen {
+            tracing::warn!(
+                listen = %new_config.server.listen,
+                "server.listen changed: it takes effect at the next start"
+            );
+        }
         *self.scanned.lock().unwrap_or_else(|p| p.into_inner()) = scanned;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_config);
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&new_registry);
@@ -329,7 +336,9 @@ impl Service {
                 Some(o) if Arc::ptr_eq(&o, entry) => "kept",
                 Some(_) if entry.config.enabled => "restarted",
                 None if entry.config.enabled => "started",
-                _ => "stopped",
+                Some(o) if o.config.enabled => "stopped",
+                // Was not running and is not now.
+                _ => "disabled",
             };
             report
                 .backends
@@ -837,10 +846,12 @@ impl Service {
 
     /// Health checks and resyncs, forever.
     pub async fn run_maintenance(self: Arc<Self>) {
-        let health = Duration::from_secs(self.config().server.health_interval_secs.max(1));
-        let resync = Duration::from_secs(self.config().server.resync_interval_secs.max(1));
         let mut last_resync = tokio::time::Instant::now();
         loop {
+            // Read each round, so that a reload changes them.
+            let server = self.config().server.clone();
+            let health = Duration::from_secs(server.health_interval_secs.max(1));
+            let resync = Duration::from_secs(server.resync_interval_secs.max(1));
             tokio::time::sleep(health).await;
             let full = last_resync.elapsed() >= resync;
             if full {
