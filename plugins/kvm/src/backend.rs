@@ -196,6 +196,19 @@ impl KvmBackend {
                 ctx.name
             )));
         }
+        for (key, dir) in [
+            ("templates_dir", &config.templates_dir),
+            ("storage_dir", &config.storage_dir),
+        ] {
+            // libvirtd resolves paths from its own working directory, not ours.
+            if !dir.is_absolute() {
+                return Err(PluginError::config(format!(
+                    "backend {}: {key} must be an absolute path, not {}",
+                    ctx.name,
+                    dir.display()
+                )));
+            }
+        }
         let domain_type = config.resolved_domain_type();
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
@@ -465,6 +478,23 @@ impl Inner {
         Ok(host)
     }
 
+    /// The domain type for a new domain: as configured, else as probed at start for
+    /// a local libvirt, else (a remote one) `kvm` when its capabilities offer it.
+    fn domain_type_on(&self, conn: &Connect) -> String {
+        if self.config.domain_type.is_some() || storage::uri_is_local(&self.config.uri) {
+            return self.domain_type.clone();
+        }
+        match conn.capabilities() {
+            Ok(caps)
+                if caps.contains("<domain type='kvm'") || caps.contains("<domain type=\"kvm\"") =>
+            {
+                "kvm".into()
+            }
+            Ok(_) => "qemu".into(),
+            Err(_) => self.domain_type.clone(),
+        }
+    }
+
     fn create(&self, req: CreateRequest) -> Result<Instance> {
         check_id(&req.id)?;
         let config = InstanceConfig::from_request(&req.config, &self.config.default_network)
@@ -497,6 +527,16 @@ impl Inner {
         let host = self.check_limits(&conn, Some(cores), Some(memory))?;
         if conn.lookup_domain_by_name(&req.name).is_ok() {
             return Err(KvmError::NameTaken(req.name));
+        }
+        if let (crate::config::NetworkType::Network, Some(net)) =
+            (config.network_type, config.network_source.as_deref())
+        {
+            // libvirt itself would only notice at start.
+            if conn.lookup_network_by_name(net).is_err() {
+                return Err(KvmError::InvalidRequest(format!(
+                    "libvirt network {net} does not exist"
+                )));
+            }
         }
         let (pool, pool_dir) = self.pool(&conn)?;
         let format = config.disk_format.as_str();
@@ -552,7 +592,7 @@ impl Inner {
             seed: seed.clone(),
         };
         let spec = DomainSpec {
-            domain_type: self.domain_type.clone(),
+            domain_type: self.domain_type_on(&conn),
             name: req.name.clone(),
             vcpus: cores,
             max_vcpus: cores.max(host.cpus),
@@ -563,9 +603,22 @@ impl Inner {
             meta,
         };
         let xml = spec.to_xml()?;
-        let dom = conn
-            .define_domain_xml(&xml)
-            .map_err(lv("defining the domain"))?;
+        let dom = match conn.define_domain_xml(&xml) {
+            Ok(d) => d,
+            // Another domain took the name while the disk was being made.
+            Err(e)
+                if e.code().to_raw() == sys::VIR_ERR_OPERATION_FAILED
+                    && e.message().contains("already exists") =>
+            {
+                return Err(KvmError::NameTaken(req.name));
+            }
+            Err(source) => {
+                return Err(KvmError::Libvirt {
+                    op: "defining the domain",
+                    source,
+                })
+            }
+        };
         rollback.dom = Some(dom.clone());
         if req.start {
             dom.create().map_err(lv("starting the domain"))?;
@@ -670,7 +723,15 @@ impl Inner {
                 )))
             }
         }
-        found.dom.resume().map_err(lv("resuming the domain"))?;
+        // A guest suspended by its own power management wakes up; one paused by us
+        // (or libvirt) resumes.
+        let pm_suspended =
+            domain_state(&found.dom).is_ok_and(|(state, _)| state == sys::VIR_DOMAIN_PMSUSPENDED);
+        if pm_suspended {
+            found.dom.pm_wakeup(0).map_err(lv("waking the domain up"))?;
+        } else {
+            found.dom.resume().map_err(lv("resuming the domain"))?;
+        }
         self.touch(&mut found)?;
         self.reread(&conn, id, &found.dom)
     }

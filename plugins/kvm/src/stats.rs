@@ -61,6 +61,11 @@ pub fn balloon_used(stats: &[(u32, u64)]) -> Option<u64> {
     get(sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON).map(|v| v.saturating_mul(1024))
 }
 
+/// The shortest window between two usage calls that is used as it is.
+const MIN_WINDOW: Duration = Duration::from_millis(50);
+/// The longest: an older previous sample would average over history.
+const MAX_WINDOW: Duration = Duration::from_secs(60);
+
 /// The usage of one instance.
 pub(crate) fn usage(inner: &Inner, found: &Found) -> Result<Usage, KvmError> {
     let dom = &found.dom;
@@ -76,7 +81,12 @@ pub(crate) fn usage(inner: &Inner, found: &Found) -> Result<Usage, KvmError> {
     let cpu = if active {
         let sample = (Instant::now(), info.cpu_time);
         match inner.cpu.swap(uuid, sample) {
-            Some(prev) if prev.1 <= sample.1 && prev.0 < sample.0 => {
+            // The previous call's sample makes the window when it is neither so
+            // recent that the numbers are noise nor so old that they are history.
+            Some(prev)
+                if prev.1 <= sample.1
+                    && (MIN_WINDOW..=MAX_WINDOW).contains(&sample.0.duration_since(prev.0)) =>
+            {
                 cpu_percent(prev, sample, vcpus)
             }
             _ => {

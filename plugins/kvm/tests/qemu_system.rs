@@ -362,7 +362,8 @@ fn failed_creates_leave_nothing_behind() {
     let conn = libvirt(SYSTEM);
     let b = &h.backend;
     let cases = [
-        // libvirt refuses to start: the network does not exist.
+        // The network does not exist (refused at create); the bridge does not exist
+        // (libvirt refuses to start: the rollback path).
         json!({"image": "blank", "networkType": "network", "networkSource": unique("nonet"),
                "cloudInit": {"userData": "#cloud-config\n"}}),
         json!({"image": "blank", "networkType": "bridge", "networkSource": "ucnobr0",

@@ -30,7 +30,13 @@ fn qcow2_header(virtual_size: u64) -> Vec<u8> {
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("node.xml");
-    std::fs::write(&node, "<node/>").unwrap();
+    // A node with the `default` network, as a libvirt host has.
+    std::fs::write(
+        &node,
+        "<node><network><name>default</name><bridge name='virbr0'/><forward/>\
+         <ip address='192.168.122.1' netmask='255.255.255.0'/></network></node>",
+    )
+    .unwrap();
     let templates = dir.path().join("templates");
     std::fs::create_dir(&templates).unwrap();
     std::fs::write(templates.join("ubuntu-22.04.qcow2"), qcow2_header(1 << 30)).unwrap();
@@ -375,4 +381,31 @@ fn unknown_config_keys_are_refused() {
     let e = KvmBackend::new(ctx).err().unwrap();
     assert_eq!(e.code, ErrorCode::InvalidConfig);
     assert!(e.message.contains("storage_dri"));
+}
+
+#[test]
+fn relative_directories_and_unknown_cpu_modes_are_refused() {
+    for (config, named) in [
+        (
+            json!({"uri": "test:///default", "storage_dir": "pool"}),
+            "storage_dir",
+        ),
+        (
+            json!({"uri": "test:///default", "templates_dir": "t"}),
+            "templates_dir",
+        ),
+        (
+            json!({"uri": "test:///default", "cpu_mode": "host"}),
+            "host-passthrough",
+        ),
+    ] {
+        let ctx = BackendContext {
+            name: "kvm".into(),
+            config,
+            events: EventSink::discard(),
+        };
+        let e = KvmBackend::new(ctx).err().unwrap();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(e.message.contains(named), "{named}: {}", e.message);
+    }
 }
