@@ -679,6 +679,10 @@ impl Shared {
         if let Some(s) = storage {
             labels.insert(LABEL_STORAGE.into(), s.to_string());
         }
+        let cname = instance::container_name(&req.name);
+        if cname != req.name {
+            labels.insert(instance::LABEL_NAME.into(), req.name.clone());
+        }
 
         let memory = memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let mut body = ContainerCreateBody {
@@ -710,7 +714,7 @@ impl Shared {
 
         self.expect(&req.id, &["create"]);
         let container = self
-            .make_container(&req.id, &req.name, &spec.image, &mut body)
+            .make_container(&req.id, &cname, &spec.image, &mut body)
             .await
             .inspect_err(|_| self.unexpect(&req.id))?;
         lock(&self.containers).insert(req.id.clone(), container.clone());

@@ -26,6 +26,20 @@ pub const LABEL_CONFIG: &str = "io.unicompute.config";
 pub const LABEL_LABELS: &str = "io.unicompute.labels";
 /// The requested storage size in bytes.
 pub const LABEL_STORAGE: &str = "io.unicompute.storage";
+/// The instance's name, when the container's name cannot be it (see
+/// [`container_name`]).
+pub const LABEL_NAME: &str = "io.unicompute.name";
+
+/// The container's name for an instance name. Docker wants at least two characters;
+/// a one-character instance name `a` becomes the container `a.unicompute` (its name
+/// kept in [`LABEL_NAME`]).
+pub fn container_name(name: &str) -> String {
+    if name.chars().count() < 2 {
+        format!("{name}.unicompute")
+    } else {
+        name.to_owned()
+    }
+}
 
 /// Docker's zero time, used for "never".
 const ZERO_TIME_PREFIX: &str = "0001-01-01";
@@ -167,12 +181,13 @@ pub fn from_inspect(
 
     Some(Instance {
         id,
-        name: c
-            .name
-            .as_deref()
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned(),
+        name: labels.get(LABEL_NAME).cloned().unwrap_or_else(|| {
+            c.name
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned()
+        }),
         uuid: labels.get(LABEL_UUID).cloned().unwrap_or_default(),
         instance_type: InstanceType::Container,
         backend: String::new(),

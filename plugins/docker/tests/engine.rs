@@ -308,6 +308,28 @@ fn a_failing_create_leaves_no_container() {
 }
 
 #[test]
+fn a_one_character_name_works() {
+    let _engine = FileLock::engine_shared();
+    let t = backend();
+    let engine = Engine::new();
+    let mut clean = Cleanup::default();
+    // Docker wants two characters at least: the container gets a longer name, the
+    // instance keeps its own. (One letter is rare enough to be unique in one run.)
+    let letter = "z";
+    let container = clean.container("z.unicompute");
+    let inst = t
+        .backend
+        .create(request(letter, serde_json::json!({})))
+        .unwrap();
+    assert_eq!(inst.name, letter);
+    assert!(engine.exists(&container));
+    assert_eq!(t.backend.get(&inst.id).unwrap().name, letter);
+    assert!(t.backend.list().unwrap().iter().any(|i| i.name == letter));
+    t.backend.delete(&inst.id, false).unwrap();
+    assert!(!engine.exists(&container));
+}
+
+#[test]
 fn a_failed_pull_names_the_image_and_leaves_nothing() {
     let _engine = FileLock::engine_shared();
     let t = backend();
