@@ -192,13 +192,28 @@ async fn run(
         })
         .run();
     let mut server = tokio::spawn(server);
-    tokio::spawn(reload_on_sighup(Arc::clone(&state)));
+    // Handlers are in place before the server says it listens: a signal sent right
+    // after that line never meets the default action (which ends the process).
+    use tokio::signal::unix::{signal, SignalKind};
+    let (term, int) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    match signal(SignalKind::hangup()) {
+        Ok(hup) => {
+            tokio::spawn(reload_on_sighup(Arc::clone(&state), hup));
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot listen for SIGHUP; reload with POST /api/v1/compute/backends/reload"
+        ),
+    }
     tokio::spawn(Arc::clone(&service).watch_plugins());
     tracing::info!(addr = %local, instances = service.inventory.len(), "listening");
     println!("unicompute: listening on http://{local}");
 
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = shutdown_signal(term.ok(), int.ok()) => {}
         _ = &mut server => {
             tracing::error!("server stopped by itself");
             return ExitCode::FAILURE;
@@ -216,31 +231,28 @@ async fn run(
     ExitCode::SUCCESS
 }
 
-async fn reload_on_sighup(state: Arc<AppState>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!(
-            "cannot listen for SIGHUP; reload with POST /api/v1/compute/backends/reload"
-        );
-        return;
-    };
+async fn reload_on_sighup(state: Arc<AppState>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config and plugins");
         let _ = state.reload().await;
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM or SIGINT, whichever comes first (a missing handler never fires).
+async fn shutdown_signal(
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+) {
+    async fn next(s: Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
         }
-    };
+    }
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = next(term) => {}
+        _ = next(int) => {}
     }
 }

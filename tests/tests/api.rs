@@ -256,6 +256,8 @@ fn paging_bounds_order_and_total() {
         "state=sleeping",
         "label=novalue",
         "unknown=1",
+        "state=running&state=stopped",
+        "page=1&page=2",
     ] {
         let r = s.get(&format!("{INSTANCES}?{q}"));
         assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"), "{q}");
@@ -883,4 +885,10 @@ fn roles_follow_the_matched_route_and_paths_are_decoded() {
         json!({"metadata": {"labels": {"x=y": "1"}}}),
     );
     assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"));
+    let r = create(
+        &s,
+        &unique("ctl"),
+        json!({"metadata": {"labels": {"k": "bell\u{7}"}}}),
+    );
+    assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"), "{}", r.text);
 }

@@ -58,7 +58,19 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 pub fn parse_list_query(query: &str) -> Result<(ListFilter, usize, usize), ApiError> {
     let mut filter = ListFilter::default();
     let (mut page, mut page_size) = (1usize, 50usize);
+    let mut seen: Vec<String> = Vec::new();
     for (k, v) in query_pairs(query) {
+        // Only `label` may repeat (all must match); a second page or state is a
+        // contradiction, not a choice to make for the client.
+        if k != "label" {
+            if seen.contains(&k) {
+                return Err(
+                    ApiError::invalid(format!("query parameter {k} is given twice"))
+                        .detail("parameter", k.as_str()),
+                );
+            }
+            seen.push(k.clone());
+        }
         match k.as_str() {
             "page" => {
                 page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| {
