@@ -411,7 +411,7 @@ impl Inner {
         }
     }
 
-    fn write_meta(&self, dom: &Domain, meta: &InstanceMeta) -> Result<()> {
+    pub(crate) fn write_meta(&self, dom: &Domain, meta: &InstanceMeta) -> Result<()> {
         let xml = meta.to_metadata_element()?;
         let live = dom.is_active().unwrap_or(false);
         let flags = if live {

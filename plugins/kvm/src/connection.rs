@@ -77,6 +77,8 @@ struct Slot {
     conn: Option<Connect>,
     callback: Option<c_int>,
     generation: u64,
+    /// A thread is opening a connection (outside the lock).
+    connecting: bool,
 }
 
 /// The connection to one libvirt URI.
@@ -96,6 +98,7 @@ impl Connection {
                 conn: None,
                 callback: None,
                 generation: 0,
+                connecting: false,
             }),
             events,
         }
@@ -110,17 +113,30 @@ impl Connection {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The live connection, opened (again) when there is none or it died.
+    /// The live connection, opened (again) when there is none or it died. The
+    /// opening runs outside the lock: while one caller waits on a slow or hung
+    /// daemon, the others fail at once with "unavailable" instead of queueing.
     pub fn get(&self) -> Result<Connect, KvmError> {
-        let mut slot = self.lock();
-        if let Some(c) = &slot.conn {
-            if c.is_alive().unwrap_or(false) {
-                return Ok(c.clone());
+        {
+            let mut slot = self.lock();
+            if let Some(c) = &slot.conn {
+                if c.is_alive().unwrap_or(false) {
+                    return Ok(c.clone());
+                }
+                tracing::warn!(uri = %self.uri, "libvirt connection lost");
+                Self::drop_conn(&mut slot);
             }
-            tracing::warn!(uri = %self.uri, "libvirt connection lost");
-            Self::drop_conn(&mut slot);
+            if slot.connecting {
+                return Err(KvmError::Connecting {
+                    uri: self.uri.clone(),
+                });
+            }
+            slot.connecting = true;
         }
-        let conn = Connect::open(Some(&self.uri)).map_err(|source| KvmError::Unavailable {
+        let opened = Connect::open(Some(&self.uri));
+        let mut slot = self.lock();
+        slot.connecting = false;
+        let conn = opened.map_err(|source| KvmError::Unavailable {
             uri: self.uri.clone(),
             source,
         })?;

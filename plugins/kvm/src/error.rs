@@ -7,13 +7,19 @@ use virt::sys;
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     /// libvirtd cannot be reached.
-    #[error("libvirt at {uri} is unavailable")]
+    #[error("libvirt at {} is unavailable", display_uri(.uri))]
     Unavailable {
         /// The connection URI.
         uri: String,
         /// libvirt's reason.
         #[source]
         source: virt::error::Error,
+    },
+    /// Another call is opening the connection right now.
+    #[error("libvirt at {} is being connected to; try again", display_uri(.uri))]
+    Connecting {
+        /// The connection URI.
+        uri: String,
     },
     /// A libvirt call failed.
     #[error("libvirt {op} failed")]
@@ -88,7 +94,9 @@ impl KvmError {
     /// The API error code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            KvmError::Unavailable { .. } => ErrorCode::BackendUnavailable,
+            KvmError::Unavailable { .. } | KvmError::Connecting { .. } => {
+                ErrorCode::BackendUnavailable
+            }
             // A call cut by a dying daemon fails in the RPC layer, whatever its number.
             KvmError::Libvirt { source, .. } if source.domain().to_raw() == sys::VIR_FROM_RPC => {
                 ErrorCode::BackendUnavailable
@@ -108,6 +116,21 @@ impl KvmError {
 }
 
 pub use unicompute_plugin_api::error::scrub_paths;
+
+/// A connection URI as shown to clients: no user name, no query (which can name a
+/// socket path or a key file): `qemu+ssh://root@h/system?keyfile=/k` is
+/// `qemu+ssh://h/system`.
+pub fn display_uri(uri: &str) -> String {
+    let no_query = uri.split('?').next().unwrap_or(uri);
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => no_query.to_owned(),
+    }
+}
 
 /// Maps a libvirt error number onto an API code.
 fn libvirt_code(code: sys::virErrorNumber) -> ErrorCode {
@@ -151,7 +174,9 @@ impl From<KvmError> for PluginError {
                     .with_detail("available", available);
             }
             KvmError::NotFound(id) => out = out.with_detail("id", id),
-            KvmError::Unavailable { uri, .. } => out = out.with_detail("uri", uri),
+            KvmError::Unavailable { uri, .. } | KvmError::Connecting { uri } => {
+                out = out.with_detail("uri", display_uri(&uri))
+            }
             KvmError::Libvirt { op, source } => {
                 out = out
                     .with_detail("operation", op)
@@ -248,6 +273,21 @@ mod tests {
         );
         assert_eq!(scrub_paths("/a/b failed at /c"), "<path> failed at <path>");
         assert_eq!(scrub_paths("1/2 and and/or"), "1/2 and and/or");
+        assert_eq!(
+            display_uri("qemu+ssh://root@h.example/system?keyfile=/root/.ssh/k"),
+            "qemu+ssh://h.example/system"
+        );
+        assert_eq!(
+            display_uri("qemu:///system?socket=/run/x.sock"),
+            "qemu:///system"
+        );
+        assert_eq!(display_uri("test:///default"), "test:///default");
+        let e = PluginError::from(KvmError::Connecting {
+            uri: "qemu+tls://u@h/system?pkipath=/etc/pki".into(),
+        });
+        assert_eq!(e.code, ErrorCode::BackendUnavailable);
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(!text.contains("/etc/pki") && !text.contains("u@"), "{text}");
     }
 
     #[test]

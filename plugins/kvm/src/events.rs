@@ -62,7 +62,15 @@ fn handle(inner: &Inner, event: &DomainEvent) {
     let Ok(conn) = inner.connect() else { return };
     match conn.lookup_domain_by_uuid_string(&event.uuid) {
         Ok(dom) => {
-            if let Ok(Some(found)) = inner.read(dom) {
+            if let Ok(Some(mut found)) = inner.read(dom) {
+                // Started outside the API (virsh, autostart): from now on a stop
+                // makes it `stopped`, not `created`.
+                if event.kind == sys::VIR_DOMAIN_EVENT_STARTED as i32 && !found.meta.started {
+                    found.meta.started = true;
+                    if let Err(e) = inner.write_meta(&found.dom, &found.meta) {
+                        tracing::debug!(error = %e, "cannot mark a domain as started");
+                    }
+                }
                 match inner.instance(&found) {
                     Ok(instance) => inner.sink.emit(&Event::Changed {
                         instance: Box::new(instance),

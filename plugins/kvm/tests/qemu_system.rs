@@ -320,14 +320,27 @@ fn domain_destroyed_with_virsh_is_seen_by_an_event() {
     make_template(&h.templates, "blank", "64M");
     let name = h.cleanup.domain(&unique("virsh"));
     let id = unique("id");
-    let mut req = request(
+    let req = request(
         &id,
         &name,
         json!({"image": "blank", "networkType": "none"}),
         small(),
     );
-    req.start = true;
-    assert_eq!(h.backend.create(req).unwrap().state, InstanceState::Running);
+    assert_eq!(h.backend.create(req).unwrap().state, InstanceState::Created);
+
+    // Started with virsh, not through the API: seen, and remembered as having run.
+    let out = Command::new("virsh")
+        .args(["-c", SYSTEM, "start", &name])
+        .output()
+        .expect("virsh");
+    assert!(out.status.success(), "{out:?}");
+    let seen = h.wait_event(Duration::from_secs(10), |e| {
+        matches!(e, Event::Changed { instance } if instance.id == id && instance.state == InstanceState::Running)
+    });
+    assert!(
+        seen.is_some(),
+        "no running event for the domain started with virsh"
+    );
 
     let out = Command::new("virsh")
         .args(["-c", SYSTEM, "destroy", &name])
