@@ -4,9 +4,10 @@
 //! Rules enforced here, the same for every plugin:
 //! - names are valid and unique across backends (reserved before the backend is asked);
 //! - operations on one instance run one at a time, different instances in parallel;
-//! - state rules of the contract: start of a running instance and stop of a stopped
-//!   one change nothing; pause needs a running instance; delete of a running or paused
-//!   instance needs `force`;
+//! - state rules of the contract: start of a running instance, stop of a stopped one,
+//!   pause of a paused one and unpause of a running one change nothing; otherwise
+//!   pause needs a running instance and unpause a paused one; delete of a running,
+//!   paused or restarting instance needs `force`;
 //! - backend calls run on the blocking pool, never on the HTTP executor.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
