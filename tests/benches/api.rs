@@ -19,6 +19,8 @@ fn main() {
     std::env::set_var("UCTEST_PROFILE", "release");
     let s = Server::fake("");
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        // Loopback only: never through a proxy from the environment.
+        .proxy(None)
         .http_status_as_error(false)
         .build()
         .into();
@@ -60,6 +62,8 @@ fn main() {
                 let (ids, stop, count, base) = (&ids, &stop, &count, &s.base);
                 scope.spawn(move || {
                     let agent: ureq::Agent = ureq::Agent::config_builder()
+                        // Loopback only: never through a proxy from the environment.
+                        .proxy(None)
                         .http_status_as_error(false)
                         .build()
                         .into();

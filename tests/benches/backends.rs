@@ -47,8 +47,8 @@ fn api_cycle(s: &Server, body: Value) -> Duration {
 }
 
 fn bench_docker(runs: usize) {
-    ensure_image();
     let _lock = FileLock::engine_shared();
+    ensure_image();
     let s = Server::start_with(ServerOptions {
         plugins: vec![workspace_plugin("docker")],
         toml: "[backends.docker]\nplugin = \"docker\"\n".into(),

@@ -227,6 +227,8 @@ impl Default for ServerOptions {
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
+        // Loopback only: never through a proxy from the environment.
+        .proxy(None)
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
         .build()

@@ -298,13 +298,25 @@ fn backend_state_and_label_filters() {
             .expect("array")
             .iter()
             .map(|i| i["id"].as_str().expect("id").to_owned())
-            .collect()
+            .collect::<Vec<_>>()
     };
-    assert_eq!(ids("backend=fake"), vec![a.clone(), b.clone()]);
+    // Creates in one millisecond tie on createdAt and go by (random) id: compare sets
+    // where more than one instance matches.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(ids("backend=fake")),
+        sorted(vec![a.clone(), b.clone()])
+    );
     assert_eq!(ids("backend=other"), vec![c.clone()]);
     assert_eq!(ids("state=running"), vec![b.clone()]);
     assert_eq!(ids("state=created&backend=fake"), vec![a.clone()]);
-    assert_eq!(ids("label=app%3Dweb"), vec![a.clone(), b.clone()]);
+    assert_eq!(
+        sorted(ids("label=app%3Dweb")),
+        sorted(vec![a.clone(), b.clone()])
+    );
     assert_eq!(ids("label=app=web&label=env=prod"), vec![a.clone()]);
     assert_eq!(ids("label=app=db"), Vec::<String>::new());
     // the spec's example
@@ -760,9 +772,12 @@ fn bad_config_fails_startup_naming_the_key() {
     let dir = TempDir::new("badconfig");
     let cases = [
         ("[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n", "lisen"),
-        ("[server]\nmax_body_bytes = \"lots\"\n", "max_body_bytes"),
         (
-            "[plugins]\ndirs = [\"plugins\"]\n[backends.fake]\nplugin = \"fake\"\ncpuz = 4\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = \"lots\"\n",
+            "max_body_bytes",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:0\"\n[plugins]\ndirs = [\"plugins\"]\n[backends.fake]\nplugin = \"fake\"\ncpuz = 4\n",
             "cpuz",
         ),
     ];
@@ -772,12 +787,29 @@ fn bad_config_fails_startup_naming_the_key() {
     for (config, key) in cases {
         let path = dir.0.join("c.toml");
         std::fs::write(&path, config).expect("write");
-        let out = std::process::Command::new(host_binary())
+        let mut cmd = std::process::Command::new(host_binary());
+        // Only our UNICOMPUTE_* variables (the server refuses unknown ones).
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("UNICOMPUTE_") {
+                cmd.env_remove(k);
+            }
+        }
+        // Should a case start after all (a regression), it listens on a free port
+        // and is killed, so the test fails instead of hanging.
+        let mut child = cmd
             .arg("--config")
             .arg(&path)
             .env("UNICOMPUTE_AUTH__TOKEN_FILE", dir.0.join("t"))
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("run");
+        let ended = wait_for(Duration::from_secs(30), || child.try_wait().ok().flatten());
+        if ended.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().expect("output");
+        assert!(ended.is_some(), "{config}: the server started");
         assert!(!out.status.success(), "{config}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{key} named in: {stderr}");

@@ -10,8 +10,9 @@ use unicompute_tests::*;
 const INSTANCES: &str = "/api/v1/compute/instances";
 
 fn server(allowed: &std::path::Path) -> (Server, FileLock) {
-    ensure_image();
+    // The engine lock first: the engine restart test may have dockerd down.
     let lock = FileLock::engine_shared();
+    ensure_image();
     let s = Server::start_with(ServerOptions {
         plugins: vec![workspace_plugin("docker")],
         toml: format!(
@@ -201,10 +202,19 @@ fn a_failed_create_leaves_no_container() {
         ADMIN,
         Some(&json!({
             "name": name, "backend": "docker",
-            "config": {"image": "unicompute-test-no-such-image:never"}
+            // A registry on a closed loopback port: the pull fails without leaving
+            // the host.
+            "config": {"image": "127.0.0.1:9/unicompute-test-no-such-image:never"}
         })),
     );
-    assert!(r.status >= 400, "{}", r.text);
+    assert!(
+        matches!(
+            (r.status, r.code()),
+            (502, "BACKEND_ERROR") | (400, "INVALID_REQUEST")
+        ),
+        "{}",
+        r.text
+    );
     assert!(
         r.text.contains("unicompute-test-no-such-image"),
         "the error names the image: {}",

@@ -57,6 +57,9 @@ fn run(command: &str, base: &str) -> (u16, Value) {
         .arg("-c")
         .arg(&script)
         .env("TOKEN", ADMIN)
+        // Loopback only: curl must not go through a proxy from the environment.
+        .env("NO_PROXY", "*")
+        .env("no_proxy", "*")
         .output()
         .expect("bash");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -99,8 +102,8 @@ fn the_spec_curl_examples_work_as_written() {
     assert_eq!(examples.len(), 4, "{examples:#?}");
     assert!(examples.iter().all(|c| c.starts_with("curl ")));
 
-    let _tag = NginxTag::ensure();
     let _engine = FileLock::engine_shared();
+    let _tag = NginxTag::ensure();
     let kvm = KvmFixture::new();
     let s = Server::start_with(ServerOptions {
         plugins: vec![workspace_plugin("docker"), workspace_plugin("kvm")],

@@ -1375,13 +1375,12 @@ mod tests {
             events: EventSink::discard(),
         };
         let b = DockerBackend::new(ctx).unwrap();
-        let started = std::time::Instant::now();
+        // How fast: measured in the bench (`examples/bench.rs`), not asserted here.
         let e = b.list().unwrap_err();
         assert_eq!(e.code, ErrorCode::BackendUnavailable);
         let e = b.get("i-1").unwrap_err();
         assert_eq!(e.code, ErrorCode::BackendUnavailable);
         assert_eq!(b.health().unwrap_err().code, ErrorCode::BackendUnavailable);
-        assert!(started.elapsed() < Duration::from_secs(2));
         b.shutdown();
     }
 

@@ -611,7 +611,22 @@ fn usage_of_a_running_container() {
     let updated = t.backend.usage(&id).unwrap();
     assert_eq!(updated.memory.limit, 256 << 20);
     assert_eq!(updated.cpu.cores, 2);
-    // A stopped instance uses nothing but its disk.
+    // A stopped instance uses nothing but its disk: once the blob is written.
+    let written = (0..100).any(|_| {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "--size", "-f", "{{.SizeRw}}", &name])
+            .output()
+            .expect("docker inspect");
+        let size: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        size > 0 || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(written, "the container never wrote its blob");
     t.backend
         .stop(
             &id,

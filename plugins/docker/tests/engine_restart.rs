@@ -175,7 +175,10 @@ fn the_backend_recovers_from_an_engine_restart() {
         (
             "create",
             t.backend
-                .create(request(&unique("while-down"), serde_json::json!({})))
+                .create(request(
+                    &clean.container(&unique("while-down")),
+                    serde_json::json!({}),
+                ))
                 .map(|_| ()),
         ),
     ] {

@@ -374,23 +374,43 @@ fn failed_creates_leave_nothing_behind() {
     make_template(&h.templates, "blank", "64M");
     let conn = libvirt(SYSTEM);
     let b = &h.backend;
+    // A real template one directory up: `../blank` must be refused for its form,
+    // not because nothing is there.
+    make_template(h.templates.parent().expect("parent"), "blank", "64M");
+    // (config, start, expected code)
     let cases = [
-        // The network does not exist (refused at create); the bridge does not exist
-        // (libvirt refuses to start: the rollback path).
-        json!({"image": "blank", "networkType": "network", "networkSource": unique("nonet"),
-               "cloudInit": {"userData": "#cloud-config\n"}}),
-        json!({"image": "blank", "networkType": "bridge", "networkSource": "ucnobr0",
-               "cloudInit": {"userData": "#cloud-config\n"}}),
+        // The network does not exist: refused at create, even without a start.
+        (
+            json!({"image": "blank", "networkType": "network", "networkSource": unique("nonet"),
+                   "cloudInit": {"userData": "#cloud-config\n"}}),
+            false,
+            ErrorCode::InvalidRequest,
+        ),
+        // The bridge does not exist: libvirt refuses to start, the create rolls back.
+        (
+            json!({"image": "blank", "networkType": "bridge", "networkSource": "ucnobr0",
+                   "cloudInit": {"userData": "#cloud-config\n"}}),
+            true,
+            ErrorCode::BackendError,
+        ),
         // Refused before anything is made.
-        json!({"image": "missing", "cloudInit": {"userData": "x"}}),
-        json!({"image": "../blank"}),
+        (
+            json!({"image": "missing", "cloudInit": {"userData": "x"}}),
+            true,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            json!({"image": "../blank"}),
+            true,
+            ErrorCode::InvalidRequest,
+        ),
     ];
-    for config in cases {
+    for (config, start, code) in cases {
         let name = h.cleanup.domain(&unique("fail"));
         let mut req = request(&unique("id"), &name, config.clone(), small());
-        req.start = true;
+        req.start = start;
         let e = b.create(req).expect_err("create must fail");
-        assert_ne!(e.code, ErrorCode::InternalError, "{config}: {e:?}");
+        assert_eq!(e.code, code, "{config}: {e:?}");
         assert!(
             conn.lookup_domain_by_name(&name).is_err(),
             "{config}: domain left"
