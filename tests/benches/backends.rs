@@ -16,7 +16,7 @@ use bollard::query_parameters::{
     StatsOptionsBuilder,
 };
 use futures_util::StreamExt;
-use unicompute_tests::docker::{ensure_image, FileLock, TEST_IMAGE};
+use unicompute_tests::docker::{ensure_image, ContainerGuard, FileLock, TEST_IMAGE};
 use unicompute_tests::kvm::KvmFixture;
 use unicompute_tests::*;
 
@@ -61,6 +61,8 @@ fn bench_docker(runs: usize) {
     let mut direct = Vec::new();
     for i in 0..runs {
         let name = unique(&format!("uc-bench-api-{i}"));
+        // Removed by name if a cycle fails half-way (a no-op otherwise).
+        let _guard = ContainerGuard(name.clone());
         ours.push(api_cycle(
             &s,
             json!({
@@ -70,6 +72,7 @@ fn bench_docker(runs: usize) {
             }),
         ));
         let name = unique(&format!("uc-bench-direct-{i}"));
+        let _guard_direct = ContainerGuard(name.clone());
         let t = Instant::now();
         rt.block_on(async {
             let body = bollard::models::ContainerCreateBody {
@@ -116,6 +119,7 @@ fn bench_docker(runs: usize) {
 
     // usage: ours repeated vs the engine's stats call
     let name = unique("uc-bench-usage");
+    let _guard_usage = ContainerGuard(name.clone());
     let r = s.call(
         "POST",
         INSTANCES,

@@ -33,6 +33,15 @@ fn the_plugin_guide_commands_work() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // What the guide's commands make in target/, removed also when they fail.
+    struct Made;
+    impl Drop for Made {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(root().join("target/doc-plugins"));
+            let _ = std::fs::remove_file(root().join("target/doc-plugins.toml"));
+        }
+    }
+    let _made = Made;
     let script = format!("set -euo pipefail\n{}", blocks.join("\n"));
     let out = Command::new("bash")
         .arg("-c")
@@ -55,6 +64,4 @@ fn the_plugin_guide_commands_work() {
         stdout.contains("libunicompute_example.so\tloaded\tprocess"),
         "{stdout}"
     );
-    let _ = std::fs::remove_dir_all(root().join("target/doc-plugins"));
-    let _ = std::fs::remove_file(root().join("target/doc-plugins.toml"));
 }

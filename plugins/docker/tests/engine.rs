@@ -137,7 +137,9 @@ fn the_general_create_example_with_storage_and_labels() {
 #[test]
 fn limits_ports_env_volumes_and_restart_policy_reach_the_engine() {
     let _engine = FileLock::engine_shared();
-    let shared = std::env::temp_dir().join(unique("shared"));
+    // Removed when dropped, also when the test fails.
+    let shared_dir = unicompute_tests::TempDir::new("uc-shared");
+    let shared = shared_dir.0.clone();
     std::fs::create_dir_all(shared.join("sub")).unwrap();
     let t = backend_with(serde_json::json!({"allowed_host_paths": [shared]}));
     let engine = Engine::new();
@@ -205,7 +207,6 @@ fn limits_ports_env_volumes_and_restart_policy_reach_the_engine() {
         .any(|m| m.name.as_deref() == Some(volume.as_str())));
 
     t.backend.delete(&req.id, true).unwrap();
-    let _ = std::fs::remove_dir_all(&shared);
 }
 
 #[test]
@@ -372,7 +373,10 @@ fn every_lifecycle_call() {
 
     let running = t.backend.start(&id).unwrap();
     assert_eq!(running.state, InstanceState::Running);
-    assert!(running.updated_at >= created.updated_at);
+    assert!(
+        running.updated_at > created.updated_at,
+        "a start moves updatedAt"
+    );
     let started_at = engine.inspect(&name).state.unwrap().started_at;
     // Start of a running instance succeeds and changes nothing.
     assert_eq!(t.backend.start(&id).unwrap().state, InstanceState::Running);

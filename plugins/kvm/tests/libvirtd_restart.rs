@@ -178,6 +178,29 @@ impl Drop for SystemDaemon {
     }
 }
 
+/// Starts the daemon again when dropped, unless that was done already: declared
+/// after the harness, it runs first when a check panics while the daemon is down, so
+/// that the harness's cleanup finds a daemon to talk to.
+struct StartAgain<'a> {
+    start: &'a mut dyn FnMut(),
+    done: bool,
+}
+
+impl StartAgain<'_> {
+    fn now(&mut self) {
+        if !self.done {
+            self.done = true;
+            (self.start)();
+        }
+    }
+}
+
+impl Drop for StartAgain<'_> {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
 /// The run: `restart` stops the daemon, checks, and starts it again.
 fn run(
     uri: &str,
@@ -214,13 +237,14 @@ fn run(
     assert_eq!(b.create(req).expect("create").state, InstanceState::Running);
 
     stop();
+    let mut again = StartAgain { start, done: false };
     let down = b.list().expect_err("libvirtd is down");
     assert_eq!(down.code, ErrorCode::BackendUnavailable, "{down:?}");
     assert_eq!(b.get(&id).unwrap_err().code, ErrorCode::BackendUnavailable);
     // Drop what came before, to see the reconnect's own resync.
     while h.events.try_recv().is_ok() {}
 
-    start();
+    again.now();
     let resync = h.wait_event(Duration::from_secs(30), |e| matches!(e, Event::Resync));
     assert!(resync.is_some(), "the backend did not reconnect by itself");
     let inst = b.get(&id).expect("get after the restart");
