@@ -219,7 +219,13 @@ fn sighup_disables_a_backend_without_dropping_requests_in_flight() {
                 Some(&json!({"timeout": 2})),
             )
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // The stop is in flight once the plugin says it waits.
+        let waiting = wait_for(Duration::from_secs(10), || {
+            s.log()
+                .contains("graceful stop waits for its timeout")
+                .then_some(())
+        });
+        assert!(waiting.is_some(), "the stop never began: {}", s.log());
         let config = std::fs::read_to_string(&config_path)
             .expect("config")
             .replace(

@@ -99,7 +99,13 @@ impl FakeBackend {
         f(inst)
     }
 
-    fn set_state(&self, id: &str, op: &str, allowed: &[InstanceState], to: InstanceState) -> Result<Instance, PluginError> {
+    fn set_state(
+        &self,
+        id: &str,
+        op: &str,
+        allowed: &[InstanceState],
+        to: InstanceState,
+    ) -> Result<Instance, PluginError> {
         self.with(id, op, |inst| {
             if inst.state == to {
                 return Ok(inst.clone());
@@ -173,31 +179,51 @@ impl Backend for FakeBackend {
             .and_then(|v| v.as_str())
             .ok_or_else(|| PluginError::invalid("config.image is required"))?;
         if !self.config.images.iter().any(|i| i == image) {
-            return Err(PluginError::invalid(format!("image {image} does not exist"))
-                .with_detail("image", image)
-                .with_detail("available", self.config.images.clone()));
+            return Err(
+                PluginError::invalid(format!("image {image} does not exist"))
+                    .with_detail("image", image)
+                    .with_detail("available", self.config.images.clone()),
+            );
         }
         if req.resources.cores().unwrap_or(1) > self.config.cpus {
             return Err(PluginError::new(
                 unicompute_plugin_api::ErrorCode::ResourceLimitExceeded,
-                format!("{} cores asked, the host has {}", req.resources.cores().unwrap_or(1), self.config.cpus),
+                format!(
+                    "{} cores asked, the host has {}",
+                    req.resources.cores().unwrap_or(1),
+                    self.config.cpus
+                ),
             ));
         }
         let mut resources = req.resources.clone();
-        resources.cpu.get_or_insert_with(Default::default).cores.get_or_insert(1);
-        resources.memory.get_or_insert_with(Default::default).limit.get_or_insert(64 << 20);
+        resources
+            .cpu
+            .get_or_insert_with(Default::default)
+            .cores
+            .get_or_insert(1);
+        resources
+            .memory
+            .get_or_insert_with(Default::default)
+            .limit
+            .get_or_insert(64 << 20);
         let inst = Instance {
             id: req.id.clone(),
             name: req.name.clone(),
             uuid: uuid::Uuid::new_v4().to_string(),
             instance_type: InstanceType::Container,
             backend: String::new(),
-            state: if req.start { InstanceState::Running } else { InstanceState::Created },
+            state: if req.start {
+                InstanceState::Running
+            } else {
+                InstanceState::Created
+            },
             status: Default::default(),
             config: req.config.clone(),
             resources,
             pending_resources: None,
-            metadata: Metadata { labels: req.labels.clone() },
+            metadata: Metadata {
+                labels: req.labels.clone(),
+            },
             created_at: req.created_at,
             updated_at: req.created_at,
         };
@@ -222,7 +248,10 @@ impl Backend for FakeBackend {
             let id = inst.id.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(ms));
-                instances.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                instances
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
                 tracing::info!(instance = %id, "vanished by itself");
                 events.emit(&Event::Vanished { id });
             });
@@ -239,15 +268,26 @@ impl Backend for FakeBackend {
                         format!("{c} cores asked, the host has {}", self.config.cpus),
                     ));
                 }
-                inst.resources.cpu.get_or_insert_with(Default::default).cores = Some(c);
+                inst.resources
+                    .cpu
+                    .get_or_insert_with(Default::default)
+                    .cores = Some(c);
             }
             if let Some(m) = req.resources.memory_limit() {
-                inst.resources.memory.get_or_insert_with(Default::default).limit = Some(m);
+                inst.resources
+                    .memory
+                    .get_or_insert_with(Default::default)
+                    .limit = Some(m);
             }
             if let Some(s) = req.resources.total_space() {
                 // Storage grows at the next start only, to exercise pendingResources.
-                let pending = inst.pending_resources.get_or_insert_with(Resources::default);
-                pending.storage.get_or_insert_with(Default::default).total_space = Some(s);
+                let pending = inst
+                    .pending_resources
+                    .get_or_insert_with(Resources::default);
+                pending
+                    .storage
+                    .get_or_insert_with(Default::default)
+                    .total_space = Some(s);
             }
             if let Some(labels) = req.labels {
                 inst.metadata.labels = labels;
@@ -264,7 +304,10 @@ impl Backend for FakeBackend {
             }
             Ok(())
         })?;
-        self.instances.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(())
     }
 
@@ -274,7 +317,10 @@ impl Backend for FakeBackend {
         self.with(id, "start", |i| {
             if let Some(p) = i.pending_resources.take() {
                 if let Some(s) = p.total_space() {
-                    i.resources.storage.get_or_insert_with(Default::default).total_space = Some(s);
+                    i.resources
+                        .storage
+                        .get_or_insert_with(Default::default)
+                        .total_space = Some(s);
                 }
             }
             Ok(())
@@ -287,9 +333,16 @@ impl Backend for FakeBackend {
         use InstanceState::*;
         let ignores = self.with(id, "stop", |inst| {
             Ok(inst.state == Running
-                && inst.metadata.labels.get("fake/ignore-sigterm").map(String::as_str) == Some("true"))
+                && inst
+                    .metadata
+                    .labels
+                    .get("fake/ignore-sigterm")
+                    .map(String::as_str)
+                    == Some("true"))
         })?;
         if ignores && !options.force {
+            // Tests wait for this line to know that a slow stop is in flight.
+            tracing::info!(instance = %id, timeout = options.timeout, "graceful stop waits for its timeout");
             std::thread::sleep(Duration::from_secs(options.timeout));
         }
         let current = self.get(id)?;
@@ -331,7 +384,11 @@ impl Backend for FakeBackend {
                 memory: MemoryUsage {
                     used,
                     limit,
-                    percentage: if limit > 0 { used as f64 * 100.0 / limit as f64 } else { 0.0 },
+                    percentage: if limit > 0 {
+                        used as f64 * 100.0 / limit as f64
+                    } else {
+                        0.0
+                    },
                 },
                 storage: StorageUsage {
                     used: 0,
