@@ -504,7 +504,8 @@ impl Service {
             .detail("name", new.name.as_str()));
         }
         let (entry, backend) = self.backend(&new.backend)?;
-        let id = format!("i-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let created_at = Utc::now().trunc_subsecs(3);
+        let id = new_id(created_at.timestamp_millis());
         let reservation = self
             .inventory
             .reserve_name(&new.name, &id)
@@ -517,7 +518,7 @@ impl Service {
             resources: new.resources,
             labels: new.labels,
             start: new.start,
-            created_at: Utc::now().trunc_subsecs(3),
+            created_at,
         };
         tracing::info!(instance = %id, name = %new.name, backend = %entry.name, "creating");
         let created = call(&backend, move |b| b.create(request))
@@ -873,9 +874,51 @@ impl Service {
     }
 }
 
+/// A new instance id: `i-`, then 12 hex digits of the creation millisecond, 4 of a
+/// counter within that millisecond, and 4 random ones. Ids sort in creation order, so
+/// the list order (`createdAt`, then `id`) is the creation order even for creates in
+/// one millisecond; the random part keeps ids unique across restarts.
+fn new_id(millis: i64) -> String {
+    static LAST: Mutex<(u64, u16)> = Mutex::new((0, 0));
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let ms = u64::try_from(millis).unwrap_or(0).max(last.0);
+    let (ms, seq) = if ms == last.0 {
+        match last.1.checked_add(1) {
+            Some(n) => (ms, n),
+            // 65,536 creates in one millisecond: borrow the next one.
+            None => (ms + 1, 0),
+        }
+    } else {
+        (ms, 0)
+    };
+    *last = (ms, seq);
+    let random = u16::from_le_bytes(
+        *uuid::Uuid::new_v4()
+            .as_bytes()
+            .first_chunk()
+            .unwrap_or(&[0; 2]),
+    );
+    format!("i-{:012x}{seq:04x}{random:04x}", ms & 0xffff_ffff_ffff)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::valid_name;
+    use super::{new_id, valid_name};
+
+    #[test]
+    fn ids_sort_in_creation_order() {
+        let mut ids: Vec<String> = (0..1000).map(|_| new_id(1_800_000_000_000)).collect();
+        assert!(ids.iter().all(|i| i.len() == 22 && i.starts_with("i-")));
+        let made = ids.clone();
+        ids.sort();
+        assert_eq!(ids, made, "same millisecond: the counter orders them");
+        let later = new_id(1_800_000_000_001);
+        assert!(later > made[999]);
+        // A clock that goes back does not make an id sort before earlier ones.
+        assert!(new_id(1_700_000_000_000) > later);
+        ids.dedup();
+        assert_eq!(ids.len(), 1000);
+    }
 
     #[test]
     fn names() {

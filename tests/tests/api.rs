@@ -224,8 +224,11 @@ fn paging_bounds_order_and_total() {
         };
         made.push((at, created_id(&r)));
     }
-    // The contract's order: createdAt, then id (creates in the same millisecond tie).
-    made.sort();
+    // The contract's order is createdAt, then id; ids sort in creation order, so
+    // that is the creation order, also for creates in one millisecond.
+    let mut by_contract = made.clone();
+    by_contract.sort();
+    assert_eq!(by_contract, made, "list order is creation order");
     let ids: Vec<String> = made.into_iter().map(|(_, id)| id).collect();
     let r = s.get(&format!("{INSTANCES}?pageSize=3&page=1"));
     assert_eq!(r.status, 200);
