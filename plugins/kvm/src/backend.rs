@@ -243,7 +243,10 @@ impl Inner {
         if let Some((g, dir)) = &*known {
             if *g == generation {
                 if let Ok(pool) = conn.lookup_storage_pool_by_name(&self.config.storage_pool) {
-                    return Ok((pool, dir.clone()));
+                    // Stopped by hand (virsh pool-destroy): started again below.
+                    if pool.is_active().unwrap_or(false) {
+                        return Ok((pool, dir.clone()));
+                    }
                 }
             }
         }

@@ -156,6 +156,8 @@ pub fn ensure_pool(conn: &Connect, name: &str, dir: &Path) -> Result<StoragePool
                 .is_active()
                 .map_err(KvmError::libvirt("checking the storage pool"))?
             {
+                // Its directory may be gone (a cleaned /var/tmp): make it again first.
+                let _ = pool.build(0);
                 pool.create(0)
                     .map_err(KvmError::libvirt("starting the storage pool"))?;
             }

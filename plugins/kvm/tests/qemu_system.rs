@@ -425,6 +425,39 @@ fn failed_creates_leave_nothing_behind() {
 }
 
 #[test]
+fn a_pool_stopped_by_hand_is_started_again() {
+    let h = harness(SYSTEM, json!({}));
+    make_template(&h.templates, "blank", "64M");
+    let b = &h.backend;
+    let first = request(
+        &unique("id"),
+        &h.cleanup.domain(&unique("pool1")),
+        json!({"image": "blank", "networkType": "none"}),
+        small(),
+    );
+    let first_id = first.id.clone();
+    b.create(first).expect("create");
+    let out = Command::new("virsh")
+        .args(["-c", SYSTEM, "pool-destroy", &h.pool])
+        .output()
+        .expect("virsh");
+    assert!(out.status.success(), "{out:?}");
+    let second = request(
+        &unique("id"),
+        &h.cleanup.domain(&unique("pool2")),
+        json!({"image": "blank", "networkType": "none"}),
+        small(),
+    );
+    let second_id = second.id.clone();
+    b.create(second)
+        .expect("create with the pool stopped by hand");
+    b.delete(&first_id, true).expect("delete");
+    b.delete(&second_id, true).expect("delete");
+    let conn = libvirt(SYSTEM);
+    assert!(pool_volumes(&conn, &h.pool).is_empty());
+}
+
+#[test]
 fn raw_disks_user_and_bridge_networks() {
     let h = harness(SYSTEM, json!({}));
     make_template(&h.templates, "blank", "64M");
