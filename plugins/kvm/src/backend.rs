@@ -541,6 +541,20 @@ impl Inner {
                 )));
             }
         }
+        if let (crate::config::NetworkType::Bridge, Some(br)) =
+            (config.network_type, config.network_source.as_deref())
+        {
+            // On this host the bridge can be seen; a remote one shows it at start.
+            let sys_net = std::path::Path::new("/sys/class/net");
+            if storage::uri_is_local(&self.config.uri)
+                && sys_net.is_dir()
+                && !sys_net.join(br).join("bridge").is_dir()
+            {
+                return Err(KvmError::InvalidRequest(format!(
+                    "{br} is not a bridge on this host"
+                )));
+            }
+        }
         let (pool, pool_dir) = self.pool(&conn)?;
         let format = config.disk_format.as_str();
         let mut rollback = Rollback {

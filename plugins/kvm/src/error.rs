@@ -101,6 +101,14 @@ impl KvmError {
             KvmError::Libvirt { source, .. } if source.domain().to_raw() == sys::VIR_FROM_RPC => {
                 ErrorCode::BackendUnavailable
             }
+            // A domain that cannot start for what it is attached to (an inactive
+            // network) fails for the host's setup, not for the instance's state.
+            KvmError::Libvirt {
+                op: "starting the domain",
+                source,
+            } if source.code().to_raw() == sys::VIR_ERR_OPERATION_INVALID => {
+                ErrorCode::BackendError
+            }
             KvmError::Libvirt { source, .. } => libvirt_code(source.code().to_raw()),
             KvmError::InvalidRequest(_) | KvmError::UnknownTemplate { .. } => {
                 ErrorCode::InvalidRequest

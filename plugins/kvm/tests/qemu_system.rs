@@ -368,12 +368,53 @@ fn domain_destroyed_with_virsh_is_seen_by_an_event() {
     );
 }
 
+/// A libvirt network that is defined but never started; undefined when dropped.
+struct InactiveNetwork {
+    name: String,
+}
+
+impl InactiveNetwork {
+    fn define() -> Self {
+        let name = unique("ucnet");
+        let suffix: String = uuid_suffix();
+        let xml = format!("<network><name>{name}</name><bridge name='ucbr{suffix}'/></network>");
+        let file = std::env::temp_dir().join(format!("{name}.xml"));
+        std::fs::write(&file, xml).expect("network xml");
+        let out = Command::new("virsh")
+            .args(["-c", SYSTEM, "net-define"])
+            .arg(&file)
+            .output()
+            .expect("virsh");
+        let _ = std::fs::remove_file(&file);
+        assert!(out.status.success(), "{out:?}");
+        InactiveNetwork { name }
+    }
+}
+
+impl Drop for InactiveNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh")
+            .args(["-c", SYSTEM, "net-undefine", &self.name])
+            .output();
+    }
+}
+
+/// 8 random hex digits (a bridge name has at most 15 characters).
+fn uuid_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{:08x}", nanos ^ std::process::id().rotate_left(16))
+}
+
 #[test]
 fn failed_creates_leave_nothing_behind() {
     let h = harness(SYSTEM, json!({}));
     make_template(&h.templates, "blank", "64M");
     let conn = libvirt(SYSTEM);
     let b = &h.backend;
+    let inactive = InactiveNetwork::define();
     // A real template one directory up: `../blank` must be refused for its form,
     // not because nothing is there.
     make_template(h.templates.parent().expect("parent"), "blank", "64M");
@@ -386,9 +427,17 @@ fn failed_creates_leave_nothing_behind() {
             false,
             ErrorCode::InvalidRequest,
         ),
-        // The bridge does not exist: libvirt refuses to start, the create rolls back.
+        // The bridge does not exist on this host: refused at create.
         (
             json!({"image": "blank", "networkType": "bridge", "networkSource": "ucnobr0",
+                   "cloudInit": {"userData": "#cloud-config\n"}}),
+            true,
+            ErrorCode::InvalidRequest,
+        ),
+        // The network exists but is not started: libvirt refuses to start the domain,
+        // the create rolls back (disk, seed and domain).
+        (
+            json!({"image": "blank", "networkType": "network", "networkSource": inactive.name.as_str(),
                    "cloudInit": {"userData": "#cloud-config\n"}}),
             true,
             ErrorCode::BackendError,
