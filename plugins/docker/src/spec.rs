@@ -263,8 +263,14 @@ impl DockerSpec {
             }
         }
         self.volumes = normalized;
-        for port in &self.ports {
-            let (key, binding) = parse_port(port)?;
+        for (key, binding) in self
+            .ports
+            .iter()
+            .map(|port| parse_ports(port))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+        {
             if !p.exposed.contains(&key) {
                 p.exposed.push(key.clone());
             }
@@ -445,6 +451,107 @@ fn parse_port_number(s: &str, entry: &str) -> Result<u16, SpecError> {
             message: format!("{entry:?}: {s:?} is not a port number"),
         }),
     }
+}
+
+/// The most ports one `ports` entry may name with a range.
+const MAX_RANGE: u32 = 1024;
+
+/// Parses a port or a range (`8000-8010`) into its first port and length.
+fn parse_port_range(s: &str, entry: &str) -> Result<(u16, u16), SpecError> {
+    let Some((a, b)) = s.split_once('-') else {
+        return Ok((parse_port_number(s, entry)?, 1));
+    };
+    let (a, b) = (parse_port_number(a, entry)?, parse_port_number(b, entry)?);
+    if b < a || u32::from(b - a) >= MAX_RANGE {
+        return Err(SpecError::Invalid {
+            field: "ports",
+            message: format!("{entry:?}: a range goes up, over at most {MAX_RANGE} ports"),
+        });
+    }
+    Ok((a, b - a + 1))
+}
+
+/// Parses one `ports` entry, ranges included (`8000-8002:80-82` is three ports, as
+/// `docker run -p` takes it), into exposed keys (`80/tcp`) with their bindings.
+pub fn parse_ports(entry: &str) -> Result<Vec<(String, Option<PortBinding>)>, SpecError> {
+    if !entry.contains('-') {
+        return Ok(vec![parse_port(entry)?]);
+    }
+    let invalid = |message: String| SpecError::Invalid {
+        field: "ports",
+        message,
+    };
+    let (rest, proto) = match entry.rsplit_once('/') {
+        Some((r, p)) => (r, Some(p)),
+        None => (entry, None),
+    };
+    // The container part is the last field; the host part, if any, the one before.
+    let (front, container) = match rest.rsplit_once(':') {
+        Some((f, c)) => (Some(f), c),
+        None => (None, rest),
+    };
+    let (c_first, c_len) = parse_port_range(container, entry)?;
+    let (ip, host) = match front {
+        None => (None, None),
+        Some(f) => match f.rsplit_once(':') {
+            Some((ip, h)) => (Some(ip), Some(h)),
+            None => (None, Some(f)),
+        },
+    };
+    let host = match host {
+        Some("") | None => None,
+        Some(h) => Some(parse_port_range(h, entry)?),
+    };
+    if let Some((_, h_len)) = host {
+        if h_len != c_len && c_len != 1 {
+            return Err(invalid(format!(
+                "{entry:?}: the host and container ranges differ in length"
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(usize::from(c_len));
+    for i in 0..c_len {
+        let c = c_first + i;
+        let host_part = match host {
+            None => String::new(),
+            // One container port on a host range: the engine picks one of them.
+            Some((h, h_len)) if c_len == 1 && h_len > 1 => format!("{h}-{}", h + h_len - 1),
+            Some((h, _)) => (h + i).to_string(),
+        };
+        let mut single = String::new();
+        if let Some(ip) = ip {
+            single.push_str(ip);
+            single.push(':');
+        }
+        if host.is_some() || ip.is_some() {
+            single.push_str(&host_part);
+            single.push(':');
+        }
+        single.push_str(&c.to_string());
+        if let Some(p) = proto {
+            single.push('/');
+            single.push_str(p);
+        }
+        let (key, mut binding) = if host_part.contains('-') {
+            // parse_port refuses a range: build the binding here.
+            let (key, b) = parse_port(&single.replace(&host_part, ""))?;
+            let b = b.map(|mut b| {
+                b.host_port = Some(host_part.clone());
+                b
+            });
+            (key, b)
+        } else {
+            parse_port(&single)?
+        };
+        if host.is_none() && ip.is_none() {
+            binding = binding.map(|mut b| {
+                b.host_port = Some(String::new());
+                b
+            });
+        }
+        out.push((key, binding));
+    }
+    Ok(out)
 }
 
 /// Parses one `ports` entry into the exposed key (`80/tcp`) and an optional binding.
@@ -651,6 +758,39 @@ mod tests {
         assert_eq!(b.unwrap().host_ip.as_deref(), Some("::1"));
         let (_, b) = parse_port("127.0.0.1::80").unwrap();
         assert_eq!(b.unwrap().host_port.as_deref(), Some(""));
+        // Ranges, as `docker run -p` takes them.
+        let r = parse_ports("8000-8002:80-82/udp").unwrap();
+        let got: Vec<(String, String)> = r
+            .iter()
+            .map(|(k, b)| (k.clone(), b.clone().unwrap().host_port.unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [("80/udp", "8000"), ("81/udp", "8001"), ("82/udp", "8002")]
+                .map(|(k, h)| (k.to_owned(), h.to_owned()))
+        );
+        let r = parse_ports("127.0.0.1:9000-9001:90-91").unwrap();
+        let b = r[1].1.clone().unwrap();
+        assert_eq!(
+            (
+                r[1].0.as_str(),
+                b.host_ip.as_deref(),
+                b.host_port.as_deref()
+            ),
+            ("91/tcp", Some("127.0.0.1"), Some("9001"))
+        );
+        let r = parse_ports("7000-7001").unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].1.clone().unwrap().host_port.as_deref(), Some(""));
+        let r = parse_ports("8000-8010:80").unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[0].1.clone().unwrap().host_port.as_deref(),
+            Some("8000-8010")
+        );
+        for bad in ["8000-8002:80-81", "90-80", "1-2000", "a-b:80"] {
+            assert!(parse_ports(bad).is_err(), "{bad}");
+        }
         for bad in [
             "http",
             "80:0",

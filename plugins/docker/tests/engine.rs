@@ -153,7 +153,7 @@ fn limits_ports_env_volumes_and_restart_policy_reach_the_engine() {
             "command": ["sh", "-c", "sleep 1000"],
             "env": ["A=1", "B=two words"],
             "volumes": [bind, format!("{volume}:/cache"), "/scratch"],
-            "ports": ["127.0.0.1::80/tcp", "53/udp"],
+            "ports": ["127.0.0.1::80/tcp", "53/udp", "127.0.0.1::70-71"],
             "restartPolicy": "on-failure:3"
         }),
     );
@@ -190,6 +190,11 @@ fn limits_ports_env_volumes_and_restart_policy_reach_the_engine() {
         ports["53/udp"].as_ref().unwrap()[0].host_port.as_deref(),
         Some("")
     );
+    // A range is one binding per port.
+    for p in ["70/tcp", "71/tcp"] {
+        let b = &ports[p].as_ref().unwrap()[0];
+        assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"), "{p}");
+    }
     let config = c.config.clone().unwrap();
     let env = config.env.unwrap();
     assert!(env.contains(&"A=1".to_owned()) && env.contains(&"B=two words".to_owned()));
