@@ -18,7 +18,9 @@ use unicompute_host::service::Service;
 #[derive(Parser)]
 #[command(name = "unicompute", version, about)]
 struct Cli {
-    /// Config file (default: config/unicompute.toml when it exists).
+    /// Config file (default: config/unicompute.toml when it exists). For `plugins
+    /// check`, the check's own TOML instead: [backend] settings and [instance] spec
+    /// (default: no settings, the first image the backend lists).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
