@@ -905,6 +905,31 @@ fn roles_follow_the_matched_route_and_paths_are_decoded() {
             .status,
         401
     );
+    // An encoded path is the path it decodes to: no way around the token.
+    for path in [
+        "/%61pi/v1/compute/instances",
+        "/%61%70%69/v1/compute/cluster/status",
+        "/api%2Fv1/compute/instances",
+    ] {
+        let r = s.raw("GET", path, None, None);
+        assert!(
+            matches!(r.status, 401 | 404),
+            "{path}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    let r = s.raw("GET", "/%61pi/v1/compute/instances", None, None);
+    assert_eq!((r.status, r.code()), (401, "UNAUTHORIZED"));
+    let victim = created_id(&create(&s, &unique("kept"), json!({})));
+    let r = s.raw(
+        "DELETE",
+        &format!("/%61pi/v1/compute/instances/{victim}?force=true"),
+        None,
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert_eq!(s.get(&format!("{INSTANCES}/{victim}")).status, 200);
 
     // Percent-encoded path segments are decoded.
     let encoded = format!("{INSTANCES}/name/{}", name.replacen('D', "%44", 1));

@@ -193,7 +193,10 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    // Who first (401), then what (404, 405), then whether they may (403).
+    // Who first (401), then what (404, 405), then whether they may (403). The path is
+    // decoded before anything looks at it: `/%61pi/...` is `/api/...` and needs a
+    // token like it.
+    let path = routes::decode_path(path)?;
     let who = if path.starts_with("/api/") {
         let Some(token) = bearer(headers) else {
             return Err(ApiError::new("UNAUTHORIZED", "missing bearer token"));
@@ -206,9 +209,12 @@ where
     } else {
         None
     };
-    let path = routes::decode_path(path)?;
     let route = routes::route(method.as_str(), &path)?;
-    if let Some((name, role)) = who {
+    // Every route but /healthz needs a token, whatever the path looked like.
+    if !matches!(route, Route::Healthz) {
+        let Some((name, role)) = who else {
+            return Err(ApiError::new("UNAUTHORIZED", "missing bearer token"));
+        };
         let needed = auth::required_role(&route);
         if role < needed {
             let role_name = |r: Role| format!("{r:?}").to_lowercase();
