@@ -108,13 +108,16 @@ fn domain_state(
 /// | shutoff because it crashed or failed | error |
 /// | crashed | error |
 /// | nostate, anything new | unknown |
-pub fn map_state(state: Option<DomainState>, shutoff_failed: bool, started: bool) -> InstanceState {
+/// `failed`: shut off because it crashed or failed to start, or paused by QEMU on an
+/// I/O error.
+pub fn map_state(state: Option<DomainState>, failed: bool, started: bool) -> InstanceState {
     match state {
         Some(DomainState::Running | DomainState::Blocked | DomainState::Shutdown) => {
             InstanceState::Running
         }
+        Some(DomainState::Paused) if failed => InstanceState::Error,
         Some(DomainState::Paused | DomainState::PMSuspended) => InstanceState::Paused,
-        Some(DomainState::Shutoff) if shutoff_failed => InstanceState::Error,
+        Some(DomainState::Shutoff) if failed => InstanceState::Error,
         Some(DomainState::Shutoff) if started => InstanceState::Stopped,
         Some(DomainState::Shutoff) => InstanceState::Created,
         Some(DomainState::Crashed) => InstanceState::Error,
@@ -656,6 +659,10 @@ impl Inner {
         found.meta.started = true;
         self.touch(&mut found)?;
         if let Err(source) = found.dom.create() {
+            // Started meanwhile by someone else (virsh): that is what was asked.
+            if found.dom.is_active().unwrap_or(false) {
+                return self.reread(&conn, id, &found.dom);
+            }
             // Never ran: keep it `created` rather than `stopped`.
             if !was_started {
                 found.meta.started = false;
@@ -785,9 +792,10 @@ impl Inner {
         let mut volumes = vec![found.meta.disk.clone()];
         volumes.extend(found.meta.seed.clone());
         for path in volumes {
+            // Directly in the pool's directory: `<pool>/../x` is not.
             let inside = pool_dir
                 .as_ref()
-                .is_ok_and(|dir| std::path::Path::new(&path).starts_with(dir));
+                .is_ok_and(|dir| std::path::Path::new(&path).parent() == Some(dir.as_path()));
             if !inside {
                 tracing::warn!(instance = %id, volume = %path, "volume outside the pool left in place");
                 continue;
@@ -1046,6 +1054,7 @@ mod tests {
             (Some(Blocked), false, true, InstanceState::Running),
             (Some(Shutdown), false, true, InstanceState::Running),
             (Some(Paused), false, true, InstanceState::Paused),
+            (Some(Paused), true, true, InstanceState::Error),
             (Some(PMSuspended), false, true, InstanceState::Paused),
             (Some(Shutoff), false, false, InstanceState::Created),
             (Some(Shutoff), false, true, InstanceState::Stopped),

@@ -79,6 +79,8 @@ struct Slot {
     generation: u64,
     /// A thread is opening a connection (outside the lock).
     connecting: bool,
+    /// Closed for good (the backend shut down): no new connection is made.
+    closed: bool,
 }
 
 /// The connection to one libvirt URI.
@@ -99,6 +101,7 @@ impl Connection {
                 callback: None,
                 generation: 0,
                 connecting: false,
+                closed: false,
             }),
             events,
         }
@@ -126,7 +129,7 @@ impl Connection {
                 tracing::warn!(uri = %self.uri, "libvirt connection lost");
                 Self::drop_conn(&mut slot);
             }
-            if slot.connecting {
+            if slot.connecting || slot.closed {
                 return Err(KvmError::Connecting {
                     uri: self.uri.clone(),
                 });
@@ -140,6 +143,13 @@ impl Connection {
             uri: self.uri.clone(),
             source,
         })?;
+        if slot.closed {
+            // Shut down while we were connecting: do not leave a connection behind.
+            drop(conn);
+            return Err(KvmError::Connecting {
+                uri: self.uri.clone(),
+            });
+        }
         // Not every driver has keepalive (test:/// has none); it only speeds up
         // noticing a hung daemon.
         let _ = conn.set_keep_alive(5, 3);
@@ -170,6 +180,7 @@ impl Connection {
     /// Closes the connection (deregistering our callback).
     pub fn close(&self) {
         let mut slot = self.lock();
+        slot.closed = true;
         Self::drop_conn(&mut slot);
     }
 
