@@ -140,7 +140,12 @@ impl Inventory {
     /// An instance a backend's event reports, unless it was removed less than
     /// [`GONE_FOR`] ago (the event is older news than the removal).
     pub fn upsert_reported(&self, instance: Instance) -> Option<Arc<Instance>> {
-        if self.read().gone.contains_key(&instance.id) {
+        let recently_gone = self
+            .read()
+            .gone
+            .get(&instance.id)
+            .is_some_and(|(_, at)| at.elapsed() < GONE_FOR);
+        if recently_gone {
             return None;
         }
         Some(self.upsert(instance))

@@ -230,6 +230,10 @@ impl Service {
     /// so that a file still being written is not loaded half-made.
     pub async fn watch_plugins(self: Arc<Self>) {
         let mut pending: Option<Vec<loader::Fingerprinted>> = None;
+        // A listing whose reload failed (a plugin refused the settings in force) is
+        // not tried again until the directory changes: no reload loop, no new copy of
+        // the same library every round.
+        let mut failed: Option<Vec<loader::Fingerprinted>> = None;
         loop {
             let config = self.config();
             let secs = config.plugins.watch_interval_secs;
@@ -258,7 +262,7 @@ impl Service {
                 .filter(|e| is_so(&e.path))
                 .map(|e| (e.path.clone(), e.fingerprint))
                 .collect();
-            if now == known {
+            if now == known || failed.as_ref() == Some(&now) {
                 pending = None;
                 continue;
             }
@@ -269,8 +273,12 @@ impl Service {
             }
             pending = None;
             tracing::info!("plugin directory changed: loading the plugins again");
-            if let Err(e) = self.reload_plugins().await {
-                tracing::warn!(error = %e, "plugins not reloaded; the running set is kept");
+            match self.reload_plugins().await {
+                Ok(_) => failed = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "plugins not reloaded; the running set is kept");
+                    failed = Some(now);
+                }
             }
         }
     }

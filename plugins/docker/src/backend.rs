@@ -37,6 +37,8 @@ type Result<T> = std::result::Result<T, PluginError>;
 
 /// Docker refuses memory limits below this.
 const MIN_MEMORY: u64 = 6 * 1024 * 1024;
+/// How long the id of a create that timed out is watched for a late container.
+const ABANDONED_FOR: Duration = Duration::from_secs(600);
 /// How long an API call's own engine events are expected.
 const EXPECT_WINDOW: Duration = Duration::from_secs(5);
 /// Whether the storage driver enforces `StorageOpt.size`: not known yet.
@@ -67,7 +69,7 @@ pub(crate) struct Shared {
     expected: Mutex<HashMap<String, Vec<(&'static str, Instant)>>>,
     /// Instance ids of failed creates whose container could not be removed yet (the
     /// engine went away mid-create): never listed, removed when the engine is back.
-    abandoned: Mutex<std::collections::HashSet<String>>,
+    abandoned: Mutex<HashMap<String, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -522,7 +524,8 @@ impl Shared {
 
     /// Removes every container made for instance `id` (found by its id label, never
     /// by name: a container of that name may be someone else's).
-    async fn remove_made_for(&self, id: &str) -> std::result::Result<(), Error> {
+    /// Answers how many it removed.
+    async fn remove_made_for(&self, id: &str) -> std::result::Result<usize, Error> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters(&[
@@ -538,34 +541,54 @@ impl Shared {
                 |d| async move { d.list_containers(Some(options)).await },
             )
             .await?;
+        let mut removed = 0;
         for cid in found.into_iter().filter_map(|c| c.id) {
             self.remove(&cid).await?;
+            removed += 1;
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Undoes a failed create: removes what was made for `id`, now if the engine
-    /// answers, else as soon as it is back (meanwhile it is never listed).
-    async fn discard(&self, id: &str) {
+    /// answers, else as soon as it is back (meanwhile it is never listed). With
+    /// `late` (the engine timed out: it may still be making the container), the id is
+    /// watched for [`ABANDONED_FOR`] even when nothing is there yet.
+    async fn discard(&self, id: &str, late: bool) {
         self.forget(id);
-        if let Err(e) = self.remove_made_for(id).await {
-            tracing::warn!(
-                backend = %self.name,
-                instance = %id,
-                error = %e,
-                "a failed create's container will be removed when the engine answers"
-            );
-            lock(&self.abandoned).insert(id.to_owned());
+        match self.remove_made_for(id).await {
+            Ok(n) if n > 0 || !late => {}
+            Ok(_) => {
+                lock(&self.abandoned).insert(id.to_owned(), Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(
+                    backend = %self.name,
+                    instance = %id,
+                    error = %e,
+                    "a failed create's container will be removed when the engine answers"
+                );
+                lock(&self.abandoned).insert(id.to_owned(), Instant::now());
+            }
         }
     }
 
-    /// Removes the containers of failed creates that could not be removed at the time.
+    /// Removes the containers of failed creates that could not be removed at the
+    /// time; an id is forgotten once its container is gone, or after
+    /// [`ABANDONED_FOR`] with nothing found.
     pub(crate) async fn sweep_abandoned(&self) {
-        let ids: Vec<String> = lock(&self.abandoned).iter().cloned().collect();
-        for id in ids {
-            if self.remove_made_for(&id).await.is_ok() {
-                tracing::info!(backend = %self.name, instance = %id, "a failed create's container removed");
-                lock(&self.abandoned).remove(&id);
+        let ids: Vec<(String, Instant)> = lock(&self.abandoned)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (id, since) in ids {
+            match self.remove_made_for(&id).await {
+                Ok(n) if n > 0 || since.elapsed() > ABANDONED_FOR => {
+                    if n > 0 {
+                        tracing::info!(backend = %self.name, instance = %id, "a failed create's container removed");
+                    }
+                    lock(&self.abandoned).remove(&id);
+                }
+                _ => {}
             }
         }
     }
@@ -580,6 +603,7 @@ impl Shared {
         body: &mut ContainerCreateBody,
     ) -> Result<String> {
         let mut pulled = false;
+        let mut swept = false;
         loop {
             let with_quota = body
                 .host_config
@@ -610,6 +634,13 @@ impl Shared {
                         h.storage_opt = None;
                     }
                 }
+                Err(e)
+                    if e.status() == Some(409) && !swept && !lock(&self.abandoned).is_empty() =>
+                {
+                    // Perhaps the leftover of a create that timed out holds the name.
+                    swept = true;
+                    self.sweep_abandoned().await;
+                }
                 Err(e) if e.status() == Some(409) => {
                     return Err(PluginError::new(
                         ErrorCode::InstanceAlreadyExists,
@@ -631,8 +662,10 @@ impl Shared {
                 }
                 Err(e) => {
                     if e.is_unavailable() {
-                        // The engine may have made it before going quiet.
-                        self.discard(id).await;
+                        // The engine may have made it before going quiet, or still
+                        // be making it (a timeout).
+                        let late = matches!(e, Error::Timeout { .. });
+                        self.discard(id, late).await;
                     }
                     return Err(e.into());
                 }
@@ -734,7 +767,7 @@ impl Shared {
                     error = %e,
                     "start after create failed; removing the container"
                 );
-                self.discard(&req.id).await;
+                self.discard(&req.id, false).await;
                 return Err(e.into());
             }
         }
@@ -742,7 +775,7 @@ impl Shared {
             Ok(i) => Ok(i),
             Err(e) => {
                 // Made but not readable back: not an instance the client was told of.
-                self.discard(&req.id).await;
+                self.discard(&req.id, false).await;
                 Err(e)
             }
         }
@@ -1100,7 +1133,7 @@ impl Shared {
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             match r {
-                Ok(Some(i)) if !lock(&self.abandoned).contains(&i.id) => out.push(i),
+                Ok(Some(i)) if !lock(&self.abandoned).contains_key(&i.id) => out.push(i),
                 Ok(_) => {}
                 // Removed between the list and the inspect.
                 Err(e) if e.status() == Some(404) => {}
