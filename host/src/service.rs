@@ -244,10 +244,9 @@ impl Service {
             }
             let dirs = config.plugins.dirs.clone();
             // Only `*.so` files count: a build's target directory changes all the time.
-            let is_so = |p: &std::path::Path| p.extension().is_some_and(|e| e == "so");
             let Ok(now) = tokio::task::spawn_blocking(move || {
                 let mut files = loader::listing(&dirs);
-                files.retain(|(p, _)| is_so(p));
+                files.retain(|(p, _)| loader::is_plugin_file(p));
                 files
             })
             .await
@@ -259,7 +258,7 @@ impl Service {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .filter(|e| is_so(&e.path))
+                .filter(|e| loader::is_plugin_file(&e.path))
                 .map(|e| (e.path.clone(), e.fingerprint))
                 .collect();
             if now == known || failed.as_ref() == Some(&now) {

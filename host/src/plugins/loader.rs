@@ -47,9 +47,15 @@ fn host_logger(handshake: &Handshake) -> LogFn {
     })
 }
 
+/// Whether a file is a candidate plugin (`*.so`); other files in a plugin directory
+/// are skipped quietly.
+pub fn is_plugin_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "so")
+}
+
 /// Loads one plugin file through a private copy.
 pub fn load_file(path: &Path) -> Result<LoadedPlugin, String> {
-    if path.extension().is_none_or(|e| e != "so") {
+    if !is_plugin_file(path) {
         return Err("not a shared library (*.so)".into());
     }
     let private = std::env::temp_dir().join(format!(
@@ -152,7 +158,7 @@ pub fn rescan(dirs: &[PathBuf], previous: &[ScanEntry]) -> Vec<ScanEntry> {
                 ),
                 // Other files beside the plugins (a build's target directory) are
                 // normal: said, not warned about.
-                Err(reason) if path.extension().is_none_or(|e| e != "so") => {
+                Err(reason) if !is_plugin_file(&path) => {
                     tracing::info!(file = %path.display(), %reason, "plugin file skipped")
                 }
                 Err(reason) => {

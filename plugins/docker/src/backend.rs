@@ -303,23 +303,7 @@ impl Shared {
             }
             lock(&self.containers).remove(id);
         }
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters(&[
-                ("label", format!("{LABEL_ID}={id}")),
-                ("label", format!("{LABEL_BACKEND}={}", self.name)),
-            ])),
-            ..Default::default()
-        };
-        let found = self
-            .engine
-            .quick(
-                "list",
-                |d| async move { d.list_containers(Some(options)).await },
-            )
-            .await?;
-        for summary in found {
-            let Some(cid) = summary.id else { continue };
+        for cid in self.containers_of(id).await? {
             match self.inspect(&cid).await {
                 Ok(c) => {
                     lock(&self.containers).insert(id.to_owned(), cid.clone());
@@ -522,10 +506,9 @@ impl Shared {
         }
     }
 
-    /// Removes every container made for instance `id` (found by its id label, never
-    /// by name: a container of that name may be someone else's).
-    /// Answers how many it removed.
-    async fn remove_made_for(&self, id: &str) -> std::result::Result<usize, Error> {
+    /// The containers that carry instance `id`'s label for this backend (by label,
+    /// never by name: a container of that name may be someone else's).
+    async fn containers_of(&self, id: &str) -> std::result::Result<Vec<String>, Error> {
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters(&[
@@ -541,8 +524,13 @@ impl Shared {
                 |d| async move { d.list_containers(Some(options)).await },
             )
             .await?;
+        Ok(found.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Removes every container made for instance `id`; answers how many it removed.
+    async fn remove_made_for(&self, id: &str) -> std::result::Result<usize, Error> {
         let mut removed = 0;
-        for cid in found.into_iter().filter_map(|c| c.id) {
+        for cid in self.containers_of(id).await? {
             self.remove(&cid).await?;
             removed += 1;
         }

@@ -471,91 +471,12 @@ fn parse_port_range(s: &str, entry: &str) -> Result<(u16, u16), SpecError> {
     Ok((a, b - a + 1))
 }
 
-/// Parses one `ports` entry, ranges included (`8000-8002:80-82` is three ports, as
-/// `docker run -p` takes it), into exposed keys (`80/tcp`) with their bindings.
+/// Parses one `ports` entry, `[ip:][host:]container[/proto]`, ranges included
+/// (`8000-8002:80-82` is three ports, as `docker run -p` takes it), into exposed keys
+/// (`80/tcp`) with their bindings. As `docker run -p`, a port with no host port is
+/// published on a free host port the engine picks (the instance's inspect shows which),
+/// and one container port on a host range gets one port of that range.
 pub fn parse_ports(entry: &str) -> Result<Vec<(String, Option<PortBinding>)>, SpecError> {
-    if !entry.contains('-') {
-        return Ok(vec![parse_port(entry)?]);
-    }
-    let invalid = |message: String| SpecError::Invalid {
-        field: "ports",
-        message,
-    };
-    let (rest, proto) = match entry.rsplit_once('/') {
-        Some((r, p)) => (r, Some(p)),
-        None => (entry, None),
-    };
-    // The container part is the last field; the host part, if any, the one before.
-    let (front, container) = match rest.rsplit_once(':') {
-        Some((f, c)) => (Some(f), c),
-        None => (None, rest),
-    };
-    let (c_first, c_len) = parse_port_range(container, entry)?;
-    let (ip, host) = match front {
-        None => (None, None),
-        Some(f) => match f.rsplit_once(':') {
-            Some((ip, h)) => (Some(ip), Some(h)),
-            None => (None, Some(f)),
-        },
-    };
-    let host = match host {
-        Some("") | None => None,
-        Some(h) => Some(parse_port_range(h, entry)?),
-    };
-    if let Some((_, h_len)) = host {
-        if h_len != c_len && c_len != 1 {
-            return Err(invalid(format!(
-                "{entry:?}: the host and container ranges differ in length"
-            )));
-        }
-    }
-    let mut out = Vec::with_capacity(usize::from(c_len));
-    for i in 0..c_len {
-        let c = c_first + i;
-        let host_part = match host {
-            None => String::new(),
-            // One container port on a host range: the engine picks one of them.
-            Some((h, h_len)) if c_len == 1 && h_len > 1 => format!("{h}-{}", h + h_len - 1),
-            Some((h, _)) => (h + i).to_string(),
-        };
-        let mut single = String::new();
-        if let Some(ip) = ip {
-            single.push_str(ip);
-            single.push(':');
-        }
-        if host.is_some() || ip.is_some() {
-            single.push_str(&host_part);
-            single.push(':');
-        }
-        single.push_str(&c.to_string());
-        if let Some(p) = proto {
-            single.push('/');
-            single.push_str(p);
-        }
-        let (key, mut binding) = if host_part.contains('-') {
-            // parse_port refuses a range: build the binding here.
-            let (key, b) = parse_port(&single.replace(&host_part, ""))?;
-            let b = b.map(|mut b| {
-                b.host_port = Some(host_part.clone());
-                b
-            });
-            (key, b)
-        } else {
-            parse_port(&single)?
-        };
-        if host.is_none() && ip.is_none() {
-            binding = binding.map(|mut b| {
-                b.host_port = Some(String::new());
-                b
-            });
-        }
-        out.push((key, binding));
-    }
-    Ok(out)
-}
-
-/// Parses one `ports` entry into the exposed key (`80/tcp`) and an optional binding.
-pub fn parse_port(entry: &str) -> Result<(String, Option<PortBinding>), SpecError> {
     let invalid = |message: String| SpecError::Invalid {
         field: "ports",
         message,
@@ -590,7 +511,7 @@ pub fn parse_port(entry: &str) -> Result<(String, Option<PortBinding>), SpecErro
             )))
         }
     };
-    let container = parse_port_number(container, entry)?;
+    let (c_first, c_len) = parse_port_range(container, entry)?;
     if let Some(ip) = &ip {
         if ip.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid(format!("{entry:?}: {ip:?} is not an IP address")));
@@ -598,16 +519,40 @@ pub fn parse_port(entry: &str) -> Result<(String, Option<PortBinding>), SpecErro
     }
     let host = match host {
         Some("") | None => None,
-        Some(h) => Some(parse_port_number(h, entry)?),
+        Some(h) => Some(parse_port_range(h, entry)?),
     };
-    let key = format!("{container}/{proto}");
-    // As `docker run -p`: a port with no host port is published on a free host port
-    // the engine picks (the instance's inspect shows which).
-    let binding = PortBinding {
-        host_ip: ip,
-        host_port: Some(host.map(|h| h.to_string()).unwrap_or_default()),
-    };
-    Ok((key, Some(binding)))
+    if let Some((_, h_len)) = host {
+        if h_len != c_len && c_len != 1 {
+            return Err(invalid(format!(
+                "{entry:?}: the host and container ranges differ in length"
+            )));
+        }
+    }
+    Ok((0..c_len)
+        .map(|i| {
+            let host_port = match host {
+                None => String::new(),
+                Some((h, h_len)) if c_len == 1 && h_len > 1 => format!("{h}-{}", h + h_len - 1),
+                Some((h, _)) => (h + i).to_string(),
+            };
+            let binding = PortBinding {
+                host_ip: ip.clone(),
+                host_port: Some(host_port),
+            };
+            (format!("{}/{proto}", c_first + i), Some(binding))
+        })
+        .collect())
+}
+
+/// Parses a `ports` entry that names one port (see [`parse_ports`]).
+pub fn parse_port(entry: &str) -> Result<(String, Option<PortBinding>), SpecError> {
+    match parse_ports(entry)?.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(SpecError::Invalid {
+            field: "ports",
+            message: format!("{entry:?} names more than one port"),
+        }),
+    }
 }
 
 /// Parses a restart policy.

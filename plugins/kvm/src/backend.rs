@@ -510,10 +510,7 @@ impl Inner {
                 "{field} holds control characters"
             )));
         }
-        let xml_bad = |s: &str| {
-            s.chars()
-                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-        };
+        let xml_bad = crate::config::has_control_chars;
         if let Some((k, _)) = req.labels.iter().find(|(k, v)| xml_bad(k) || xml_bad(v)) {
             return Err(KvmError::InvalidRequest(format!(
                 "label {k:?} holds control characters"

@@ -163,6 +163,13 @@ impl NetworkType {
     }
 }
 
+/// Whether text holds characters XML cannot carry: control characters other than
+/// tab, newline and carriage return.
+pub fn has_control_chars(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+}
+
 /// How stored user-data begins: `sha256:<hex> (<n> bytes)`.
 pub const REDACTED_PREFIX: &str = "sha256:";
 
@@ -256,10 +263,7 @@ impl InstanceConfig {
     /// Text that cannot go into XML (control characters other than tab, newline and
     /// carriage return), named, if the metadata would hold any.
     pub fn xml_illegal(&self) -> Option<&'static str> {
-        let bad = |s: &str| {
-            s.chars()
-                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-        };
+        let bad = has_control_chars;
         let ci = self.cloud_init.as_ref();
         if ci.and_then(|c| c.meta_data.as_deref()).is_some_and(bad) {
             return Some("cloudInit.metaData");
