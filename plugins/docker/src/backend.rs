@@ -303,7 +303,7 @@ impl Shared {
             }
             lock(&self.containers).remove(id);
         }
-        for cid in self.containers_of(id).await? {
+        for cid in self.containers_of(Some(id)).await? {
             match self.inspect(&cid).await {
                 Ok(c) => {
                     lock(&self.containers).insert(id.to_owned(), cid.clone());
@@ -506,13 +506,18 @@ impl Shared {
         }
     }
 
-    /// The containers that carry instance `id`'s label for this backend (by label,
-    /// never by name: a container of that name may be someone else's).
-    async fn containers_of(&self, id: &str) -> std::result::Result<Vec<String>, Error> {
+    /// The containers of this backend that carry instance `id`'s label, or any
+    /// instance's with `None` (by label, never by name: a container of that name may
+    /// be someone else's).
+    async fn containers_of(&self, id: Option<&str>) -> std::result::Result<Vec<String>, Error> {
+        let id_label = match id {
+            Some(id) => format!("{LABEL_ID}={id}"),
+            None => LABEL_ID.to_owned(),
+        };
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters(&[
-                ("label", format!("{LABEL_ID}={id}")),
+                ("label", id_label),
                 ("label", format!("{LABEL_BACKEND}={}", self.name)),
             ])),
             ..Default::default()
@@ -530,7 +535,7 @@ impl Shared {
     /// Removes every container made for instance `id`; answers how many it removed.
     async fn remove_made_for(&self, id: &str) -> std::result::Result<usize, Error> {
         let mut removed = 0;
-        for cid in self.containers_of(id).await? {
+        for cid in self.containers_of(Some(id)).await? {
             self.remove(&cid).await?;
             removed += 1;
         }
@@ -1098,22 +1103,8 @@ impl Shared {
         if !lock(&self.abandoned).is_empty() {
             self.sweep_abandoned().await;
         }
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters(&[
-                ("label", LABEL_ID.to_owned()),
-                ("label", format!("{LABEL_BACKEND}={}", self.name)),
-            ])),
-            ..Default::default()
-        };
-        let found = self
-            .engine
-            .quick(
-                "list",
-                |d| async move { d.list_containers(Some(options)).await },
-            )
-            .await?;
-        let results: Vec<_> = futures_util::stream::iter(found.into_iter().filter_map(|s| s.id))
+        let found = self.containers_of(None).await?;
+        let results: Vec<_> = futures_util::stream::iter(found)
             .map(|cid| async move { self.inspect_instance(&cid).await })
             .buffer_unordered(8)
             .collect()
