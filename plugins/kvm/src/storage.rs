@@ -24,7 +24,9 @@ pub const EXTENSIONS: [&str; 3] = ["qcow2", "img", "raw"];
 pub struct Template {
     /// Its name (the file name less the extension).
     pub name: String,
-    /// Where it is.
+    /// Its file in the templates directory (`<name>.<ext>`).
+    pub file: String,
+    /// Where it really is (symlinks resolved, inside the templates directory).
     pub path: PathBuf,
     /// `qcow2` or `raw`, from the file's header.
     pub format: &'static str,
@@ -41,10 +43,7 @@ impl Template {
     pub fn to_image(&self) -> Image {
         Image {
             name: self.name.clone(),
-            id: self
-                .path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned()),
+            id: Some(self.file.clone()),
             size: Some(self.virtual_size),
             format: Some(self.format.to_owned()),
             created_at: self.modified,
@@ -83,7 +82,7 @@ fn probe(path: &Path) -> std::io::Result<(&'static str, u64, u64)> {
     }
 }
 
-fn template_at(name: &str, path: PathBuf) -> Option<Template> {
+fn template_at(name: &str, file: String, path: PathBuf) -> Option<Template> {
     let (format, virtual_size, file_size) = probe(&path).ok()?;
     let modified = std::fs::metadata(&path)
         .and_then(|m| m.modified())
@@ -91,6 +90,7 @@ fn template_at(name: &str, path: PathBuf) -> Option<Template> {
         .map(DateTime::<Utc>::from);
     Some(Template {
         name: name.to_owned(),
+        file,
         path,
         format,
         virtual_size,
@@ -99,7 +99,19 @@ fn template_at(name: &str, path: PathBuf) -> Option<Template> {
     })
 }
 
-/// Every template in `dir`, by name. A missing directory has none.
+/// Where `path` (a name in the templates directory) really is, when that is a
+/// regular file inside the (canonical) templates directory `dir`: symlinks are
+/// followed, and one that leads out of the directory (`../secret`, `/etc/x`) is no
+/// template. A link to another file inside the directory (an alias) is one; the
+/// canonical path is what the instance's disk is made from, so a link changed later
+/// does not change existing overlays' backing file.
+pub fn resolve_inside(dir: &Path, path: &Path) -> Option<PathBuf> {
+    let real = path.canonicalize().ok()?;
+    (real.starts_with(dir) && real.is_file()).then_some(real)
+}
+
+/// Every template in `dir`, by name. A missing directory has none. The one rule of
+/// [`find_template`] decides what is listed.
 pub fn list_templates(dir: &Path) -> Result<Vec<Template>, KvmError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -113,7 +125,6 @@ pub fn list_templates(dir: &Path) -> Result<Vec<Template>, KvmError> {
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
         .filter_map(|e| {
             let file = e.file_name().to_string_lossy().into_owned();
             let (stem, ext) = file.rsplit_once('.')?;
@@ -129,12 +140,17 @@ pub fn list_templates(dir: &Path) -> Result<Vec<Template>, KvmError> {
         .collect::<Vec<_>>())
 }
 
+/// The template `name` in `dir`: the first of `<name>.qcow2`, `.img`, `.raw` that
+/// resolves to a regular file inside the directory ([`resolve_inside`]).
 fn find_in(dir: &Path, name: &str) -> Option<Template> {
+    let dir = dir.canonicalize().ok()?;
     EXTENSIONS
         .iter()
-        .map(|ext| dir.join(format!("{name}.{ext}")))
-        .find(|p| p.is_file())
-        .and_then(|p| template_at(name, p))
+        .find_map(|ext| {
+            let file = format!("{name}.{ext}");
+            resolve_inside(&dir, &dir.join(&file)).map(|p| (file, p))
+        })
+        .and_then(|(file, p)| template_at(name, file, p))
 }
 
 /// The template called `name`, or an error listing what exists.
@@ -404,6 +420,37 @@ mod tests {
             find_template(dir.path(), "../etc/passwd"),
             Err(KvmError::InvalidRequest(_))
         ));
+        // Symlinks: an alias inside is a template, a way out is none.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.raw"), b"secret").unwrap();
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap()
+        };
+        link(&outside.path().join("secret.raw"), "evil.raw");
+        link(Path::new("../../etc/passwd"), "rel.raw");
+        link(Path::new("tiny.raw"), "alias.img");
+        link(Path::new("missing.raw"), "dangling.raw");
+        let names: Vec<String> = list_templates(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, vec!["alias", "tiny", "ubuntu-22.04"]);
+        for bad in ["evil", "rel", "dangling"] {
+            assert!(
+                matches!(
+                    find_template(dir.path(), bad),
+                    Err(KvmError::UnknownTemplate { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let alias = find_template(dir.path(), "alias").unwrap();
+        assert_eq!(
+            alias.path,
+            dir.path().join("tiny.raw").canonicalize().unwrap()
+        );
+        assert_eq!(alias.to_image().id.as_deref(), Some("alias.img"));
         assert!(list_templates(&dir.path().join("missing"))
             .unwrap()
             .is_empty());
