@@ -462,10 +462,12 @@ impl Inner {
                 ));
             }
             if c > host.cpus {
-                return Err(KvmError::ResourceLimit(format!(
-                    "{c} cores asked, the host has {}",
-                    host.cpus
-                )));
+                return Err(KvmError::ResourceLimit {
+                    field: "cpu.cores",
+                    requested: c.into(),
+                    limit: host.cpus.into(),
+                    of: "the host's cpus",
+                });
             }
         }
         if let Some(m) = memory {
@@ -475,13 +477,34 @@ impl Inner {
                 ));
             }
             if m > host.memory {
-                return Err(KvmError::ResourceLimit(format!(
-                    "{m} bytes of memory asked, the host has {}",
-                    host.memory
-                )));
+                return Err(KvmError::ResourceLimit {
+                    field: "memory.limit",
+                    requested: m,
+                    limit: host.memory,
+                    of: "the host's memory",
+                });
             }
         }
         Ok(host)
+    }
+
+    /// Refuses a disk larger than the storage pool's capacity (the size of the
+    /// file system under it, not what is free now: qcow2 disks are thin), before
+    /// libvirt or qemu-img is asked for it.
+    fn check_disk_size(&self, pool: &virt::storage_pool::StoragePool, size: u64) -> Result<()> {
+        let capacity = pool
+            .info()
+            .map_err(lv("reading the storage pool's capacity"))?
+            .capacity;
+        if size > capacity {
+            return Err(KvmError::ResourceLimit {
+                field: "storage.totalSpace",
+                requested: size,
+                limit: capacity,
+                of: "the storage pool's capacity",
+            });
+        }
+        Ok(())
     }
 
     /// The domain type for a new domain: as configured, else as probed at start for
@@ -556,6 +579,7 @@ impl Inner {
             }
         }
         let (pool, pool_dir) = self.pool(&conn)?;
+        self.check_disk_size(&pool, size)?;
         let format = config.disk_format.as_str();
         let mut rollback = Rollback {
             conn: &conn,
@@ -810,7 +834,29 @@ impl Inner {
     fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance> {
         let conn = self.connect()?;
         let mut found = self.find(&conn, id)?;
+        // Everything is checked before anything is changed.
         self.check_limits(&conn, req.resources.cores(), req.resources.memory_limit())?;
+        let mut grow_to = None;
+        if let Some(size) = req.resources.total_space() {
+            // The volume's own capacity too: the metadata may lag behind a resize.
+            let current = conn
+                .lookup_storage_vol_by_path(&found.meta.disk)
+                .and_then(|v| v.info())
+                .map(|i| i.capacity)
+                .unwrap_or(0)
+                .max(found.meta.disk_size);
+            if size < current {
+                return Err(KvmError::DiskShrink {
+                    requested: size,
+                    current,
+                });
+            }
+            if size > current {
+                let (pool, _) = self.pool(&conn)?;
+                self.check_disk_size(&pool, size)?;
+                grow_to = Some(size);
+            }
+        }
         let dom = &found.dom;
         let active = dom.is_active().unwrap_or(false);
         let cfg = dom
@@ -848,24 +894,17 @@ impl Inner {
                 }
             }
         }
-        if let Some(size) = req.resources.total_space() {
-            if size < found.meta.disk_size {
-                return Err(KvmError::InvalidRequest(format!(
-                    "storage.totalSpace cannot shrink ({size} < {})",
-                    found.meta.disk_size
-                )));
+        if let Some(size) = grow_to {
+            // Only ever larger (checked above): never a shrink.
+            if active {
+                dom.block_resize("vda", size, sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+                    .map_err(lv("growing the disk"))?;
+            } else {
+                conn.lookup_storage_vol_by_path(&found.meta.disk)
+                    .and_then(|v| v.resize(size, 0))
+                    .map_err(lv("growing the disk volume"))?;
             }
-            if size > found.meta.disk_size {
-                if active {
-                    dom.block_resize("vda", size, sys::VIR_DOMAIN_BLOCK_RESIZE_BYTES)
-                        .map_err(lv("growing the disk"))?;
-                } else {
-                    conn.lookup_storage_vol_by_path(&found.meta.disk)
-                        .and_then(|v| v.resize(size, 0))
-                        .map_err(lv("growing the disk volume"))?;
-                }
-                found.meta.disk_size = size;
-            }
+            found.meta.disk_size = size;
         }
         if let Some(labels) = &req.labels {
             found.meta.labels = LabelsXml::from_map(labels);

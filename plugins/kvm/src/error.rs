@@ -50,9 +50,26 @@ pub enum KvmError {
     /// The instance's state forbids the operation.
     #[error("{0}")]
     InvalidState(String),
-    /// More than the host can give.
-    #[error("{0}")]
-    ResourceLimit(String),
+    /// More than the host or the storage pool can give.
+    #[error("{field} {requested} is more than {of} ({limit})")]
+    ResourceLimit {
+        /// The request's field (`storage.totalSpace`, `memory.limit`, `cpu.cores`).
+        field: &'static str,
+        /// The value asked.
+        requested: u64,
+        /// The most there is.
+        limit: u64,
+        /// What sets the limit (`the host's memory`...).
+        of: &'static str,
+    },
+    /// An update asked for a smaller disk than the instance has: never shrunk.
+    #[error("storage.totalSpace cannot shrink ({requested} < {current})")]
+    DiskShrink {
+        /// The size asked.
+        requested: u64,
+        /// The disk's size now.
+        current: u64,
+    },
     /// A file operation failed.
     #[error("{what} failed")]
     Io {
@@ -110,13 +127,13 @@ impl KvmError {
                 ErrorCode::BackendError
             }
             KvmError::Libvirt { source, .. } => libvirt_code(source.code().to_raw()),
-            KvmError::InvalidRequest(_) | KvmError::UnknownTemplate { .. } => {
-                ErrorCode::InvalidRequest
-            }
+            KvmError::InvalidRequest(_)
+            | KvmError::UnknownTemplate { .. }
+            | KvmError::DiskShrink { .. } => ErrorCode::InvalidRequest,
             KvmError::NotFound(_) => ErrorCode::InstanceNotFound,
             KvmError::NameTaken(_) => ErrorCode::InstanceAlreadyExists,
             KvmError::InvalidState(_) => ErrorCode::InvalidState,
-            KvmError::ResourceLimit(_) => ErrorCode::ResourceLimitExceeded,
+            KvmError::ResourceLimit { .. } => ErrorCode::ResourceLimitExceeded,
             KvmError::Io { .. } | KvmError::Tool { .. } => ErrorCode::BackendError,
             KvmError::Xml(_) => ErrorCode::InternalError,
         }
@@ -182,6 +199,23 @@ impl From<KvmError> for PluginError {
                     .with_detail("available", available);
             }
             KvmError::NotFound(id) => out = out.with_detail("id", id),
+            KvmError::ResourceLimit {
+                field,
+                requested,
+                limit,
+                ..
+            } => {
+                out = out
+                    .with_detail("field", field)
+                    .with_detail("requested", requested)
+                    .with_detail("limit", limit);
+            }
+            KvmError::DiskShrink { requested, current } => {
+                out = out
+                    .with_detail("field", "storage.totalSpace")
+                    .with_detail("requested", requested)
+                    .with_detail("current", current);
+            }
             KvmError::Unavailable { uri, .. } | KvmError::Connecting { uri } => {
                 out = out.with_detail("uri", display_uri(&uri))
             }
@@ -221,8 +255,20 @@ mod tests {
             ),
             (KvmError::InvalidState("s".into()), ErrorCode::InvalidState),
             (
-                KvmError::ResourceLimit("r".into()),
+                KvmError::ResourceLimit {
+                    field: "cpu.cores",
+                    requested: 9,
+                    limit: 8,
+                    of: "the host's cpus",
+                },
                 ErrorCode::ResourceLimitExceeded,
+            ),
+            (
+                KvmError::DiskShrink {
+                    requested: 1,
+                    current: 2,
+                },
+                ErrorCode::InvalidRequest,
             ),
             (
                 KvmError::Io {

@@ -142,3 +142,89 @@ fn templates_must_resolve_inside_templates_dir() {
     );
     b.delete(&id, true).unwrap();
 }
+
+#[test]
+fn sizes_beyond_the_pool_or_host_are_refused_and_disks_never_shrink() {
+    let h = harness(SYSTEM, json!({}));
+    make_template(&h.templates, "blank", "64M");
+    let conn = libvirt(SYSTEM);
+    let b = &h.backend;
+
+    // Create: 422 with the field, the asked value and the limit; nothing is made.
+    for (res, field) in [
+        (
+            json!({"storage": {"totalSpace": u64::MAX}}),
+            "storage.totalSpace",
+        ),
+        (json!({"memory": {"limit": u64::MAX}}), "memory.limit"),
+        (json!({"cpu": {"cores": 1_000_000}}), "cpu.cores"),
+    ] {
+        for format in ["qcow2", "raw"] {
+            let name = h.cleanup.domain(&unique("huge"));
+            let mut req = request(
+                &unique("id"),
+                &name,
+                json!({"image": "blank", "diskFormat": format, "networkType": "none"}),
+            );
+            req.resources = serde_json::from_value(res.clone()).unwrap();
+            let e = b.create(req).expect_err("too big");
+            assert_eq!(e.code, ErrorCode::ResourceLimitExceeded, "{res}: {e:?}");
+            assert_eq!(e.details["field"], field, "{e:?}");
+            assert!(e.details["requested"].is_u64(), "{e:?}");
+            assert!(
+                e.details["limit"].as_u64().unwrap() < e.details["requested"].as_u64().unwrap(),
+                "{e:?}"
+            );
+            assert!(conn.lookup_domain_by_name(&name).is_err());
+            assert!(files_in(&h.storage).is_empty(), "{res}: file left");
+        }
+    }
+
+    let name = h.cleanup.domain(&unique("sizes"));
+    let id = unique("id");
+    b.create(request(
+        &id,
+        &name,
+        json!({"image": "blank", "networkType": "none"}),
+    ))
+    .expect("create");
+    let disk = h.storage.join(format!("{id}.qcow2"));
+    let vol = conn
+        .lookup_storage_vol_by_path(disk.to_str().unwrap())
+        .unwrap();
+    let capacity = || vol.info().unwrap().capacity;
+    assert_eq!(capacity(), 64 << 20);
+
+    for running in [false, true] {
+        if running {
+            b.start(&id).expect("start");
+        }
+        let e = b
+            .update(&id, resources(json!({"storage": {"totalSpace": u64::MAX}})))
+            .expect_err("beyond the pool");
+        assert_eq!(e.code, ErrorCode::ResourceLimitExceeded, "{e:?}");
+        assert_eq!(e.details["field"], "storage.totalSpace");
+        assert_eq!(e.details["requested"], u64::MAX);
+        let e = b
+            .update(&id, resources(json!({"memory": {"limit": u64::MAX}})))
+            .expect_err("beyond the host");
+        assert_eq!(e.code, ErrorCode::ResourceLimitExceeded, "{e:?}");
+        assert_eq!(e.details["field"], "memory.limit");
+        // A shrink is refused, and nothing of the same request is applied.
+        let e = b
+            .update(
+                &id,
+                resources(json!({"cpu": {"cores": 2}, "storage": {"totalSpace": 32u64 << 20}})),
+            )
+            .expect_err("shrink");
+        assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
+        assert_eq!(e.details["field"], "storage.totalSpace");
+        assert_eq!(e.details["current"], 64u64 << 20);
+        assert_eq!(capacity(), 64 << 20, "the disk is untouched");
+        let i = b.get(&id).unwrap();
+        assert_eq!(i.resources.cores(), Some(1), "{i:?}");
+        assert!(i.pending_resources.is_none(), "{i:?}");
+        assert_eq!(i.resources.total_space(), Some(64 << 20));
+    }
+    b.delete(&id, true).unwrap();
+}
