@@ -43,9 +43,12 @@ fn us(d: Duration) -> f64 {
 fn main() {
     common::ensure_image();
     let engine = Engine::new();
+    // The backends' state files go to a directory of the bench's own.
+    let state = unicompute_tests::TempDir::new("uc-bench-state");
+    let config = serde_json::json!({"state_dir": state.0});
     let backend = DockerBackend::new(BackendContext {
         name: unique("bench"),
-        config: serde_json::json!({}),
+        config: config.clone(),
         events: EventSink::discard(),
     })
     .expect("backend");
@@ -180,7 +183,7 @@ fn main() {
     let events = common::Recorder::default();
     let watched = DockerBackend::new(BackendContext {
         name: unique("bench-events"),
-        config: serde_json::json!({}),
+        config: config.clone(),
         events: events.sink(),
     })
     .expect("backend");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerUpdateBody,
-    HostConfig,
+    HostConfig, Mount, MountBindOptions, MountType,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
@@ -27,10 +27,12 @@ use crate::config::DockerConfig;
 use crate::engine::{self, Engine};
 use crate::error::{is_no_such_image, Error};
 use crate::instance::{
-    self, LABEL_BACKEND, LABEL_CONFIG, LABEL_CREATED_AT, LABEL_ID, LABEL_LABELS, LABEL_PREFIX,
-    LABEL_STORAGE, LABEL_UUID,
+    self, LABEL_BACKEND, LABEL_BINDS, LABEL_CONFIG, LABEL_CREATED_AT, LABEL_ID, LABEL_LABELS,
+    LABEL_PREFIX, LABEL_STORAGE, LABEL_UUID,
 };
-use crate::spec::DockerSpec;
+use crate::pin::{self, PinError, Pinned};
+use crate::spec::{BindSpec, DockerSpec};
+use crate::state::ChangeTimes;
 use crate::stats::{Allocation, StatsCache};
 
 type Result<T> = std::result::Result<T, PluginError>;
@@ -60,9 +62,11 @@ pub(crate) struct Shared {
     pub(crate) stats: StatsCache,
     /// Instance id to container id, to skip a lookup by label.
     containers: Mutex<HashMap<String, String>>,
-    /// The last change made through the API that Docker keeps no time of.
-    touched: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// The last change made through the API, kept in the state file.
+    touched: ChangeTimes,
     host: Mutex<Option<HostResources>>,
+    /// The largest `storage.totalSpace` taken (see [`Shared::storage_limit`]).
+    storage_cap: Mutex<Option<u64>>,
     storage_quota: AtomicU8,
     /// Engine events that a call in progress causes, by instance id: the event loop
     /// skips them, since the call's result tells the host already.
@@ -70,6 +74,17 @@ pub(crate) struct Shared {
     /// Instance ids of failed creates whose container could not be removed yet (the
     /// engine went away mid-create): never listed, removed when the engine is back.
     abandoned: Mutex<HashMap<String, Instant>>,
+    /// Instance ids whose create is under way.
+    creating: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Marks a create under way until dropped.
+struct Creating<'a>(&'a Shared, String);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.creating).remove(&self.1);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,17 +99,20 @@ impl DockerBackend {
             .validate()
             .map_err(|e| PluginError::config(format!("backend {}: {e}", ctx.name)))?;
         let rt = engine::runtime()?;
+        let touched = ChangeTimes::load(&config.state_dir, &ctx.name);
         let shared = Arc::new(Shared {
             name: ctx.name,
             engine: Engine::new(config, endpoint),
             events: ctx.events,
             stats: StatsCache::default(),
             containers: Mutex::default(),
-            touched: Mutex::default(),
+            touched,
             host: Mutex::default(),
+            storage_cap: Mutex::default(),
             storage_quota: AtomicU8::new(QUOTA_UNKNOWN),
             expected: Mutex::default(),
             abandoned: Mutex::default(),
+            creating: Mutex::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         rt.spawn(crate::events::run(Arc::clone(&shared), rx));
@@ -140,6 +158,17 @@ fn filters(pairs: &[(&str, String)]) -> HashMap<String, Vec<String>> {
     map
 }
 
+/// `RESOURCE_LIMIT_EXCEEDED` for a size beyond what can be held.
+fn too_big(field: &str, requested: u64, limit: u64) -> PluginError {
+    PluginError::new(
+        ErrorCode::ResourceLimitExceeded,
+        format!("{field} of {requested} bytes asked, at most {limit} can be held here"),
+    )
+    .with_detail("field", field)
+    .with_detail("requested", requested)
+    .with_detail("limit", limit)
+}
+
 fn state_of(c: &ContainerInspectResponse) -> Option<ContainerStateStatusEnum> {
     c.state.as_ref().and_then(|s| s.status)
 }
@@ -182,24 +211,125 @@ impl Shared {
     }
 
     fn touched_at(&self, id: &str) -> Option<DateTime<Utc>> {
-        lock(&self.touched).get(id).copied()
+        self.touched.get(id)
     }
 
+    /// Records a change made through the API now.
     fn touch(&self, id: &str) {
-        lock(&self.touched).insert(id.to_owned(), Utc::now());
+        self.touched.record(id, Utc::now());
     }
 
-    /// Drops what is remembered of an instance that is gone.
+    /// Records the instance's `updatedAt` as answered (after a start or a stop, whose
+    /// times the engine also keeps), so that it never goes back.
+    fn noted(&self, inst: Instance) -> Instance {
+        self.touched.record(&inst.id, inst.updated_at);
+        inst
+    }
+
+    /// Drops what is remembered of an instance that is gone (its pins are
+    /// [`Shared::unpin`]'s).
     pub(crate) fn forget(&self, id: &str) {
         lock(&self.containers).remove(id);
-        lock(&self.touched).remove(id);
+        self.touched.remove(id);
         lock(&self.expected).remove(id);
         self.stats.forget(id);
+    }
+
+    /// Removes the pins of an instance whose container was seen gone (an event, a
+    /// 404), unless a create of it is under way (the engine removes a container it
+    /// failed to set up, and the create tries again) or a container of it is still
+    /// there.
+    pub(crate) async fn unpin_if_gone(&self, id: &str) {
+        if !self.engine.is_local() || lock(&self.creating).contains(id) {
+            return;
+        }
+        if matches!(self.containers_of(Some(id)).await, Ok(v) if v.is_empty()) {
+            self.unpin(id);
+        }
+    }
+
+    /// The directory of an instance's pins (`None`: an id that cannot name one).
+    fn pin_dir(&self, id: &str) -> Option<std::path::PathBuf> {
+        pin::usable_id(id).then(|| self.engine.config().pin_dir.join(id))
+    }
+
+    /// Detaches and removes the pins of an instance.
+    fn unpin(&self, id: &str) {
+        if !self.engine.is_local() {
+            return;
+        }
+        if let Some(dir) = self.pin_dir(id) {
+            pin::unpin_dir(&dir);
+        }
+    }
+
+    /// Pins the bind sources of a new instance; on failure nothing is left.
+    fn pin_all(&self, id: &str, binds: &[BindSpec]) -> Result<Vec<Pinned>> {
+        let dir = self.pin_dir(id).ok_or_else(|| {
+            PluginError::invalid(format!("instance id {id:?} cannot name a pin directory"))
+        })?;
+        let mut out = Vec::with_capacity(binds.len());
+        for (n, b) in binds.iter().enumerate() {
+            match pin::pin_new(&b.source, &dir.join(n.to_string())) {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    pin::unpin_dir(&dir);
+                    return Err(self.pin_error(e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn pin_error(&self, e: PinError) -> PluginError {
+        match &e {
+            PinError::Changed { source_path, .. } => {
+                PluginError::new(ErrorCode::Forbidden, e.to_string())
+                    .with_detail("hostPath", source_path.to_string_lossy().into_owned())
+                    .with_detail(
+                        "allowedHostPaths",
+                        self.engine
+                            .config()
+                            .allowed_host_paths
+                            .iter()
+                            .map(|a| a.to_string_lossy().into_owned())
+                            .collect::<Vec<_>>(),
+                    )
+            }
+            PinError::Mount { .. } => PluginError::backend(format!(
+                "{e} (pinning bind mounts needs CAP_SYS_ADMIN in the engine's mount namespace)"
+            )),
+        }
+    }
+
+    /// Before a start through the API: every pinned bind source is still what it was
+    /// at create and inside the allowlist (else `FORBIDDEN`), and its pin is there
+    /// (made again if missing).
+    fn check_pins(&self, c: &ContainerInspectResponse) -> Result<()> {
+        if !self.engine.is_local() {
+            return Ok(());
+        }
+        let Some(label) = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_BINDS))
+        else {
+            return Ok(());
+        };
+        let pinned: Vec<Pinned> = serde_json::from_str(label)
+            .map_err(|e| PluginError::internal(format!("unreadable {LABEL_BINDS} label: {e}")))?;
+        let allowed = &self.engine.config().allowed_host_paths;
+        for p in &pinned {
+            pin::ensure(p, allowed).map_err(|e| self.pin_error(e))?;
+        }
+        Ok(())
     }
 
     /// The engine came back: it may be another one (or another version) now.
     pub(crate) fn reconnected(&self) {
         *lock(&self.host) = None;
+        *lock(&self.storage_cap) = None;
         self.storage_quota.store(QUOTA_UNKNOWN, Ordering::Relaxed);
         lock(&self.expected).clear();
         self.stats.clear();
@@ -329,6 +459,7 @@ impl Shared {
             Ok(None) => Err(PluginError::not_found(id)),
             Err(e) if e.status() == Some(404) => {
                 self.forget(id);
+                self.unpin_if_gone(id).await;
                 Err(PluginError::not_found(id))
             }
             Err(e) => Err(e.into()),
@@ -375,12 +506,55 @@ impl Shared {
                     "memory.limit must be at least {MIN_MEMORY} bytes"
                 )));
             }
-            if host.memory > 0 && m > host.memory {
-                return Err(PluginError::new(
-                    ErrorCode::ResourceLimitExceeded,
-                    format!("{m} bytes of memory asked, the host has {}", host.memory),
-                )
-                .with_detail("available", host.memory));
+            // The engine takes a signed 64-bit count: never more than that either.
+            let limit = if host.memory > 0 {
+                host.memory.min(i64::MAX as u64)
+            } else {
+                i64::MAX as u64
+            };
+            if m > limit {
+                return Err(too_big("memory.limit", m, limit).with_detail("available", limit));
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest `storage.totalSpace` an instance may ask: the size of the
+    /// filesystem of the engine's data root for a local engine (a container cannot
+    /// hold more, with a quota or without), else `i64::MAX` (the engine's bound).
+    async fn storage_limit(&self) -> Result<u64> {
+        if let Some(c) = *lock(&self.storage_cap) {
+            return Ok(c);
+        }
+        let mut cap = i64::MAX as u64;
+        if self.engine.is_local() {
+            let info = self
+                .engine
+                .quick("info", |d| async move { d.info().await })
+                .await?;
+            if let Some(root) = info.docker_root_dir {
+                match rustix::fs::statvfs(root.as_str()) {
+                    Ok(v) => cap = cap.min(v.f_blocks.saturating_mul(v.f_frsize)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot size the engine's data root; storage bound is i64::MAX")
+                    }
+                }
+            }
+        }
+        *lock(&self.storage_cap) = Some(cap);
+        Ok(cap)
+    }
+
+    /// Refuses sizes beyond what the host can hold, before the engine sees them.
+    async fn check_sizes(&self, memory: Option<u64>, storage: Option<u64>) -> Result<()> {
+        if let Some(m) = memory {
+            let host = self.host_resources().await?;
+            self.check_resources(&host, None, Some(m))?;
+        }
+        if let Some(s) = storage {
+            let limit = self.storage_limit().await?;
+            if s > limit {
+                return Err(too_big("storage.totalSpace", s, limit));
             }
         }
         Ok(())
@@ -548,7 +722,10 @@ impl Shared {
     /// watched for [`ABANDONED_FOR`] even when nothing is there yet.
     async fn discard(&self, id: &str, late: bool) {
         self.forget(id);
-        match self.remove_made_for(id).await {
+        let removed = self.remove_made_for(id).await;
+        // A container left behind (the engine is away) cannot start without them.
+        self.unpin(id);
+        match removed {
             Ok(n) if n > 0 || !late => {}
             Ok(_) => {
                 lock(&self.abandoned).insert(id.to_owned(), Instant::now());
@@ -673,6 +850,8 @@ impl Shared {
             ))
             .with_detail("label", k.as_str()));
         }
+        lock(&self.creating).insert(req.id.clone());
+        let _creating = Creating(self, req.id.clone());
         let mut spec = DockerSpec::from_config(&req.config)?;
         let prepared = spec.prepare(
             &self.engine.config().allowed_host_paths,
@@ -685,6 +864,7 @@ impl Shared {
             let host = self.host_resources().await?;
             self.check_resources(&host, cores, memory)?;
         }
+        self.check_sizes(None, storage).await?;
 
         self.check_network(&spec.network_mode).await?;
 
@@ -710,6 +890,44 @@ impl Shared {
             labels.insert(instance::LABEL_NAME.into(), req.name.clone());
         }
 
+        // Bind mounts: a local engine mounts pins of the resolved sources (pin.rs); a
+        // remote one gets the paths as they are (checked lexically only).
+        let local = self.engine.is_local();
+        let mut binds = prepared.binds.clone();
+        let mut mounts = Vec::new();
+        if local && !prepared.bind_mounts.is_empty() {
+            let pinned = self.pin_all(&req.id, &prepared.bind_mounts)?;
+            match serde_json::to_string(&pinned) {
+                Ok(l) => labels.insert(LABEL_BINDS.into(), l),
+                Err(e) => {
+                    self.unpin(&req.id);
+                    return Err(PluginError::internal(format!(
+                        "cannot store the binds: {e}"
+                    )));
+                }
+            };
+            mounts = prepared
+                .bind_mounts
+                .iter()
+                .zip(&pinned)
+                .map(|(b, p)| Mount {
+                    target: Some(b.target.clone()),
+                    source: Some(p.pin.to_string_lossy().into_owned()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(b.read_only()),
+                    bind_options: b.propagation().and_then(|o| o.parse().ok()).map(|p| {
+                        MountBindOptions {
+                            propagation: Some(p),
+                            ..Default::default()
+                        }
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+        } else {
+            binds.extend(prepared.bind_mounts.iter().map(BindSpec::entry));
+        }
+
         let memory = memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
         let mut body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -720,7 +938,8 @@ impl Shared {
             volumes: (!prepared.anonymous.is_empty()).then(|| prepared.anonymous.clone()),
             healthcheck: prepared.healthcheck.clone(),
             host_config: Some(HostConfig {
-                binds: Some(prepared.binds.clone()),
+                binds: Some(binds),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 port_bindings: Some(prepared.bindings.clone()),
                 network_mode: Some(spec.network_mode.clone()),
                 restart_policy: Some(prepared.restart.clone()),
@@ -742,7 +961,10 @@ impl Shared {
         let container = self
             .make_container(&req.id, &cname, &spec.image, &mut body)
             .await
-            .inspect_err(|_| self.unexpect(&req.id))?;
+            .inspect_err(|_| {
+                self.unexpect(&req.id);
+                self.unpin(&req.id);
+            })?;
         lock(&self.containers).insert(req.id.clone(), container.clone());
         if req.start {
             self.expect(&req.id, &["start"]);
@@ -775,6 +997,8 @@ impl Shared {
     }
 
     async fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance> {
+        self.check_sizes(req.resources.memory_limit(), req.resources.total_space())
+            .await?;
         let (container, c) = self.resolve(id).await?;
         let current = self
             .to_instance(&c)
@@ -843,6 +1067,7 @@ impl Shared {
             match removed {
                 Ok(()) => {
                     self.forget(id);
+                    self.unpin(id);
                     return Ok(());
                 }
                 // Gone or replaced meanwhile: look it up by its label.
@@ -873,11 +1098,16 @@ impl Shared {
             }
         })?;
         self.forget(id);
+        self.unpin(id);
         Ok(())
     }
 
     async fn start(&self, id: &str) -> Result<Instance> {
-        let cached = lock(&self.containers).get(id).cloned();
+        // A local engine's instance may have pinned bind mounts to check first: the
+        // checked way below. A remote one's goes straight to the engine.
+        let cached = (!self.engine.is_local())
+            .then(|| lock(&self.containers).get(id).cloned())
+            .flatten();
         if let Some(cid) = cached {
             // Straight to the engine: starting a running container changes nothing
             // there either. Anything unusual takes the checked way below.
@@ -891,7 +1121,7 @@ impl Shared {
                 )
                 .await
             {
-                Ok(()) => return self.instance(id, &cid).await,
+                Ok(()) => return Ok(self.noted(self.instance(id, &cid).await?)),
                 // Gone or replaced: look it up by its label below.
                 Err(e) if e.status() == Some(404) => {
                     self.unexpect(id);
@@ -923,6 +1153,7 @@ impl Shared {
                 ))
             }
             _ => {
+                self.check_pins(&c)?;
                 let cid = container.clone();
                 self.expect(id, &["start"]);
                 self.engine
@@ -934,7 +1165,7 @@ impl Shared {
                     .inspect_err(|_| self.unexpect(id))?;
             }
         }
-        self.instance(id, &container).await
+        Ok(self.noted(self.instance(id, &container).await?))
     }
 
     async fn unpause_container(&self, container: &str) -> Result<()> {
@@ -986,7 +1217,7 @@ impl Shared {
             .await
             .inspect_err(|_| self.unexpect(id))?;
         self.stats.forget(id);
-        self.instance(id, &container).await
+        Ok(self.noted(self.instance(id, &container).await?))
     }
 
     async fn pause(&self, id: &str) -> Result<Instance> {
@@ -1124,6 +1355,9 @@ impl Shared {
                 .cmp(&b.created_at)
                 .then_with(|| a.id.cmp(&b.id))
         });
+        // Instances removed while the server was away leave nothing in the state file.
+        let ids: std::collections::HashSet<&str> = out.iter().map(|i| i.id.as_str()).collect();
+        self.touched.retain(|id| ids.contains(id));
         Ok(out)
     }
 

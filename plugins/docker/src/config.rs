@@ -40,6 +40,15 @@ pub struct DockerConfig {
     /// Seconds a stats stream is kept open after the last usage call of an instance.
     #[serde(default = "default_stats_idle_secs")]
     pub stats_idle_secs: u64,
+    /// Where bind-mount sources are pinned for a local engine: `<pin_dir>/<instance
+    /// id>/<n>`, directories made root-only (0700). A tmpfs is fine: missing pins are
+    /// made again at start.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Where the backend keeps what the engine cannot (the time of the last change made
+    /// through the API, for `updatedAt`): one JSON file per backend.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
 }
 
 /// Client certificates for a TLS endpoint (PEM files).
@@ -66,6 +75,12 @@ fn default_request_timeout_secs() -> u64 {
 fn default_stats_idle_secs() -> u64 {
     120
 }
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/run/unicompute/docker-pins")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/unicompute/docker")
+}
 
 impl Default for DockerConfig {
     fn default() -> Self {
@@ -76,6 +91,8 @@ impl Default for DockerConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             request_timeout_secs: default_request_timeout_secs(),
             stats_idle_secs: default_stats_idle_secs(),
+            pin_dir: default_pin_dir(),
+            state_dir: default_state_dir(),
         }
     }
 }
@@ -125,6 +142,11 @@ impl DockerConfig {
                     "allowed_host_paths: {} is not an absolute path",
                     p.display()
                 ));
+            }
+        }
+        for (key, p) in [("pin_dir", &self.pin_dir), ("state_dir", &self.state_dir)] {
+            if !p.is_absolute() || p.to_string_lossy().chars().any(char::is_control) {
+                return Err(format!("{key}: {} is not an absolute path", p.display()));
             }
         }
         if self.connect_timeout_ms == 0 || self.request_timeout_secs == 0 {
@@ -200,6 +222,8 @@ mod tests {
             serde_json::json!({"allowed_host_paths": ["data"]}),
             serde_json::json!({"tls": {"ca": "/a", "cert": "/b", "key": "/c"}}),
             serde_json::json!({"connect_timeout_ms": 0}),
+            serde_json::json!({"pin_dir": "pins"}),
+            serde_json::json!({"state_dir": "state"}),
         ] {
             let c = parse(json.clone()).unwrap();
             assert!(c.validate().is_err(), "{json}");

@@ -149,6 +149,7 @@ async fn handle(shared: &Shared, message: EventMessage) {
     }
     if action == "destroy" {
         shared.forget(&id);
+        shared.unpin_if_gone(&id).await;
         tracing::debug!(instance = %id, "container removed");
         shared.events.emit(&Event::Vanished { id });
         return;
@@ -169,6 +170,7 @@ async fn handle(shared: &Shared, message: EventMessage) {
         Ok(None) => {}
         Err(e) if e.status() == Some(404) => {
             shared.forget(&id);
+            shared.unpin_if_gone(&id).await;
             shared.events.emit(&Event::Vanished { id });
         }
         Err(e) => {

@@ -26,6 +26,9 @@ pub const LABEL_CONFIG: &str = "io.unicompute.config";
 pub const LABEL_LABELS: &str = "io.unicompute.labels";
 /// The requested storage size in bytes.
 pub const LABEL_STORAGE: &str = "io.unicompute.storage";
+/// The pinned bind mounts (resolved source, device, inode, pin path), JSON; a local
+/// engine's only (see `pin.rs`).
+pub const LABEL_BINDS: &str = "io.unicompute.binds";
 /// The instance's name, when the container's name cannot be it (see
 /// [`container_name`]).
 pub const LABEL_NAME: &str = "io.unicompute.name";

@@ -9,7 +9,9 @@ mod engine;
 pub mod error;
 mod events;
 pub mod instance;
+pub mod pin;
 pub mod spec;
+pub mod state;
 pub mod stats;
 
 pub use backend::DockerBackend;

@@ -1,5 +1,6 @@
 //! The Docker `config` of an instance: parsing, validation (bind mounts against the
-//! allowlist, ports, restart policy) and the mapping onto the engine's create body.
+//! allowlist, resolved on this host for a local engine; ports, restart policy) and the
+//! mapping onto the engine's create body. Pinning the resolved sources is `pin.rs`'s.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -180,19 +181,60 @@ impl From<SpecError> for PluginError {
 /// A volume entry, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Volume {
-    /// A host directory: the `Binds` entry to pass.
-    Bind(String),
+    /// A host path.
+    Bind(BindSpec),
     /// A named volume: the `Binds` entry to pass.
     Named(String),
     /// An anonymous volume at this container path.
     Anonymous(String),
 }
 
+/// A bind mount: the host path (resolved for a local engine), the container path and
+/// the options as given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindSpec {
+    /// The host path: lexically normalized, and resolved (symlinks followed, it
+    /// exists) for a local engine.
+    pub source: PathBuf,
+    /// The container path.
+    pub target: String,
+    /// The options (`ro`, `rshared`, ...), as given.
+    pub options: Vec<String>,
+}
+
+impl BindSpec {
+    /// The `Binds` form, `source:target[:options]` (also what `config.volumes` shows).
+    pub fn entry(&self) -> String {
+        let mut e = format!("{}:{}", self.source.display(), self.target);
+        if !self.options.is_empty() {
+            e.push(':');
+            e.push_str(&self.options.join(","));
+        }
+        e
+    }
+
+    /// Whether the mount is read-only.
+    pub fn read_only(&self) -> bool {
+        self.options.iter().any(|o| o == "ro")
+    }
+
+    /// The propagation option, if any.
+    pub fn propagation(&self) -> Option<&str> {
+        self.options
+            .iter()
+            .map(String::as_str)
+            .find(|o| o.ends_with("private") || o.ends_with("shared") || o.ends_with("slave"))
+    }
+}
+
 /// What the engine needs to create the container, derived from a [`DockerSpec`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prepared {
-    /// `Binds` (bind mounts and named volumes).
+    /// `Binds` entries of named volumes.
     pub binds: Vec<String>,
+    /// Bind mounts of host paths: `Binds` entries for a remote engine, pinned mounts
+    /// for a local one.
+    pub bind_mounts: Vec<BindSpec>,
     /// Anonymous volumes (container paths).
     pub anonymous: Vec<String>,
     /// Exposed ports (`80/tcp`).
@@ -249,8 +291,8 @@ impl DockerSpec {
         for v in &self.volumes {
             match parse_volume(v, allowed, canonicalize)? {
                 Volume::Bind(b) => {
-                    normalized.push(b.clone());
-                    p.binds.push(b);
+                    normalized.push(b.entry());
+                    p.bind_mounts.push(b);
                 }
                 Volume::Named(b) => {
                     normalized.push(b.clone());
@@ -338,16 +380,19 @@ const VOLUME_OPTIONS: &[&str] = &[
     "delegated",
 ];
 
-/// Parses one `volumes` entry; bind mounts are checked against `allowed`.
-pub fn parse_volume(
-    entry: &str,
-    allowed: &[PathBuf],
-    canonicalize: bool,
-) -> Result<Volume, SpecError> {
+/// Parses one `volumes` entry; bind mounts are checked against `allowed`. With
+/// `resolve` (a local engine), a host path must exist: it is resolved (symlinks
+/// followed) and the result must lie inside the resolved allowlist.
+pub fn parse_volume(entry: &str, allowed: &[PathBuf], resolve: bool) -> Result<Volume, SpecError> {
     let invalid = |message: String| SpecError::Invalid {
         field: "volumes",
         message,
     };
+    // NUL, newlines and the like have no business in a path, and would confuse the
+    // engine's parsing and anyone reading its logs.
+    if entry.chars().any(char::is_control) {
+        return Err(invalid(format!("{entry:?}: control characters in a path")));
+    }
     let parts: Vec<&str> = entry.split(':').collect();
     let (source, target, options) = match parts.as_slice() {
         [t] => (None, *t, None),
@@ -366,10 +411,12 @@ pub fn parse_volume(
             return Err(invalid(format!("{entry:?}: unknown option in {o:?}")));
         }
     }
-    let suffix = options.map(|o| format!(":{o}")).unwrap_or_default();
+    let options: Vec<String> = options
+        .map(|o| o.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
     match source {
         None => {
-            if options.is_some() {
+            if !options.is_empty() {
                 return Err(invalid(format!("{entry:?}: options need a source")));
             }
             Ok(Volume::Anonymous(target))
@@ -391,56 +438,69 @@ pub fn parse_volume(
                     normalize_absolute(&a.to_string_lossy()).is_some_and(|a| p.starts_with(a))
                 })
             };
-            let mut ok = permitted(&host);
+            let forbidden = || SpecError::ForbiddenPath {
+                volume: entry.to_owned(),
+                host_path: host.to_string_lossy().into_owned(),
+                allowed: allowed_list(),
+            };
+            if !permitted(&host) {
+                return Err(forbidden());
+            }
             let mut source = host.clone();
-            // A symlink under an allowed prefix must not lead outside it, also when the
-            // path does not exist yet (the engine would make it, following the links):
-            // the deepest existing ancestor is resolved, and the resolved path is what
-            // gets mounted.
-            if ok && canonicalize {
-                let real = resolve_existing(&host);
-                ok = permitted(&real)
-                    || allowed
-                        .iter()
-                        .any(|a| std::fs::canonicalize(a).is_ok_and(|ra| real.starts_with(ra)));
-                source = real;
+            // A symlink under an allowed prefix must not lead outside it: the path must
+            // exist (as for `docker run --mount`), and its resolved form, which is what
+            // gets mounted (pinned), must lie inside the resolved allowlist.
+            if resolve {
+                source = match std::fs::canonicalize(&host) {
+                    Ok(real) => real,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(invalid(format!(
+                            "{entry:?}: the host path {} does not exist",
+                            host.display()
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(invalid(format!(
+                            "{entry:?}: the host path {} cannot be resolved: {e}",
+                            host.display()
+                        )))
+                    }
+                };
+                if !inside_resolved(&source, allowed) {
+                    return Err(forbidden());
+                }
+                if options.iter().any(|o| o == "z" || o == "Z") {
+                    return Err(invalid(format!(
+                        "{entry:?}: relabeling (z, Z) is not done for bind mounts"
+                    )));
+                }
             }
-            if !ok {
-                return Err(SpecError::ForbiddenPath {
-                    volume: entry.to_owned(),
-                    host_path: host.to_string_lossy().into_owned(),
-                    allowed: allowed_list(),
-                });
-            }
-            Ok(Volume::Bind(format!(
-                "{}:{target}{suffix}",
-                source.display()
-            )))
+            Ok(Volume::Bind(BindSpec {
+                source,
+                target,
+                options,
+            }))
         }
-        Some(s) if is_volume_name(s) => Ok(Volume::Named(format!("{s}:{target}{suffix}"))),
+        Some(s) if is_volume_name(s) => {
+            let suffix = if options.is_empty() {
+                String::new()
+            } else {
+                format!(":{}", options.join(","))
+            };
+            Ok(Volume::Named(format!("{s}:{target}{suffix}")))
+        }
         Some(s) => Err(invalid(format!(
             "{entry:?}: {s:?} is neither an absolute host path nor a volume name"
         ))),
     }
 }
 
-/// `path` with its deepest existing ancestor resolved (symlinks followed) and the
-/// rest, which does not exist, appended as it is.
-fn resolve_existing(path: &Path) -> std::path::PathBuf {
-    let mut rest = Vec::new();
-    let mut cur = path;
-    loop {
-        if let Ok(real) = std::fs::canonicalize(cur) {
-            return rest.iter().rev().fold(real, |p, c| p.join(c));
-        }
-        match (cur.parent(), cur.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                cur = parent;
-            }
-            _ => return path.to_owned(),
-        }
-    }
+/// Whether a resolved path lies inside one of the allowed prefixes, themselves
+/// resolved (an allowed prefix that does not exist allows nothing).
+pub fn inside_resolved(real: &Path, allowed: &[PathBuf]) -> bool {
+    allowed
+        .iter()
+        .any(|a| std::fs::canonicalize(a).is_ok_and(|ra| real.starts_with(ra)))
 }
 
 fn parse_port_number(s: &str, entry: &str) -> Result<u16, SpecError> {
@@ -612,21 +672,19 @@ mod tests {
         assert!(e.to_string().contains("restartPolcy"), "{e}");
     }
 
+    fn bind(entry: &str, a: &[PathBuf], resolve: bool) -> String {
+        match parse_volume(entry, a, resolve).unwrap() {
+            Volume::Bind(b) => b.entry(),
+            other => panic!("{entry}: {other:?}"),
+        }
+    }
+
     #[test]
     fn bind_mounts_follow_the_allowlist() {
         let a = allowed();
-        assert_eq!(
-            parse_volume("/data:/data", &a, false).unwrap(),
-            Volume::Bind("/data:/data".into())
-        );
-        assert_eq!(
-            parse_volume("/data//x/./y:/mnt:ro", &a, false).unwrap(),
-            Volume::Bind("/data/x/y:/mnt:ro".into())
-        );
-        assert_eq!(
-            parse_volume("/srv/shared/a:/a", &a, false).unwrap(),
-            Volume::Bind("/srv/shared/a:/a".into())
-        );
+        assert_eq!(bind("/data:/data", &a, false), "/data:/data");
+        assert_eq!(bind("/data//x/./y:/mnt:ro", &a, false), "/data/x/y:/mnt:ro");
+        assert_eq!(bind("/srv/shared/a:/a", &a, false), "/srv/shared/a:/a");
         for bad in ["/etc:/etc", "/data/../etc:/x", "/database:/x", "/:/host"] {
             let e = parse_volume(bad, &a, false).unwrap_err();
             assert!(matches!(e, SpecError::ForbiddenPath { .. }), "{bad}: {e:?}");
@@ -639,25 +697,44 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_cannot_lead_a_bind_mount_out_even_to_a_missing_path() {
+    fn control_characters_are_refused_in_volumes() {
+        for bad in [
+            "/data/a\nb:/m",
+            "/data/a\0b:/m",
+            "/data/\u{1b}:/m",
+            "/data:/m\t",
+        ] {
+            let e = parse_volume(bad, &allowed(), false).unwrap_err();
+            assert!(matches!(e, SpecError::Invalid { .. }), "{bad:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_cannot_lead_a_bind_mount_out_and_a_missing_path_is_refused() {
         let root = std::env::temp_dir().join(format!("uc-spec-{}", uuid::Uuid::new_v4().simple()));
         let (inside, outside) = (root.join("allowed"), root.join("outside"));
         std::fs::create_dir_all(&inside).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, inside.join("link")).unwrap();
         let a = vec![inside.clone()];
-        for target in ["link", "link/missing/deeper"] {
-            let v = format!("{}:/m", inside.join(target).display());
+        let v = format!("{}:/m", inside.join("link").display());
+        let e = parse_volume(&v, &a, true).unwrap_err();
+        assert!(matches!(e, SpecError::ForbiddenPath { .. }), "{v}: {e:?}");
+        // A missing path is refused (the engine would make it, following links),
+        // naming it.
+        for target in ["link/missing/deeper", "new/dir"] {
+            let path = inside.join(target);
+            let v = format!("{}:/m", path.display());
             let e = parse_volume(&v, &a, true).unwrap_err();
-            assert!(matches!(e, SpecError::ForbiddenPath { .. }), "{v}: {e:?}");
+            assert!(matches!(e, SpecError::Invalid { .. }), "{v}: {e:?}");
+            assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
         }
-        // A missing path under a real directory is fine, and mounted as resolved.
-        let v = format!("{}:/m", inside.join("new/dir").display());
-        let real = std::fs::canonicalize(&inside).unwrap().join("new/dir");
-        assert_eq!(
-            parse_volume(&v, &a, true).unwrap(),
-            Volume::Bind(format!("{}:/m", real.display()))
-        );
+        // An existing path is mounted as resolved.
+        std::fs::create_dir_all(inside.join("real")).unwrap();
+        std::os::unix::fs::symlink(inside.join("real"), inside.join("inner")).unwrap();
+        let v = format!("{}:/m:ro", inside.join("inner").display());
+        let real = std::fs::canonicalize(&inside).unwrap().join("real");
+        assert_eq!(bind(&v, &a, true), format!("{}:/m:ro", real.display()));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -804,7 +881,8 @@ mod tests {
         let mut spec = DockerSpec::from_config(cfg.as_object().unwrap()).unwrap();
         let p = spec.prepare(&allowed(), false).unwrap();
         assert_eq!(spec.volumes, vec!["/data/x:/x", "named:/n", "/anon"]);
-        assert_eq!(p.binds, vec!["/data/x:/x", "named:/n"]);
+        assert_eq!(p.binds, vec!["named:/n"]);
+        assert_eq!(p.bind_mounts[0].entry(), "/data/x:/x");
         assert_eq!(p.anonymous, vec!["/anon"]);
         assert_eq!(p.exposed, vec!["80/tcp", "53/udp"]);
         assert_eq!(p.bindings["80/tcp"].as_ref().unwrap().len(), 2);

@@ -95,7 +95,15 @@ fn the_specs_docker_create_example() {
 #[test]
 fn the_general_create_example_with_storage_and_labels() {
     let _engine = FileLock::engine_shared();
-    let t = backend_with(serde_json::json!({"allowed_host_paths": ["/data"]}));
+    // The example mounts /data: here a directory of the test's own (a bind source must
+    // exist), allowed and pinned in directories of the test's own.
+    let dir = unicompute_tests::TempDir::new("uc-general");
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let t = backend_with(serde_json::json!({
+        "allowed_host_paths": [data],
+        "pin_dir": dir.0.join("pins"),
+    }));
     let engine = Engine::new();
     let mut clean = Cleanup::default();
     let name = clean.container(&unique("my-instance"));
@@ -104,7 +112,7 @@ fn the_general_create_example_with_storage_and_labels() {
         serde_json::json!({
             "image": TEST_IMAGE,
             "env": ["KEY=value"],
-            "volumes": ["/data:/data"]
+            "volumes": [format!("{}:/data", data.display())]
         }),
     );
     req.resources = resources(Some(2), Some(2_147_483_648), Some(10_737_418_240));
@@ -126,7 +134,14 @@ fn the_general_create_example_with_storage_and_labels() {
         .is_some_and(|o| o.get("size").map(String::as_str) == Some("10737418240"));
     // overlay2 on ext4 has no quota: kept and reported as not enforced.
     assert_eq!(storage.enforced, if enforced { None } else { Some(false) });
-    assert_eq!(host.binds.unwrap(), vec!["/data:/data".to_owned()]);
+    // The engine mounts the pin of the directory (a type=bind mount), not the path.
+    assert_eq!(host.binds.unwrap_or_default(), Vec::<String>::new());
+    let mounts = host.mounts.unwrap();
+    assert_eq!(mounts[0].target.as_deref(), Some("/data"));
+    assert_eq!(
+        mounts[0].source.as_deref(),
+        Some(&*dir.0.join("pins").join(&req.id).join("0").to_string_lossy())
+    );
     let labels = c.config.unwrap().labels.unwrap();
     assert_eq!(labels["app"], "web");
     assert_eq!(labels["env"], "prod");
@@ -141,7 +156,8 @@ fn limits_ports_env_volumes_and_restart_policy_reach_the_engine() {
     let shared_dir = unicompute_tests::TempDir::new("uc-shared");
     let shared = shared_dir.0.clone();
     std::fs::create_dir_all(shared.join("sub")).unwrap();
-    let t = backend_with(serde_json::json!({"allowed_host_paths": [shared]}));
+    let pins = unicompute_tests::TempDir::new("uc-pins");
+    let t = backend_with(serde_json::json!({"allowed_host_paths": [shared], "pin_dir": pins.0}));
     let engine = Engine::new();
     let mut clean = Cleanup::default();
     let name = clean.container(&unique("limits"));
@@ -172,11 +188,15 @@ fn limits_ports_env_volumes_and_restart_policy_reach_the_engine() {
     assert_eq!(host.nano_cpus, Some(1_000_000_000));
     assert_eq!(host.memory, Some(64 << 20));
     let binds = host.binds.unwrap();
-    assert!(
-        binds.contains(&format!("{}/sub:/mnt/sub:ro", shared.display())),
-        "{binds:?}"
-    );
-    assert!(binds.contains(&format!("{volume}:/cache")), "{binds:?}");
+    // The bind mount is a pin of the directory; the named volume stays in Binds.
+    assert_eq!(binds, vec![format!("{volume}:/cache")]);
+    let bind = &host.mounts.as_ref().unwrap()[0];
+    assert_eq!(bind.target.as_deref(), Some("/mnt/sub"));
+    assert_eq!(bind.read_only, Some(true));
+    assert!(bind
+        .source
+        .as_deref()
+        .is_some_and(|s| s.starts_with(&*pins.0.to_string_lossy())));
     let policy = host.restart_policy.unwrap();
     assert_eq!(policy.name, Some(RestartPolicyNameEnum::ON_FAILURE));
     assert_eq!(policy.maximum_retry_count, Some(3));

@@ -38,9 +38,14 @@ fn the_cdylib_loads_and_serves_the_hosts_calls() {
     assert!(e.message.contains("bogus"), "{}", e.message);
 
     let events = Recorder::default();
+    let state = unicompute_tests::TempDir::new("uc-so-state");
     let backend = Arc::new(
         plugin
-            .create_backend(&unique("so"), &serde_json::json!({}), events.sink())
+            .create_backend(
+                &unique("so"),
+                &serde_json::json!({"state_dir": state.0}),
+                events.sink(),
+            )
             .expect("create the backend"),
     );
     let mut clean = Cleanup::default();

@@ -56,16 +56,27 @@ impl Recorder {
 }
 
 /// A backend made as the host makes it, with its own name (so that tests do not see
-/// each other's instances) and a recorder of its events.
+/// each other's instances), its own state and pin directories (unless the config
+/// names them) and a recorder of its events.
 pub struct TestBackend {
     pub backend: DockerBackend,
     pub name: String,
     pub events: Recorder,
+    /// Holds the state and pin directories; removed after the backend.
+    pub dir: unicompute_tests::TempDir,
 }
 
 pub fn backend_with(config: serde_json::Value) -> TestBackend {
     ensure_image();
     let name = unique("be");
+    let dir = unicompute_tests::TempDir::new("uc-be");
+    let mut config = config;
+    if config.get("state_dir").is_none() {
+        config["state_dir"] = dir.0.join("state").to_string_lossy().into_owned().into();
+    }
+    if config.get("pin_dir").is_none() {
+        config["pin_dir"] = dir.0.join("pins").to_string_lossy().into_owned().into();
+    }
     let events = Recorder::default();
     let backend = DockerBackend::new(BackendContext {
         name: name.clone(),
@@ -77,6 +88,7 @@ pub fn backend_with(config: serde_json::Value) -> TestBackend {
         backend,
         name,
         events,
+        dir,
     }
 }
 
