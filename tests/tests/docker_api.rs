@@ -9,6 +9,8 @@ use unicompute_tests::*;
 
 const INSTANCES: &str = "/api/v1/compute/instances";
 
+/// A server whose docker backend allows bind mounts under `allowed` and keeps its
+/// pins and state in `allowed/.pins` and `allowed/.state`.
 fn server(allowed: &std::path::Path) -> (Server, FileLock) {
     // The engine lock first: the engine restart test may have dockerd down.
     let lock = FileLock::engine_shared();
@@ -16,7 +18,7 @@ fn server(allowed: &std::path::Path) -> (Server, FileLock) {
     let s = Server::start_with(ServerOptions {
         plugins: vec![workspace_plugin("docker")],
         toml: format!(
-            "[backends.docker]\nplugin = \"docker\"\nallowed_host_paths = [\"{}\"]\n",
+            "[backends.docker]\nplugin = \"docker\"\nallowed_host_paths = [\"{0}\"]\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
             allowed.display()
         ),
         ..Default::default()
@@ -98,12 +100,23 @@ fn the_spec_general_example_with_volumes_labels_and_storage() {
     let c = inspect(&name);
     assert_eq!(c["Config"]["Labels"]["app"], "web");
     assert_eq!(c["HostConfig"]["NanoCpus"], 2_000_000_000u64);
+    // The engine mounts the directory's pin (bind sources are pinned); the API shows
+    // the path that was asked.
     let mounts = c["Mounts"].as_array().expect("mounts");
+    let pin = tmp
+        .0
+        .join(".pins")
+        .join(r.json["id"].as_str().expect("id"))
+        .join("0");
     assert!(
         mounts
             .iter()
-            .any(|m| m["Destination"] == "/data" && m["Source"] == data.to_string_lossy().as_ref()),
+            .any(|m| m["Destination"] == "/data" && m["Source"] == pin.to_string_lossy().as_ref()),
         "{mounts:?}"
+    );
+    assert_eq!(
+        r.json["config"]["volumes"][0],
+        format!("{}:/data", data.display())
     );
     assert_eq!(
         s.get(&format!("{INSTANCES}?label=env=prod&backend=docker"))
@@ -125,6 +138,52 @@ fn the_spec_general_example_with_volumes_labels_and_storage() {
     );
     assert_eq!((r.status, r.code()), (403, "FORBIDDEN"), "{}", r.text);
     assert!(!docker(&["inspect", &other]).0);
+
+    // a bind source that does not exist is refused, naming it; so is a newline in it
+    let missing = tmp.0.join("missing");
+    for path in [
+        missing.display().to_string(),
+        format!("{}\nx", data.display()),
+    ] {
+        let r = s.call(
+            "POST",
+            INSTANCES,
+            ADMIN,
+            Some(&json!({
+                "name": other, "backend": "docker",
+                "config": {"image": TEST_IMAGE, "volumes": [format!("{path}:/m")]}
+            })),
+        );
+        assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"), "{}", r.text);
+        assert!(!docker(&["inspect", &other]).0);
+        if !path.contains('\n') {
+            assert!(r.text.contains(&path), "names the path: {}", r.text);
+        }
+    }
+
+    // sizes beyond the host: 422 naming the field, never an engine error
+    for resources in [
+        json!({"storage": {"totalSpace": u64::MAX}}),
+        json!({"memory": {"limit": u64::MAX}}),
+        json!({"memory": {"limit": i64::MAX as u64 + 1}}),
+    ] {
+        let r = s.call(
+            "POST",
+            INSTANCES,
+            ADMIN,
+            Some(&json!({
+                "name": other, "backend": "docker",
+                "config": {"image": TEST_IMAGE}, "resources": resources
+            })),
+        );
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "RESOURCE_LIMIT_EXCEEDED"),
+            "{resources}: {}",
+            r.text
+        );
+        assert!(!docker(&["inspect", &other]).0);
+    }
 }
 
 #[test]
