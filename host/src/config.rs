@@ -55,6 +55,13 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Largest stop timeout a client may ask, in seconds.
     pub max_stop_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Seconds from the first byte of a request head to its last; a slower client
+    /// is disconnected.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay silent between requests before it is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +73,9 @@ impl Default for ServerConfig {
             resync_interval_secs: 30,
             shutdown_grace_secs: 30,
             max_stop_timeout_secs: 3600,
+            max_connections: 512,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -187,6 +197,18 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        for (key, value) in [
+            ("max_connections", s.max_connections as u64),
+            ("header_read_timeout_secs", s.header_read_timeout_secs),
+            ("idle_timeout_secs", s.idle_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "server.{key}: must be at least 1"
+                )));
+            }
+        }
         for t in &self.auth.tokens {
             let ok = t.sha256.len() == 64 && t.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !ok {

@@ -187,12 +187,14 @@ async fn run(
     let local = listener.local_addr().unwrap_or(listen);
     let state = Arc::new(AppState::new(Arc::clone(&service), auth));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(api::filter(Arc::clone(&state)))
-        .incoming(listener)
-        .graceful(async {
-            let _ = stop_rx.await;
-        })
-        .run();
+    let limits = api::server::Limits {
+        max_connections: config.server.max_connections,
+        header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs(config.server.idle_timeout_secs),
+    };
+    let server = api::server::serve(listener, api::filter(Arc::clone(&state)), limits, async {
+        let _ = stop_rx.await;
+    });
     let mut server = tokio::spawn(server);
     // Handlers are in place before the server says it listens: a signal sent right
     // after that line never meets the default action (which ends the process).

@@ -592,7 +592,7 @@ impl Service {
         }
         tracing::info!(instance = %id, action = action.name(), "acting");
         let owned = id.to_owned();
-        let mut after = call(&backend, move |b| match action {
+        let after = call(&backend, move |b| match action {
             Action::Start => b.start(&owned),
             Action::Stop(o) => b.stop(&owned, o),
             Action::Restart(o) => b.restart(&owned, o),
@@ -601,7 +601,6 @@ impl Service {
         })
         .await
         .map_err(|e| self.fail(&entry, e))?;
-        after.updated_at = Utc::now().trunc_subsecs(3);
         let after = self.adopt(&entry, after);
         Ok(self.inventory.upsert(after))
     }
@@ -617,10 +616,9 @@ impl Service {
         let _guard = self.lock(id).await;
         let _busy = self.mark_busy(id);
         let owned = id.to_owned();
-        let mut after = call(&backend, move |b| b.update(&owned, request))
+        let after = call(&backend, move |b| b.update(&owned, request))
             .await
             .map_err(|e| self.fail(&entry, e))?;
-        after.updated_at = Utc::now().trunc_subsecs(3);
         let after = self.adopt(&entry, after);
         tracing::info!(instance = %id, "updated");
         Ok(self.inventory.upsert(after))

@@ -45,9 +45,12 @@ pub fn profile() -> String {
     std::env::var("UCTEST_PROFILE").unwrap_or_else(|_| "debug".into())
 }
 
-/// The `unicompute` binary built by `cargo build --workspace`.
+/// The `unicompute` binary built by `cargo build --workspace`, or the one named by
+/// `UCTEST_HOST_BINARY` (to run the tests against another build, say an older one).
 pub fn host_binary() -> PathBuf {
-    let p = target_dir().join(profile()).join("unicompute");
+    let p = std::env::var_os("UCTEST_HOST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join(profile()).join("unicompute"));
     assert!(
         p.exists(),
         "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",

@@ -96,10 +96,19 @@ pub struct UpdateMetadataRequest {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
+/// Label keys with this prefix belong to the server and its plugins (every backend
+/// refuses them alike).
+pub const RESERVED_LABEL_PREFIX: &str = "io.unicompute.";
+
 /// Checks label keys: 1-253 characters, no `=` (a list filter is `label=key=value`),
-/// no whitespace or control characters.
+/// no whitespace or control characters, not under [`RESERVED_LABEL_PREFIX`].
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     for (key, value) in labels {
+        if key.starts_with(RESERVED_LABEL_PREFIX) {
+            return Err(format!(
+                "label {key}: the prefix {RESERVED_LABEL_PREFIX} is reserved"
+            ));
+        }
         if value
             .chars()
             .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))

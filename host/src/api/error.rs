@@ -9,6 +9,19 @@ use warp::http::StatusCode;
 /// Seconds a client should wait before retrying a `BACKEND_UNAVAILABLE`.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+/// The longest error message answered, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+/// The longest string detail answered, in characters.
+pub const MAX_DETAIL_CHARS: usize = 256;
+
+/// `s` cut to `max` characters, saying how long it was when cut.
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}... ({} bytes in all)", &s[..at], s.len()),
+    }
+}
+
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -103,13 +116,21 @@ impl ApiError {
         status_of(self.code)
     }
 
-    /// The JSON envelope.
+    /// The JSON envelope. Long input echoed back (a 10 kB name, a huge label key) is
+    /// clipped: the message to [`MAX_MESSAGE_CHARS`], string details to
+    /// [`MAX_DETAIL_CHARS`].
     pub fn envelope(&self) -> ErrorEnvelope {
+        let mut details = self.details.clone();
+        for v in details.values_mut() {
+            if let serde_json::Value::String(s) = v {
+                *s = clip(s, MAX_DETAIL_CHARS);
+            }
+        }
         ErrorEnvelope {
             error: ErrorBody {
                 code: self.code.to_owned(),
-                message: self.message.clone(),
-                details: self.details.clone(),
+                message: clip(&self.message, MAX_MESSAGE_CHARS),
+                details,
             },
         }
     }
@@ -157,6 +178,7 @@ pub fn status_of(code: &str) -> StatusCode {
         "METHOD_NOT_ALLOWED" => StatusCode::METHOD_NOT_ALLOWED,
         "INSTANCE_ALREADY_EXISTS" | "INVALID_STATE" => StatusCode::CONFLICT,
         "PAYLOAD_TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
+        "UNSUPPORTED_MEDIA_TYPE" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "RESOURCE_LIMIT_EXCEEDED" => StatusCode::UNPROCESSABLE_ENTITY,
         "OPERATION_NOT_SUPPORTED" => StatusCode::NOT_IMPLEMENTED,
         "BACKEND_ERROR" => StatusCode::BAD_GATEWAY,
@@ -182,6 +204,7 @@ mod tests {
             ("INSTANCE_ALREADY_EXISTS", 409),
             ("INVALID_STATE", 409),
             ("PAYLOAD_TOO_LARGE", 413),
+            ("UNSUPPORTED_MEDIA_TYPE", 415),
             ("RESOURCE_LIMIT_EXCEEDED", 422),
             ("INTERNAL_ERROR", 500),
             ("OPERATION_NOT_SUPPORTED", 501),
@@ -222,6 +245,24 @@ mod tests {
         assert_eq!(e.status().as_u16(), 503);
         assert_eq!(e.details["reason"], "libvirt is down");
         assert_eq!(e.details["backend"], "kvm");
+    }
+
+    #[test]
+    fn long_echoes_are_clipped() {
+        let long = "x".repeat(10_000);
+        let e = ApiError::invalid(format!("name {long} is bad")).detail("name", long.as_str());
+        let env = e.envelope();
+        assert!(
+            env.error.message.len() < MAX_MESSAGE_CHARS + 40,
+            "{}",
+            env.error.message.len()
+        );
+        assert!(env.error.message.ends_with("(10012 bytes in all)"));
+        let d = env.error.details["name"].as_str().unwrap();
+        assert!(d.starts_with(&"x".repeat(MAX_DETAIL_CHARS)));
+        assert!(d.ends_with("... (10000 bytes in all)"), "{d}");
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("ééé", 2), "éé... (6 bytes in all)");
     }
 
     fn e_message(path: &str) -> String {

@@ -7,6 +7,7 @@ pub mod dto;
 pub mod error;
 pub mod handlers;
 pub mod routes;
+pub mod server;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -139,8 +140,21 @@ pub fn filter(
         .unify()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The bearer token. Two `Authorization` headers are refused rather than resolved one
+/// way or the other.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(first), None) = (all.next(), all.next()) else {
+        return Err(match headers.contains_key(header::AUTHORIZATION) {
+            true => ApiError::new("UNAUTHORIZED", "more than one Authorization header"),
+            false => ApiError::new("UNAUTHORIZED", "missing bearer token"),
+        });
+    };
+    parse_bearer(first).ok_or_else(|| ApiError::new("UNAUTHORIZED", "missing bearer token"))
+}
+
+fn parse_bearer(v: &HeaderValue) -> Option<&str> {
+    let v = v.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -178,7 +192,35 @@ where
             chunk.advance(n);
         }
     }
+    if !buf.is_empty() {
+        check_json_content_type(headers)?;
+    }
     Ok(buf.to_vec())
+}
+
+/// A body declared as something other than JSON is 415; no `Content-Type` at all is
+/// taken as JSON (as curl's `-d` users and most scripts expect).
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let declared = v.to_str().unwrap_or("");
+    let media = declared
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"));
+    if json {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        "UNSUPPORTED_MEDIA_TYPE",
+        "the request body must be JSON (Content-Type: application/json)",
+    )
+    .detail("contentType", declared))
 }
 
 async fn handle<S, B>(
@@ -198,9 +240,7 @@ where
     // token like it.
     let path = routes::decode_path(path)?;
     let who = if path.starts_with("/api/") {
-        let Some(token) = bearer(headers) else {
-            return Err(ApiError::new("UNAUTHORIZED", "missing bearer token"));
-        };
+        let token = bearer(headers)?;
         let auth = state.auth();
         let Some((name, role)) = auth.check(token) else {
             return Err(ApiError::new("UNAUTHORIZED", "invalid token"));
