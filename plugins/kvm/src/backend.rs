@@ -1,6 +1,6 @@
 //! The [`Backend`] implementation: KVM virtual machines as compute instances.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -56,7 +56,22 @@ pub(crate) struct Inner {
     /// The connection generation for which the storage pool is known to be there,
     /// and the pool's directory.
     pool_state: Mutex<Option<(u64, PathBuf)>>,
+    /// Ids whose create runs now in this process: the orphan sweep leaves their
+    /// files alone.
+    creating: Mutex<HashSet<String>>,
     pub stopping: AtomicBool,
+}
+
+/// Marks an id as being created until dropped.
+struct InFlight<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.creating).remove(&self.id);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,8 +82,21 @@ fn lv(op: &'static str) -> impl FnOnce(virt::error::Error) -> KvmError {
     KvmError::libvirt(op)
 }
 
-fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::AutoSi, true)
+/// The `updatedAt` of a change made now, after one stamped `prev`: the current
+/// time in whole milliseconds, and always later than `prev` (by 1 ms at least, also
+/// when the clock went back), so that it never goes backwards and changes on every
+/// change. Kept in the domain's metadata and returned as is.
+fn next_update(prev: &str) -> String {
+    let now = Utc::now();
+    let now =
+        now - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos() % 1_000_000));
+    let prev = parse_time(prev);
+    let t = if now > prev {
+        now
+    } else {
+        prev + chrono::Duration::milliseconds(1)
+    };
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn parse_time(s: &str) -> DateTime<Utc> {
@@ -223,6 +251,7 @@ impl KvmBackend {
             ids: Mutex::default(),
             cpu: CpuSamples::default(),
             pool_state: Mutex::new(None),
+            creating: Mutex::default(),
             stopping: AtomicBool::new(false),
         });
         crate::events::spawn_worker(Arc::downgrade(&inner), rx).map_err(|e| {
@@ -240,7 +269,10 @@ impl Inner {
 
     /// The instance pool and its directory (which is `storage_dir` unless the pool
     /// existed before with another one).
-    fn pool(&self, conn: &Connect) -> Result<(virt::storage_pool::StoragePool, PathBuf)> {
+    pub(crate) fn pool(
+        &self,
+        conn: &Connect,
+    ) -> Result<(virt::storage_pool::StoragePool, PathBuf)> {
         let generation = self.conn.generation();
         let mut known = lock(&self.pool_state);
         if let Some((g, dir)) = &*known {
@@ -265,6 +297,18 @@ impl Inner {
         }
         *known = Some((generation, dir.clone()));
         Ok((pool, dir))
+    }
+
+    /// The ids whose create is in flight now.
+    pub(crate) fn creating_ids(&self) -> HashSet<String> {
+        lock(&self.creating).clone()
+    }
+
+    /// Sweeps orphaned volumes, logging rather than failing.
+    pub(crate) fn sweep(&self, conn: &Connect) {
+        if let Err(e) = self.sweep_orphans(conn) {
+            tracing::debug!(backend = %self.name, error = %e, "orphan sweep skipped");
+        }
     }
 
     fn remember(&self, id: &str, uuid: &str) {
@@ -435,8 +479,9 @@ impl Inner {
         .map_err(lv("writing the domain metadata"))
     }
 
+    /// Stamps a change made through the API (see [`next_update`]) into the metadata.
     fn touch(&self, found: &mut Found) -> Result<()> {
-        found.meta.updated_at = now();
+        found.meta.updated_at = next_update(&found.meta.updated_at);
         self.write_meta(&found.dom, &found.meta)
     }
 
@@ -526,6 +571,12 @@ impl Inner {
 
     fn create(&self, req: CreateRequest) -> Result<Instance> {
         check_id(&req.id)?;
+        // Dropped after the domain is defined (or the create failed and rolled back).
+        lock(&self.creating).insert(req.id.clone());
+        let _in_flight = InFlight {
+            inner: self,
+            id: req.id.clone(),
+        };
         let config = InstanceConfig::from_request(&req.config, &self.config.default_network)
             .map_err(KvmError::InvalidRequest)?;
         if let Some(field) = config.xml_illegal() {
@@ -641,7 +692,7 @@ impl Inner {
             memory,
             disk: (disk, format.to_owned()),
             seed,
-            meta,
+            meta: meta.clone(),
         };
         let xml = spec.to_xml()?;
         let dom = match conn.define_domain_xml(&xml) {
@@ -663,6 +714,13 @@ impl Inner {
         rollback.dom = Some(dom.clone());
         if req.start {
             dom.create().map_err(lv("starting the domain"))?;
+            // updatedAt is the start's time, after createdAt.
+            let mut found = Found {
+                dom: dom.clone(),
+                doc: DomainDoc::parse(&dom.xml_desc(0).map_err(lv("reading the domain xml"))?)?,
+                meta,
+            };
+            self.touch(&mut found)?;
         }
         let instance = self.reread(&conn, &req.id, &dom)?;
         rollback.armed = false;
@@ -677,8 +735,11 @@ impl Inner {
             return self.instance(&found);
         }
         let was_started = found.meta.started;
-        found.meta.started = true;
-        self.touch(&mut found)?;
+        if !was_started {
+            // Before the start, so that the STARTED event already reads `started`.
+            found.meta.started = true;
+            self.write_meta(&found.dom, &found.meta)?;
+        }
         if let Err(source) = found.dom.create() {
             // Started meanwhile by someone else (virsh): that is what was asked.
             if found.dom.is_active().unwrap_or(false) {
@@ -694,6 +755,7 @@ impl Inner {
                 source,
             });
         }
+        self.touch(&mut found)?;
         tracing::info!(instance = %id, "started");
         self.reread(&conn, id, &found.dom)
     }
@@ -982,6 +1044,8 @@ impl Backend for KvmBackend {
                 Err(e) => return Err(e.into()),
             }
         }
+        // A list is the host's resync: leftovers of a killed server go now.
+        self.inner.sweep(&conn);
         Ok(out)
     }
 
@@ -1114,6 +1178,23 @@ mod tests {
         for bad in ["", "../x", "a/b", ".x", "a b"] {
             assert!(check_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn updates_are_in_milliseconds_and_never_go_back() {
+        let t = next_update("2020-01-01T00:00:00.123456789Z");
+        let p = parse_time(&t);
+        assert_eq!(p.timestamp_subsec_nanos() % 1_000_000, 0, "{t}");
+        assert!(p > parse_time("2020-01-01T00:00:00.123456789Z"));
+        // A stamp in the future (the clock went back): 1 ms after it.
+        assert_eq!(
+            next_update("2999-01-01T00:00:00.123Z"),
+            "2999-01-01T00:00:00.124Z"
+        );
+        assert_eq!(
+            next_update("2999-01-01T00:00:00.123456Z"),
+            "2999-01-01T00:00:00.124Z"
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub struct KvmConfig {
     /// x86-64-v2 and later need one of the last three.
     #[serde(default)]
     pub cpu_mode: Option<CpuMode>,
+    /// How old (by its modification time) a file in the pool named like one of our
+    /// instances' volumes, with no domain, must be before it is swept as the
+    /// leftover of a create or delete that a killed server did not finish.
+    #[serde(default = "default_orphan_grace_secs")]
+    pub orphan_grace_secs: u64,
 }
 
 /// `<cpu mode="...">`.
@@ -74,6 +79,9 @@ fn default_storage_pool() -> String {
 fn default_network() -> String {
     "default".into()
 }
+fn default_orphan_grace_secs() -> u64 {
+    600
+}
 
 impl Default for KvmConfig {
     fn default() -> Self {
@@ -85,6 +93,7 @@ impl Default for KvmConfig {
             domain_type: None,
             default_network: default_network(),
             cpu_mode: None,
+            orphan_grace_secs: default_orphan_grace_secs(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Turns libvirt domain lifecycle events into the host's events, and keeps the
 //! connection up so that they flow: after a reconnect the host is told to resync.
+//! Each new connection (the first one included) also sweeps orphaned volumes.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -42,6 +43,10 @@ fn run(weak: Weak<Inner>, rx: Receiver<DomainEvent>) {
         }
         let generation = inner.conn.generation();
         if generation != seen_generation {
+            // At start and after each reconnect: leftovers of a killed server.
+            if let Ok(conn) = inner.connect() {
+                inner.sweep(&conn);
+            }
             if seen_generation != 0 {
                 tracing::info!(backend = %inner.name, "reconnected to libvirt; asking for a resync");
                 inner.sink.emit(&Event::Resync);

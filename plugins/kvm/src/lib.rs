@@ -9,6 +9,7 @@ pub mod error;
 mod events;
 pub mod stats;
 pub mod storage;
+pub mod sweep;
 pub mod xml;
 
 pub use backend::KvmBackend;

@@ -549,6 +549,15 @@ pub struct VolumeDoc {
 struct VolTargetDoc {
     #[serde(default)]
     format: Option<FormatDoc>,
+    #[serde(default)]
+    timestamps: Option<TimestampsDoc>,
+}
+
+/// `<timestamps><mtime>1700000000.123456789</mtime>...` of a volume's target.
+#[derive(Debug, Clone, Deserialize)]
+struct TimestampsDoc {
+    #[serde(default)]
+    mtime: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -583,6 +592,12 @@ impl VolumeDoc {
     /// Path of the backing image.
     pub fn backing_path(&self) -> Option<&str> {
         self.backing_store.as_ref()?.path.as_deref()
+    }
+    /// The file's modification time, in whole seconds since the epoch, when libvirt
+    /// reports it (`dir` pools do).
+    pub fn mtime_secs(&self) -> Option<i64> {
+        let t = self.target.timestamps.as_ref()?.mtime.as_deref()?;
+        t.split('.').next()?.trim().parse().ok()
     }
 }
 

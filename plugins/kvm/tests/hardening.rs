@@ -2,9 +2,6 @@
 //! templates reached through symlinks, sizes beyond what the pool or the host can
 //! hold, volumes that a killed server left in the pool, and `updatedAt`.
 
-// Helpers of the tests still to come in this file.
-#![allow(dead_code, unused_imports)]
-
 mod common;
 
 use std::collections::BTreeMap;
@@ -227,4 +224,171 @@ fn sizes_beyond_the_pool_or_host_are_refused_and_disks_never_shrink() {
         assert_eq!(i.resources.total_space(), Some(64 << 20));
     }
     b.delete(&id, true).unwrap();
+}
+
+fn ms_precision(t: DateTime<Utc>) -> bool {
+    t.timestamp_subsec_nanos() % 1_000_000 == 0
+}
+
+#[test]
+fn updated_at_is_durable_monotonic_and_in_milliseconds() {
+    let h = harness(SYSTEM, json!({}));
+    make_template(&h.templates, "blank", "64M");
+    let b = &h.backend;
+    let name = h.cleanup.domain(&unique("upd"));
+    let id = unique("id");
+    let mut req = request(&id, &name, json!({"image": "blank", "networkType": "none"}));
+    req.start = true;
+    let created = b.create(req).expect("create and start");
+    assert_eq!(created.state, InstanceState::Running);
+    assert!(
+        created.updated_at > created.created_at,
+        "create with start: updatedAt is the start's time ({} vs {})",
+        created.updated_at,
+        created.created_at
+    );
+    assert!(ms_precision(created.updated_at), "{}", created.updated_at);
+    let mut last = created.updated_at;
+
+    type Op<'a> = Box<dyn Fn() -> unicompute_plugin_api::Instance + 'a>;
+    let ops: Vec<(&str, Op)> = vec![
+        ("pause", Box::new(|| b.pause(&id).unwrap())),
+        (
+            "update",
+            Box::new(|| {
+                b.update(
+                    &id,
+                    UpdateRequest {
+                        resources: Default::default(),
+                        labels: Some(BTreeMap::from([("k".into(), "v".into())])),
+                    },
+                )
+                .unwrap()
+            }),
+        ),
+        ("unpause", Box::new(|| b.unpause(&id).unwrap())),
+        (
+            "stop",
+            Box::new(|| {
+                b.stop(
+                    &id,
+                    StopOptions {
+                        force: true,
+                        timeout: 0,
+                    },
+                )
+                .unwrap()
+            }),
+        ),
+        ("start", Box::new(|| b.start(&id).unwrap())),
+        (
+            "restart",
+            Box::new(|| {
+                b.restart(
+                    &id,
+                    StopOptions {
+                        force: true,
+                        timeout: 0,
+                    },
+                )
+                .unwrap()
+            }),
+        ),
+    ];
+    for (op, call) in ops {
+        let i = call();
+        assert!(i.updated_at > last, "{op}: {} after {last}", i.updated_at);
+        assert!(ms_precision(i.updated_at), "{op}: {}", i.updated_at);
+        last = i.updated_at;
+        // A new backend object (a server restart) reads back the very same value.
+        let again = second_backend(&h).get(&id).unwrap();
+        assert_eq!(again.updated_at, i.updated_at, "{op}: after a restart");
+        assert_eq!(b.get(&id).unwrap().updated_at, i.updated_at, "{op}: get");
+    }
+    b.delete(&id, true).unwrap();
+}
+
+#[test]
+fn orphan_volumes_are_swept_after_the_grace_period() {
+    // The default grace (600 s): files are made to look old by their mtime.
+    let h = harness(SYSTEM, json!({}));
+    make_template(&h.templates, "blank", "64M");
+    let conn = libvirt(SYSTEM);
+    let b = &h.backend;
+    let live_id = host_id();
+    let name = h.cleanup.domain(&unique("live"));
+    b.create(request(
+        &live_id,
+        &name,
+        json!({"image": "blank", "networkType": "none", "cloudInit": {"userData": "#cloud-config\n"}}),
+    ))
+    .expect("create");
+    let pool = conn.lookup_storage_pool_by_name(&h.pool).unwrap();
+    let make_vol = |vol: &str, format: &str| {
+        let xml = format!(
+            "<volume><name>{vol}</name><capacity unit='bytes'>1048576</capacity>\
+             <target><format type='{format}'/></target></volume>"
+        );
+        virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0).expect("volume");
+    };
+    let (a, c, d, fresh) = (host_id(), host_id(), host_id(), host_id());
+    // What a killed create leaves: a disk volume, a seed, a half-copied raw disk
+    // that libvirt has not seen yet.
+    make_vol(&format!("{a}.qcow2"), "qcow2");
+    make_vol(&format!("{c}-seed.img"), "raw");
+    std::fs::write(h.storage.join(format!("{d}.raw")), vec![0u8; 4096]).unwrap();
+    // Kept: too young, not named like ours, the live instance's volumes.
+    make_vol(&format!("{fresh}.qcow2"), "qcow2");
+    make_vol("notes.qcow2", "qcow2");
+    make_vol("i-abc.qcow2", "qcow2");
+    std::fs::write(h.storage.join(format!("{a}.qcow2.bak")), b"x").unwrap();
+    let old = [
+        format!("{a}.qcow2"),
+        format!("{c}-seed.img"),
+        format!("{d}.raw"),
+    ];
+    let kept = [
+        format!("{fresh}.qcow2"),
+        "notes.qcow2".to_string(),
+        "i-abc.qcow2".to_string(),
+        format!("{a}.qcow2.bak"),
+        format!("{live_id}.qcow2"),
+        format!("{live_id}-seed.img"),
+    ];
+    for f in old.iter().chain(kept.iter()) {
+        if !f.starts_with(&fresh) {
+            set_mtime(&h.storage.join(f), Duration::from_secs(7200));
+        }
+    }
+    // A resync lists.
+    b.list().expect("list");
+    let left = files_in(&h.storage);
+    for f in &old {
+        assert!(!left.contains(f), "orphan {f} not swept: {left:?}");
+    }
+    for f in &kept {
+        assert!(left.contains(f), "{f} swept: {left:?}");
+    }
+    assert!(!pool_volumes(&conn, &h.pool).contains(&old[0]));
+
+    // At start: a new backend object sweeps once it is connected.
+    set_mtime(
+        &h.storage.join(format!("{fresh}.qcow2")),
+        Duration::from_secs(7200),
+    );
+    let _second = second_backend(&h);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while files_in(&h.storage).contains(&format!("{fresh}.qcow2"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = files_in(&h.storage);
+    assert!(
+        !left.contains(&format!("{fresh}.qcow2")),
+        "not swept at start: {left:?}"
+    );
+    assert!(left.contains(&format!("{live_id}.qcow2")), "{left:?}");
+    assert!(b.get(&live_id).is_ok());
+    b.delete(&live_id, true).unwrap();
 }
