@@ -26,6 +26,24 @@ fn server(allowed: &std::path::Path) -> (Server, FileLock) {
     (s, lock)
 }
 
+/// Detaches whatever is still mounted under a pin directory when dropped (a failed
+/// test), before the directory holding it is removed.
+struct PinGuard(std::path::PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = format!("{}/", self.0.display());
+        for m in table.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if m.starts_with(&prefix) {
+                let _ = std::process::Command::new("umount")
+                    .args(["-l", m])
+                    .status();
+            }
+        }
+    }
+}
+
 fn inspect(name: &str) -> Value {
     let (ok, out) = docker(&["inspect", name]);
     assert!(ok, "docker inspect {name}");
@@ -83,6 +101,7 @@ fn the_spec_docker_example_creates_the_container_as_asked() {
 #[test]
 fn the_spec_general_example_with_volumes_labels_and_storage() {
     let tmp = TempDir::new("uc-dock");
+    let _pins = PinGuard(tmp.0.join(".pins"));
     let (s, _lock) = server(&tmp.0);
     let name = unique("my-instance");
     let _guard = ContainerGuard(name.clone());
@@ -118,6 +137,7 @@ fn the_spec_general_example_with_volumes_labels_and_storage() {
         r.json["config"]["volumes"][0],
         format!("{}:/data", data.display())
     );
+    let id = r.json["id"].as_str().expect("id").to_owned();
     assert_eq!(
         s.get(&format!("{INSTANCES}?label=env=prod&backend=docker"))
             .json["total"],
@@ -184,6 +204,14 @@ fn the_spec_general_example_with_volumes_labels_and_storage() {
         );
         assert!(!docker(&["inspect", &other]).0);
     }
+
+    // delete leaves no pin behind
+    assert_eq!(
+        s.call("DELETE", &format!("{INSTANCES}/{id}"), ADMIN, None)
+            .status,
+        204
+    );
+    assert!(!pin.exists(), "{} removed", pin.display());
 }
 
 #[test]

@@ -1355,10 +1355,57 @@ impl Shared {
                 .cmp(&b.created_at)
                 .then_with(|| a.id.cmp(&b.id))
         });
-        // Instances removed while the server was away leave nothing in the state file.
+        // Instances removed while the server was away leave nothing in the state file,
+        // nor pins.
         let ids: std::collections::HashSet<&str> = out.iter().map(|i| i.id.as_str()).collect();
         self.touched.retain(|id| ids.contains(id));
+        self.sweep_pins(&ids).await;
         Ok(out)
+    }
+
+    /// Removes the pins of instances that have no container any more (removed by hand
+    /// while the server was away). A pin directory is left alone while a create may
+    /// still be making its container (younger than [`ABANDONED_FOR`]) and while any
+    /// container, of any backend, carries its id.
+    async fn sweep_pins(&self, listed: &std::collections::HashSet<&str>) {
+        if !self.engine.is_local() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.engine.config().pin_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_FOR));
+            if listed.contains(id.as_str())
+                || !old
+                || !pin::usable_id(&id)
+                || lock(&self.creating).contains(&id)
+            {
+                continue;
+            }
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(filters(&[("label", format!("{LABEL_ID}={id}"))])),
+                ..Default::default()
+            };
+            let found = self
+                .engine
+                .quick(
+                    "list",
+                    |d| async move { d.list_containers(Some(options)).await },
+                )
+                .await;
+            if matches!(found, Ok(v) if v.is_empty()) {
+                tracing::info!(backend = %self.name, instance = %id, "removing the pins of a container gone");
+                self.unpin(&id);
+            }
+        }
     }
 
     async fn describe(&self) -> Result<BackendDescription> {
