@@ -269,10 +269,7 @@ impl Inner {
 
     /// The instance pool and its directory (which is `storage_dir` unless the pool
     /// existed before with another one).
-    pub(crate) fn pool(
-        &self,
-        conn: &Connect,
-    ) -> Result<(virt::storage_pool::StoragePool, PathBuf)> {
+    fn pool(&self, conn: &Connect) -> Result<(virt::storage_pool::StoragePool, PathBuf)> {
         let generation = self.conn.generation();
         let mut known = lock(&self.pool_state);
         if let Some((g, dir)) = &*known {

@@ -1,11 +1,12 @@
 //! The process-wide libvirt event loop and a lazy, self-healing connection that
-//! registers our domain lifecycle callback each time it (re)connects.
+//! registers our domain lifecycle callback each time it (re)connects, and logs an
+//! outage as its beginning (WARN) and end (INFO) only.
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt::sys;
@@ -73,6 +74,44 @@ pub struct DomainEvent {
     pub kind: c_int,
 }
 
+/// Whether libvirt is reachable, as far as the calls have seen: so that an outage
+/// is logged as two state changes (one WARN when it begins, with its first cause;
+/// one INFO when it ends), not once per failed call.
+#[derive(Debug, Default)]
+pub struct Outage {
+    /// When the outage began, if libvirt is down now.
+    since: Option<Instant>,
+    /// Failed calls (connection attempts) during it.
+    failures: u64,
+}
+
+impl Outage {
+    /// A call found libvirt unreachable: true when this begins an outage (log it at
+    /// WARN); false while one goes on (DEBUG).
+    pub fn failed(&mut self) -> bool {
+        self.failures += 1;
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// libvirt answered: how long the outage lasted and how many calls failed, when
+    /// this ends one (log it at INFO).
+    pub fn ended(&mut self) -> Option<(Duration, u64)> {
+        let since = self.since.take()?;
+        let failures = std::mem::take(&mut self.failures);
+        Some((since.elapsed(), failures))
+    }
+
+    /// Whether libvirt is down now.
+    pub fn is_down(&self) -> bool {
+        self.since.is_some()
+    }
+}
+
 struct Slot {
     conn: Option<Connect>,
     callback: Option<c_int>,
@@ -81,6 +120,7 @@ struct Slot {
     connecting: bool,
     /// Closed for good (the backend shut down): no new connection is made.
     closed: bool,
+    outage: Outage,
 }
 
 /// The connection to one libvirt URI.
@@ -102,6 +142,7 @@ impl Connection {
                 generation: 0,
                 connecting: false,
                 closed: false,
+                outage: Outage::default(),
             }),
             events,
         }
@@ -126,7 +167,9 @@ impl Connection {
                 if c.is_alive().unwrap_or(false) {
                     return Ok(c.clone());
                 }
-                tracing::warn!(uri = %self.uri, "libvirt connection lost");
+                if slot.outage.failed() {
+                    tracing::warn!(uri = %self.uri, "libvirt connection lost");
+                }
                 Self::drop_conn(&mut slot);
             }
             if slot.connecting || slot.closed {
@@ -139,10 +182,20 @@ impl Connection {
         let opened = Connect::open(Some(&self.uri));
         let mut slot = self.lock();
         slot.connecting = false;
-        let conn = opened.map_err(|source| KvmError::Unavailable {
-            uri: self.uri.clone(),
-            source,
-        })?;
+        let conn = match opened {
+            Ok(c) => c,
+            Err(source) => {
+                if slot.outage.failed() {
+                    tracing::warn!(uri = %self.uri, reason = %source.message(), "libvirt unavailable; further failures are logged at debug until it is back");
+                } else {
+                    tracing::debug!(uri = %self.uri, reason = %source.message(), "libvirt still unavailable");
+                }
+                return Err(KvmError::Unavailable {
+                    uri: self.uri.clone(),
+                    source,
+                });
+            }
+        };
         if slot.closed {
             // Shut down while we were connecting: do not leave a connection behind.
             drop(conn);
@@ -158,7 +211,18 @@ impl Connection {
             Err(e) => tracing::warn!(error = %e, "cannot register domain events"),
         }
         slot.generation += 1;
-        tracing::info!(uri = %self.uri, generation = slot.generation, "connected to libvirt");
+        match slot.outage.ended() {
+            Some((down, failures)) => tracing::info!(
+                uri = %self.uri,
+                generation = slot.generation,
+                down_ms = down.as_millis() as u64,
+                failed_calls = failures,
+                "libvirt is back: connected"
+            ),
+            None => {
+                tracing::info!(uri = %self.uri, generation = slot.generation, "connected to libvirt")
+            }
+        }
         slot.conn = Some(conn.clone());
         Ok(conn)
     }
@@ -175,6 +239,11 @@ impl Connection {
             .as_ref()
             .map(|c| c.is_alive().unwrap_or(false))
             .unwrap_or(false)
+    }
+
+    /// Whether libvirt is known to be unreachable now (an outage was logged).
+    pub fn is_down(&self) -> bool {
+        self.lock().outage.is_down()
     }
 
     /// Closes the connection (deregistering our callback).
@@ -280,4 +349,25 @@ fn register_lifecycle(conn: &Connect, tx: Sender<DomainEvent>) -> Result<c_int, 
         });
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_logged_once_when_it_begins_and_once_when_it_ends() {
+        let mut o = Outage::default();
+        assert!(o.ended().is_none(), "nothing to end");
+        assert!(o.failed(), "the first failure begins it: WARN");
+        for _ in 0..456 {
+            assert!(!o.failed(), "later ones: DEBUG");
+        }
+        assert!(o.is_down());
+        let (_, failures) = o.ended().expect("it ends: INFO");
+        assert_eq!(failures, 457);
+        assert!(!o.is_down());
+        assert!(o.ended().is_none(), "once");
+        assert!(o.failed(), "a new outage is logged again");
+    }
 }

@@ -175,13 +175,19 @@ impl From<KvmError> for PluginError {
         let code = e.code();
         // Errors of the daemon and the file system are logged in full; the client
         // gets them without host paths.
+        // An unreachable libvirt is logged by the connection when the outage begins
+        // and ends (WARN, INFO); each call failing for it only at DEBUG.
         let message = match &e {
+            KvmError::Libvirt { source, .. } if code == ErrorCode::BackendUnavailable => {
+                tracing::debug!(error = %e, reason = %source.message(), "libvirt call failed: libvirt unreachable");
+                format!("{e}: {}", scrub_paths(source.message()))
+            }
             KvmError::Libvirt { source, .. } => {
                 tracing::warn!(error = %e, reason = %source.message(), "libvirt call failed");
                 format!("{e}: {}", scrub_paths(source.message()))
             }
             KvmError::Unavailable { source, .. } => {
-                tracing::warn!(error = %e, reason = %source.message(), "libvirt unavailable");
+                tracing::debug!(error = %e, reason = %source.message(), "libvirt unavailable");
                 e.to_string()
             }
             KvmError::Io { source, .. } => {

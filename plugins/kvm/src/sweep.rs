@@ -15,7 +15,7 @@ use virt::sys;
 use crate::backend::Inner;
 use crate::error::KvmError;
 use crate::storage;
-use crate::xml::VolumeDoc;
+use crate::xml::{PoolDoc, VolumeDoc};
 
 /// The instance id in the name of a file that a create makes in the pool, when the
 /// name is one: `i-` + 20 lowercase hex digits, then `.qcow2`, `.raw` or `-seed.img`.
@@ -45,7 +45,21 @@ fn secs(t: SystemTime) -> Option<i64> {
 impl Inner {
     /// Removes orphaned instance files from the pool; returns how many went.
     pub(crate) fn sweep_orphans(&self, conn: &Connect) -> Result<usize, KvmError> {
-        let (pool, dir) = self.pool(conn)?;
+        // Only a pool that is there and running: a sweep makes none.
+        let Ok(pool) = conn.lookup_storage_pool_by_name(&self.config.storage_pool) else {
+            return Ok(0);
+        };
+        if !pool.is_active().unwrap_or(false) {
+            return Ok(0);
+        }
+        let Some(dir) = pool
+            .xml_desc(0)
+            .ok()
+            .and_then(|x| PoolDoc::parse(&x).ok())
+            .and_then(|d| d.path().map(PathBuf::from))
+        else {
+            return Ok(0);
+        };
         let local = storage::uri_is_local(&self.config.uri);
         // 1. The files, first: a create that makes one after this point is not
         //    looked at; one whose file is listed here is either still in flight at
