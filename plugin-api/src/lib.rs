@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod call;
 pub mod error;
 pub mod export;
 pub mod ffi;
