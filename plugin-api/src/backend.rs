@@ -21,6 +21,10 @@ pub type Result<T> = std::result::Result<T, PluginError>;
 /// of a running instance and `stop` of a stopped one succeed and change nothing.
 ///
 /// Every method that returns an [`Instance`] returns it as it is after the operation.
+///
+/// No method has a default (but [`Backend::shutdown`]): each is one operation of the
+/// plugin interface ([`crate::call::Call`]), and the host's side of the boundary
+/// must send every one of them.
 pub trait Backend: Send + Sync + 'static {
     /// Versions and capabilities of the backend.
     fn describe(&self) -> Result<BackendDescription>;
@@ -62,17 +66,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Stops (as [`Backend::stop`]) and starts the instance.
     fn restart(&self, id: &str, options: StopOptions) -> Result<Instance>;
 
-    /// Freezes the instance. The default answers `OPERATION_NOT_SUPPORTED`.
-    fn pause(&self, id: &str) -> Result<Instance> {
-        let _ = id;
-        Err(PluginError::not_supported("pause"))
-    }
+    /// Freezes the instance. A backend that cannot answers
+    /// `Err(PluginError::not_supported("pause"))`.
+    fn pause(&self, id: &str) -> Result<Instance>;
 
-    /// Thaws the instance. The default answers `OPERATION_NOT_SUPPORTED`.
-    fn unpause(&self, id: &str) -> Result<Instance> {
-        let _ = id;
-        Err(PluginError::not_supported("unpause"))
-    }
+    /// Thaws the instance. A backend that cannot answers
+    /// `Err(PluginError::not_supported("unpause"))`.
+    fn unpause(&self, id: &str) -> Result<Instance>;
 
     /// Resource usage now.
     fn usage(&self, id: &str) -> Result<Usage>;

@@ -6,60 +6,14 @@ use abi_stable::{
     sabi_trait::TD_Opaque,
     std_types::{RErr, ROk, RResult, RStr, RString},
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::backend::{Backend, BackendContext, EventSink};
+use crate::call::Call;
 use crate::error::PluginError;
 use crate::ffi::{BackendFfi, BackendFfiBox, BackendFfi_TO, EventSinkBox, HostLoggerBox};
-use crate::model::{CreateRequest, Event, StopOptions, UpdateRequest};
+use crate::model::Event;
 use crate::Handshake;
-
-/// The operation names that cross the boundary.
-pub mod ops {
-    /// [`crate::Backend::describe`]
-    pub const DESCRIBE: &str = "describe";
-    /// [`crate::Backend::health`]
-    pub const HEALTH: &str = "health";
-    /// [`crate::Backend::host_resources`]
-    pub const HOST_RESOURCES: &str = "host_resources";
-    /// [`crate::Backend::images`]
-    pub const IMAGES: &str = "images";
-    /// [`crate::Backend::list`]
-    pub const LIST: &str = "list";
-    /// [`crate::Backend::get`]
-    pub const GET: &str = "get";
-    /// [`crate::Backend::create`]
-    pub const CREATE: &str = "create";
-    /// [`crate::Backend::update`]
-    pub const UPDATE: &str = "update";
-    /// [`crate::Backend::delete`]
-    pub const DELETE: &str = "delete";
-    /// [`crate::Backend::start`]
-    pub const START: &str = "start";
-    /// [`crate::Backend::stop`]
-    pub const STOP: &str = "stop";
-    /// [`crate::Backend::restart`]
-    pub const RESTART: &str = "restart";
-    /// [`crate::Backend::pause`]
-    pub const PAUSE: &str = "pause";
-    /// [`crate::Backend::unpause`]
-    pub const UNPAUSE: &str = "unpause";
-    /// [`crate::Backend::usage`]
-    pub const USAGE: &str = "usage";
-}
-
-/// The arguments of an operation on one instance, as one JSON document.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct InstanceArgs {
-    pub id: String,
-    #[serde(default)]
-    pub force: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<StopOptions>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update: Option<UpdateRequest>,
-}
 
 /// What a plugin declares; implemented by [`crate::export_plugin!`].
 pub trait Plugin: 'static {
@@ -145,50 +99,10 @@ struct Dispatcher {
     backend: Box<dyn Backend>,
 }
 
-fn args(payload: &str) -> Result<InstanceArgs, PluginError> {
-    serde_json::from_str(payload).map_err(|e| PluginError::invalid(format!("bad arguments: {e}")))
-}
-
-fn ok<T: Serialize>(value: T) -> Result<RString, PluginError> {
-    Ok(to_json(&value))
-}
-
-/// Runs one operation on a backend. Public for in-process tests of plugins.
+/// Runs one operation on a backend, as the plugin's dispatcher does (decode, then
+/// [`Call::run`]). Public for in-process tests of plugins.
 pub fn dispatch(backend: &dyn Backend, op: &str, payload: &str) -> Result<RString, PluginError> {
-    match op {
-        ops::DESCRIBE => ok(backend.describe()?),
-        ops::HEALTH => ok(backend.health()?),
-        ops::HOST_RESOURCES => ok(backend.host_resources()?),
-        ops::IMAGES => ok(backend.images()?),
-        ops::LIST => ok(backend.list()?),
-        ops::GET => ok(backend.get(&args(payload)?.id)?),
-        ops::CREATE => {
-            let req: CreateRequest = serde_json::from_str(payload)
-                .map_err(|e| PluginError::invalid(format!("bad create request: {e}")))?;
-            ok(backend.create(req)?)
-        }
-        ops::UPDATE => {
-            let a = args(payload)?;
-            ok(backend.update(&a.id, a.update.unwrap_or_default())?)
-        }
-        ops::DELETE => {
-            let a = args(payload)?;
-            ok(backend.delete(&a.id, a.force)?)
-        }
-        ops::START => ok(backend.start(&args(payload)?.id)?),
-        ops::STOP => {
-            let a = args(payload)?;
-            ok(backend.stop(&a.id, a.options.unwrap_or_default())?)
-        }
-        ops::RESTART => {
-            let a = args(payload)?;
-            ok(backend.restart(&a.id, a.options.unwrap_or_default())?)
-        }
-        ops::PAUSE => ok(backend.pause(&args(payload)?.id)?),
-        ops::UNPAUSE => ok(backend.unpause(&args(payload)?.id)?),
-        ops::USAGE => ok(backend.usage(&args(payload)?.id)?),
-        other => Err(PluginError::not_supported(other)),
-    }
+    Call::decode(op, payload)?.run(backend)
 }
 
 impl BackendFfi for Dispatcher {

@@ -26,12 +26,14 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod call;
 pub mod error;
 pub mod export;
 pub mod ffi;
 pub mod load;
 pub mod log;
 pub mod model;
+pub mod sync;
 
 pub use backend::{Backend, BackendContext, EventSink, Result};
 pub use error::{ErrorCode, PluginError};
@@ -76,6 +78,15 @@ mod tests {
             abi_stable_shared::mangled_root_module_loader_name(),
             "_1as_0lib_1header_0root_bmodule_bloader"
         );
+    }
+
+    #[test]
+    fn memory_usage_is_a_percentage_of_the_limit() {
+        use crate::MemoryUsage;
+        assert_eq!(MemoryUsage::new(50, 100).percentage, 50.0);
+        assert_eq!(MemoryUsage::new(1, 3).percentage, 33.33);
+        assert_eq!(MemoryUsage::new(7, 0).percentage, 0.0);
+        assert_eq!(MemoryUsage::new(7, 0).used, 7);
     }
 
     #[test]

@@ -10,11 +10,10 @@ use abi_stable::{
     std_types::{RResult, RStr},
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::backend::{Backend, EventSink, Result};
+use crate::call::{Call, DeleteArgs, StopArgs, Target, UpdateArgs};
 use crate::error::PluginError;
-use crate::export::{ops, InstanceArgs};
 use crate::ffi::{
     BackendFfiBox, EventSinkFfi, EventSinkFfi_TO, HostLoggerFfi, HostLoggerFfi_TO, PluginModRef,
 };
@@ -153,9 +152,9 @@ pub struct RemoteBackend {
 }
 
 impl RemoteBackend {
-    fn call<A: Serialize, T: DeserializeOwned>(&self, op: &str, args: &A) -> Result<T> {
-        let payload = serde_json::to_string(args)
-            .map_err(|e| PluginError::internal(format!("cannot encode {op} arguments: {e}")))?;
+    /// Sends one call and reads its answer.
+    fn send<T: DeserializeOwned>(&self, call: Call) -> Result<T> {
+        let (op, payload) = call.encode()?;
         match self.ffi.call(RStr::from_str(op), RStr::from_str(&payload)) {
             RResult::ROk(json) => serde_json::from_str(json.as_str()).map_err(|e| {
                 PluginError::internal(format!(
@@ -165,88 +164,58 @@ impl RemoteBackend {
             RResult::RErr(e) => Err(decode_error(e.as_str())),
         }
     }
-
-    fn on<T: DeserializeOwned>(&self, op: &str, args: InstanceArgs) -> Result<T> {
-        self.call(op, &args)
-    }
 }
 
-fn id_args(id: &str) -> InstanceArgs {
-    InstanceArgs {
-        id: id.to_owned(),
-        ..Default::default()
-    }
-}
-
+/// Every method is one [`Call`]; the trait has no default methods, so an operation
+/// added to it does not compile until it is sent here.
 impl Backend for RemoteBackend {
     fn describe(&self) -> Result<BackendDescription> {
-        self.call(ops::DESCRIBE, &())
+        self.send(Call::Describe)
     }
     fn health(&self) -> Result<()> {
-        self.call(ops::HEALTH, &())
+        self.send(Call::Health)
     }
     fn host_resources(&self) -> Result<HostResources> {
-        self.call(ops::HOST_RESOURCES, &())
+        self.send(Call::HostResources)
     }
     fn images(&self) -> Result<Vec<Image>> {
-        self.call(ops::IMAGES, &())
+        self.send(Call::Images)
     }
     fn list(&self) -> Result<Vec<Instance>> {
-        self.call(ops::LIST, &())
+        self.send(Call::List)
     }
     fn get(&self, id: &str) -> Result<Instance> {
-        self.on(ops::GET, id_args(id))
+        self.send(Call::Get(Target::new(id)))
     }
     fn create(&self, request: CreateRequest) -> Result<Instance> {
-        self.call(ops::CREATE, &request)
+        self.send(Call::Create(request))
     }
     fn update(&self, id: &str, request: UpdateRequest) -> Result<Instance> {
-        self.on(
-            ops::UPDATE,
-            InstanceArgs {
-                update: Some(request),
-                ..id_args(id)
-            },
-        )
+        self.send(Call::Update(UpdateArgs::new(id, request)))
     }
     fn delete(&self, id: &str, force: bool) -> Result<()> {
-        self.on(
-            ops::DELETE,
-            InstanceArgs {
-                force,
-                ..id_args(id)
-            },
-        )
+        self.send(Call::Delete(DeleteArgs {
+            id: id.to_owned(),
+            force,
+        }))
     }
     fn start(&self, id: &str) -> Result<Instance> {
-        self.on(ops::START, id_args(id))
+        self.send(Call::Start(Target::new(id)))
     }
     fn stop(&self, id: &str, options: StopOptions) -> Result<Instance> {
-        self.on(
-            ops::STOP,
-            InstanceArgs {
-                options: Some(options),
-                ..id_args(id)
-            },
-        )
+        self.send(Call::Stop(StopArgs::new(id, options)))
     }
     fn restart(&self, id: &str, options: StopOptions) -> Result<Instance> {
-        self.on(
-            ops::RESTART,
-            InstanceArgs {
-                options: Some(options),
-                ..id_args(id)
-            },
-        )
+        self.send(Call::Restart(StopArgs::new(id, options)))
     }
     fn pause(&self, id: &str) -> Result<Instance> {
-        self.on(ops::PAUSE, id_args(id))
+        self.send(Call::Pause(Target::new(id)))
     }
     fn unpause(&self, id: &str) -> Result<Instance> {
-        self.on(ops::UNPAUSE, id_args(id))
+        self.send(Call::Unpause(Target::new(id)))
     }
     fn usage(&self, id: &str) -> Result<Usage> {
-        self.on(ops::USAGE, id_args(id))
+        self.send(Call::Usage(Target::new(id)))
     }
     fn shutdown(&self) {
         self.ffi.shutdown()

@@ -320,6 +320,22 @@ pub struct MemoryUsage {
     pub percentage: f64,
 }
 
+impl MemoryUsage {
+    /// `used` of `limit` bytes, with the percentage (two decimals; 0 without a limit).
+    pub fn new(used: u64, limit: u64) -> Self {
+        let percentage = if limit > 0 {
+            (used as f64 * 100.0 / limit as f64 * 100.0).round() / 100.0
+        } else {
+            0.0
+        };
+        MemoryUsage {
+            used,
+            limit,
+            percentage,
+        }
+    }
+}
+
 /// Storage usage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
