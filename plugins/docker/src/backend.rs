@@ -17,20 +17,21 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 use tracing::Instrument;
+use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, ErrorCode, EventSink,
     HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, PluginError,
     StopOptions, StorageUsage, UpdateRequest, Usage,
 };
 
-use crate::config::DockerConfig;
-use crate::engine::{self, Engine};
+use crate::client::{self, Engine};
 use crate::error::{is_no_such_image, Error};
-use crate::instance::{
+use crate::pin::{self, PinError, Pinned};
+use crate::record::{
     self, LABEL_BACKEND, LABEL_BINDS, LABEL_CONFIG, LABEL_CREATED_AT, LABEL_ID, LABEL_LABELS,
     LABEL_PREFIX, LABEL_STORAGE, LABEL_UUID,
 };
-use crate::pin::{self, PinError, Pinned};
+use crate::settings::DockerSettings;
 use crate::spec::{BindSpec, DockerSpec};
 use crate::state::ChangeTimes;
 use crate::stats::{Allocation, StatsCache};
@@ -87,18 +88,14 @@ impl Drop for Creating<'_> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl DockerBackend {
     /// Makes a backend from the host's context. Does not need the engine to be up.
     pub fn new(ctx: BackendContext) -> Result<Self> {
-        let config: DockerConfig = ctx.parse_config()?;
+        let config: DockerSettings = ctx.parse_config()?;
         let endpoint = config
             .validate()
             .map_err(|e| PluginError::config(format!("backend {}: {e}", ctx.name)))?;
-        let rt = engine::runtime()?;
+        let rt = client::runtime()?;
         let touched = ChangeTimes::load(&config.state_dir, &ctx.name);
         let shared = Arc::new(Shared {
             name: ctx.name,
@@ -130,7 +127,7 @@ impl DockerBackend {
         let span =
             tracing::debug_span!("docker", backend = %self.shared.name, op, instance = %instance);
         let fut = f(Arc::clone(&self.shared));
-        engine::block_on(
+        client::block_on(
             async move {
                 let result = fut.await;
                 if let Err(e) = &result {
@@ -386,8 +383,8 @@ impl Shared {
         if !self.mine(c) {
             return None;
         }
-        let id = instance::instance_id(c.config.as_ref().and_then(|c| c.labels.as_ref()))?;
-        let mut inst = instance::from_inspect(c, self.touched_at(id))?;
+        let id = record::instance_id(c.config.as_ref().and_then(|c| c.labels.as_ref()))?;
+        let mut inst = record::from_inspect(c, self.touched_at(id))?;
         inst.backend = self.name.clone();
         // Memory in use is cheap to report only for a watched instance.
         if inst.state == InstanceState::Running {
@@ -421,7 +418,7 @@ impl Shared {
             match self.inspect(&cid).await {
                 Ok(c)
                     if self.mine(&c)
-                        && instance::instance_id(
+                        && record::instance_id(
                             c.config.as_ref().and_then(|c| c.labels.as_ref()),
                         ) == Some(id) =>
                 {
@@ -885,9 +882,9 @@ impl Shared {
         if let Some(s) = storage {
             labels.insert(LABEL_STORAGE.into(), s.to_string());
         }
-        let cname = instance::container_name(&req.name);
+        let cname = record::container_name(&req.name);
         if cname != req.name {
-            labels.insert(instance::LABEL_NAME.into(), req.name.clone());
+            labels.insert(record::LABEL_NAME.into(), req.name.clone());
         }
 
         // Bind mounts: a local engine mounts pins of the resolved sources (pin.rs); a
@@ -1236,7 +1233,7 @@ impl Shared {
             other => {
                 return Err(PluginError::invalid_state(format!(
                     "cannot pause an instance that is {}",
-                    instance::map_state(other, false, false, "").as_str()
+                    record::map_state(other, false, false, "").as_str()
                 )))
             }
         }
@@ -1257,7 +1254,7 @@ impl Shared {
             other => {
                 return Err(PluginError::invalid_state(format!(
                     "cannot unpause an instance that is {}",
-                    instance::map_state(other, false, false, "").as_str()
+                    record::map_state(other, false, false, "").as_str()
                 )))
             }
         }
@@ -1278,7 +1275,7 @@ impl Shared {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let alloc = Allocation {
-            cores: instance::cores_of(
+            cores: record::cores_of(
                 host.and_then(|h| h.nano_cpus),
                 host.and_then(|h| h.cpu_quota),
                 host.and_then(|h| h.cpu_period),
@@ -1317,11 +1314,7 @@ impl Shared {
                     .map(|c| c.ceil() as u32)
                     .unwrap_or(host_res.cpus),
             },
-            memory: MemoryUsage {
-                used: 0,
-                limit: alloc.memory_limit.unwrap_or(host_res.memory),
-                percentage: 0.0,
-            },
+            memory: MemoryUsage::new(0, alloc.memory_limit.unwrap_or(host_res.memory)),
             storage: StorageUsage {
                 used: sized.size_rw.unwrap_or(0).max(0) as u64,
                 total: storage_total,

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use unicompute_plugin_api::Event;
 
 use crate::backend::Shared;
-use crate::instance::{LABEL_BACKEND, LABEL_ID};
+use crate::record::{LABEL_BACKEND, LABEL_ID};
 
 /// How long to wait before trying the engine again.
 const RETRY: Duration = Duration::from_millis(250);

@@ -4,18 +4,18 @@
 //! See the crate's README for its settings and the state table.
 
 pub mod backend;
-pub mod config;
-mod engine;
+mod client;
 pub mod error;
 mod events;
-pub mod instance;
 pub mod pin;
+pub mod record;
+pub mod settings;
 pub mod spec;
 pub mod state;
 pub mod stats;
 
 pub use backend::DockerBackend;
-pub use config::DockerConfig;
+pub use settings::DockerSettings;
 
 unicompute_plugin_api::export_plugin! {
     name: "docker",

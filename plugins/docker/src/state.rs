@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use unicompute_plugin_api::sync::lock;
 
 #[derive(Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,18 +69,14 @@ impl ChangeTimes {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The last change recorded for `id`.
     pub fn get(&self, id: &str) -> Option<DateTime<Utc>> {
-        self.lock().get(id).copied()
+        lock(&self.map).get(id).copied()
     }
 
     /// Records a change of `id` at `at` (never moving the record back).
     pub fn record(&self, id: &str, at: DateTime<Utc>) {
-        let mut map = self.lock();
+        let mut map = lock(&self.map);
         let e = map.entry(id.to_owned()).or_insert(at);
         if *e < at {
             *e = at;
@@ -89,7 +86,7 @@ impl ChangeTimes {
 
     /// Forgets `id` (deleted).
     pub fn remove(&self, id: &str) {
-        let mut map = self.lock();
+        let mut map = lock(&self.map);
         if map.remove(id).is_some() {
             self.save(&map);
         }
@@ -97,7 +94,7 @@ impl ChangeTimes {
 
     /// Keeps only the ids for which `keep` holds.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut map = self.lock();
+        let mut map = lock(&self.map);
         let before = map.len();
         map.retain(|k, _| keep(k));
         if map.len() != before {

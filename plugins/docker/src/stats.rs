@@ -19,6 +19,7 @@ use bollard::query_parameters::{InspectContainerOptions, StatsOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::sync::watch;
+use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{CpuUsage, MemoryUsage, NetworkUsage, StorageUsage, Usage};
 
 /// How old the latest sample may be for a fast answer. The engine sends one a second.
@@ -145,21 +146,12 @@ pub fn usage_from(sample: &Sample, alloc: &Allocation, storage_used: u64) -> Usa
         .memory_limit
         .filter(|l| *l > 0)
         .unwrap_or(sample.memory_limit);
-    let percentage = if limit > 0 {
-        round2(sample.memory_used as f64 * 100.0 / limit as f64)
-    } else {
-        0.0
-    };
     Usage {
         cpu: CpuUsage {
             usage: cpu,
             cores: alloc.cores.unwrap_or(online).ceil() as u32,
         },
-        memory: MemoryUsage {
-            used: sample.memory_used,
-            limit,
-            percentage,
-        },
+        memory: MemoryUsage::new(sample.memory_used, limit),
         storage: StorageUsage {
             used: storage_used,
             total: alloc.storage_total,
@@ -183,13 +175,10 @@ struct Watcher {
 
 impl Watcher {
     fn touch(&self) {
-        *self.last_access.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *lock(&self.last_access) = Instant::now();
     }
     fn idle(&self) -> Duration {
-        self.last_access
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        lock(&self.last_access).elapsed()
     }
 }
 
@@ -202,13 +191,9 @@ pub struct StatsCache {
 }
 
 impl StatsCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Watcher>>> {
-        self.watchers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The usage of a watched instance from its latest sample, if that is fresh.
     pub fn fresh(&self, id: &str) -> Option<Usage> {
-        let w = self.lock().get(id).cloned()?;
+        let w = lock(&self.watchers).get(id).cloned()?;
         if !w.alive.load(Ordering::Acquire) {
             return None;
         }
@@ -226,7 +211,7 @@ impl StatsCache {
 
     /// Memory in use by a watched instance, from a fresh sample.
     pub fn memory_used(&self, id: &str) -> Option<u64> {
-        let w = self.lock().get(id).cloned()?;
+        let w = lock(&self.watchers).get(id).cloned()?;
         if !w.alive.load(Ordering::Acquire) {
             return None;
         }
@@ -236,14 +221,14 @@ impl StatsCache {
 
     /// Stops watching an instance (its limits or state changed).
     pub fn forget(&self, id: &str) {
-        if let Some(w) = self.lock().remove(id) {
+        if let Some(w) = lock(&self.watchers).remove(id) {
             w.alive.store(false, Ordering::Release);
         }
     }
 
     /// Stops every stream.
     pub fn clear(&self) {
-        for (_, w) in self.lock().drain() {
+        for (_, w) in lock(&self.watchers).drain() {
             w.alive.store(false, Ordering::Release);
         }
     }
@@ -258,7 +243,7 @@ impl StatsCache {
         alloc: Allocation,
         idle: Duration,
     ) -> Option<Usage> {
-        let existing = self.lock().get(id).cloned();
+        let existing = lock(&self.watchers).get(id).cloned();
         let w = match existing {
             Some(w) if w.alive.load(Ordering::Acquire) && w.alloc == alloc => w,
             _ => self.spawn(docker, id, container, alloc, idle),
@@ -312,7 +297,7 @@ impl StatsCache {
             measured: watch::Sender::new(false),
             alive: AtomicBool::new(true),
         });
-        if let Some(old) = self.lock().insert(id.to_owned(), Arc::clone(&w)) {
+        if let Some(old) = lock(&self.watchers).insert(id.to_owned(), Arc::clone(&w)) {
             old.alive.store(false, Ordering::Release);
         }
         let watchers = Arc::clone(&self.watchers);
@@ -352,7 +337,7 @@ impl StatsCache {
                 }
             }
             me.alive.store(false, Ordering::Release);
-            let mut map = watchers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = lock(&watchers);
             if map.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, &me)) {
                 map.remove(&id);
             }

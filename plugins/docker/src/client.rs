@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use bollard::{Docker, API_DEFAULT_VERSION};
 use tokio::runtime::Runtime;
+use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::PluginError;
 
-use crate::config::{DockerConfig, Endpoint};
 use crate::error::Error;
+use crate::settings::{DockerSettings, Endpoint};
 
 /// bollard's own request timeout: it only bounds the time to the response headers,
 /// and every call here has its own, tighter timeout. A stop waits for the container.
@@ -62,14 +63,14 @@ where
 
 /// The engine connection of one backend.
 pub struct Engine {
-    config: DockerConfig,
+    config: DockerSettings,
     endpoint: Endpoint,
     client: Mutex<Option<Docker>>,
 }
 
 impl Engine {
     /// A connection that connects on first use.
-    pub fn new(config: DockerConfig, endpoint: Endpoint) -> Self {
+    pub fn new(config: DockerSettings, endpoint: Endpoint) -> Self {
         Engine {
             config,
             endpoint,
@@ -78,7 +79,7 @@ impl Engine {
     }
 
     /// The settings.
-    pub fn config(&self) -> &DockerConfig {
+    pub fn config(&self) -> &DockerSettings {
         &self.config
     }
 
@@ -110,7 +111,7 @@ impl Engine {
     /// The client, negotiating the API version on first use (within the connect
     /// timeout).
     pub async fn client(&self) -> Result<Docker, Error> {
-        if let Some(c) = self.lock().as_ref() {
+        if let Some(c) = lock(&self.client).as_ref() {
             return Ok(c.clone());
         }
         let fresh = self.make_client()?;
@@ -122,17 +123,13 @@ impl Engine {
                 })?
                 .map_err(|e| Error::from_bollard("version", e))?;
         tracing::info!(api = %negotiated.client_version(), "connected to the docker engine");
-        *self.lock() = Some(negotiated.clone());
+        *lock(&self.client) = Some(negotiated.clone());
         Ok(negotiated)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Docker>> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forgets the client after the engine looked gone: the next call reconnects.
     pub fn reset(&self) {
-        if self.lock().take().is_some() {
+        if lock(&self.client).take().is_some() {
             tracing::warn!("lost the docker engine; will reconnect");
         }
     }

@@ -18,7 +18,7 @@ pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DockerConfig {
+pub struct DockerSettings {
     /// Where the engine listens: `unix:///path`, `tcp://host:port` or `http://host:port`.
     #[serde(default = "default_endpoint")]
     pub endpoint: String,
@@ -82,9 +82,9 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/unicompute/docker")
 }
 
-impl Default for DockerConfig {
+impl Default for DockerSettings {
     fn default() -> Self {
-        DockerConfig {
+        DockerSettings {
             endpoint: default_endpoint(),
             tls: None,
             allowed_host_paths: Vec::new(),
@@ -97,7 +97,7 @@ impl Default for DockerConfig {
     }
 }
 
-/// The kind of endpoint, parsed from [`DockerConfig::endpoint`].
+/// The kind of endpoint, parsed from [`DockerSettings::endpoint`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     /// A local Unix socket at this path.
@@ -106,7 +106,7 @@ pub enum Endpoint {
     Tcp(String),
 }
 
-impl DockerConfig {
+impl DockerSettings {
     /// Checks the settings and parses the endpoint.
     pub fn validate(&self) -> Result<Endpoint, String> {
         let endpoint = if let Some(path) = self.endpoint.strip_prefix("unix://") {
@@ -168,12 +168,12 @@ impl DockerConfig {
         Ok(endpoint)
     }
 
-    /// [`DockerConfig::connect_timeout_ms`] as a duration.
+    /// [`DockerSettings::connect_timeout_ms`] as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    /// [`DockerConfig::request_timeout_secs`] as a duration.
+    /// [`DockerSettings::request_timeout_secs`] as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
@@ -183,7 +183,7 @@ impl DockerConfig {
 mod tests {
     use super::*;
 
-    fn parse(json: serde_json::Value) -> Result<DockerConfig, serde_json::Error> {
+    fn parse(json: serde_json::Value) -> Result<DockerSettings, serde_json::Error> {
         serde_json::from_value(json)
     }
 
