@@ -3,8 +3,8 @@
 
 use std::io::{Cursor, Read, Write};
 
-use crate::config::CloudInit;
 use crate::error::KvmError;
+use crate::spec::CloudInit;
 
 /// The volume label cloud-init's NoCloud source looks for.
 pub const LABEL: [u8; 11] = *b"CIDATA     ";

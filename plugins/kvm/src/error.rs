@@ -3,6 +3,9 @@
 use unicompute_plugin_api::{ErrorCode, PluginError};
 use virt::sys;
 
+/// The result of the plugin's own functions.
+pub type Result<T> = std::result::Result<T, KvmError>;
+
 /// What can go wrong in the kvm backend.
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
@@ -25,7 +28,7 @@ pub enum KvmError {
     #[error("libvirt {op} failed")]
     Libvirt {
         /// What we asked libvirt to do.
-        op: &'static str,
+        op: LibvirtOp,
         /// libvirt's error.
         #[source]
         source: virt::error::Error,
@@ -92,9 +95,209 @@ pub enum KvmError {
     Xml(String),
 }
 
+/// What we asked libvirt to do, when a libvirt call fails: named in the message
+/// (`libvirt starting the domain failed`) and in `details.operation`, and deciding
+/// what some libvirt errors mean (see [`LibvirtOp::when_invalid`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibvirtOp {
+    /// checking the storage pool.
+    CheckPool,
+    /// creating the disk volume.
+    CreateDiskVolume,
+    /// creating the seed volume.
+    CreateSeedVolume,
+    /// defining the domain.
+    DefineDomain,
+    /// defining the storage pool.
+    DefinePool,
+    /// deleting a volume.
+    DeleteVolume,
+    /// destroying the domain.
+    DestroyDomain,
+    /// growing the disk.
+    GrowDisk,
+    /// growing the disk volume.
+    GrowDiskVolume,
+    /// listing domains.
+    ListDomains,
+    /// listing the pool's volumes.
+    ListPoolVolumes,
+    /// looking up the disk volume.
+    LookUpDiskVolume,
+    /// looking up the storage pool.
+    LookUpPool,
+    /// pinging libvirt.
+    Ping,
+    /// raising the vcpu maximum.
+    RaiseVcpuMaximum,
+    /// reading a domain's xml.
+    ReadAnyDomainXml,
+    /// reading the disk volume.
+    ReadDiskVolume,
+    /// reading the disk volume path.
+    ReadDiskVolumePath,
+    /// reading the domain config.
+    ReadDomainConfig,
+    /// reading domain info.
+    ReadDomainInfo,
+    /// reading the domain state.
+    ReadDomainState,
+    /// reading the domain xml.
+    ReadDomainXml,
+    /// reading the driver type.
+    ReadDriverType,
+    /// reading the hypervisor version.
+    ReadHypervisorVersion,
+    /// reading the libvirt version.
+    ReadLibvirtVersion,
+    /// reading the node info.
+    ReadNodeInfo,
+    /// reading the storage pool's capacity.
+    ReadPoolCapacity,
+    /// reading the seed volume path.
+    ReadSeedVolumePath,
+    /// refreshing the storage pool.
+    RefreshPool,
+    /// registering domain events.
+    RegisterEvents,
+    /// resuming the domain.
+    ResumeDomain,
+    /// setting memory.
+    SetMemory,
+    /// setting the memory maximum.
+    SetMemoryMaximum,
+    /// setting vcpus.
+    SetVcpus,
+    /// starting the domain.
+    StartDomain,
+    /// starting the storage pool.
+    StartPool,
+    /// suspending the domain.
+    SuspendDomain,
+    /// undefining the domain.
+    UndefineDomain,
+    /// uploading the seed image.
+    UploadSeed,
+    /// waking the domain up.
+    WakeDomain,
+    /// writing the domain metadata.
+    WriteMetadata,
+}
+
+impl LibvirtOp {
+    /// The wording in messages and in `details.operation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LibvirtOp::CheckPool => "checking the storage pool",
+            LibvirtOp::CreateDiskVolume => "creating the disk volume",
+            LibvirtOp::CreateSeedVolume => "creating the seed volume",
+            LibvirtOp::DefineDomain => "defining the domain",
+            LibvirtOp::DefinePool => "defining the storage pool",
+            LibvirtOp::DeleteVolume => "deleting a volume",
+            LibvirtOp::DestroyDomain => "destroying the domain",
+            LibvirtOp::GrowDisk => "growing the disk",
+            LibvirtOp::GrowDiskVolume => "growing the disk volume",
+            LibvirtOp::ListDomains => "listing domains",
+            LibvirtOp::ListPoolVolumes => "listing the pool's volumes",
+            LibvirtOp::LookUpDiskVolume => "looking up the disk volume",
+            LibvirtOp::LookUpPool => "looking up the storage pool",
+            LibvirtOp::Ping => "pinging libvirt",
+            LibvirtOp::RaiseVcpuMaximum => "raising the vcpu maximum",
+            LibvirtOp::ReadAnyDomainXml => "reading a domain's xml",
+            LibvirtOp::ReadDiskVolume => "reading the disk volume",
+            LibvirtOp::ReadDiskVolumePath => "reading the disk volume path",
+            LibvirtOp::ReadDomainConfig => "reading the domain config",
+            LibvirtOp::ReadDomainInfo => "reading domain info",
+            LibvirtOp::ReadDomainState => "reading the domain state",
+            LibvirtOp::ReadDomainXml => "reading the domain xml",
+            LibvirtOp::ReadDriverType => "reading the driver type",
+            LibvirtOp::ReadHypervisorVersion => "reading the hypervisor version",
+            LibvirtOp::ReadLibvirtVersion => "reading the libvirt version",
+            LibvirtOp::ReadNodeInfo => "reading the node info",
+            LibvirtOp::ReadPoolCapacity => "reading the storage pool's capacity",
+            LibvirtOp::ReadSeedVolumePath => "reading the seed volume path",
+            LibvirtOp::RefreshPool => "refreshing the storage pool",
+            LibvirtOp::RegisterEvents => "registering domain events",
+            LibvirtOp::ResumeDomain => "resuming the domain",
+            LibvirtOp::SetMemory => "setting memory",
+            LibvirtOp::SetMemoryMaximum => "setting the memory maximum",
+            LibvirtOp::SetVcpus => "setting vcpus",
+            LibvirtOp::StartDomain => "starting the domain",
+            LibvirtOp::StartPool => "starting the storage pool",
+            LibvirtOp::SuspendDomain => "suspending the domain",
+            LibvirtOp::UndefineDomain => "undefining the domain",
+            LibvirtOp::UploadSeed => "uploading the seed image",
+            LibvirtOp::WakeDomain => "waking the domain up",
+            LibvirtOp::WriteMetadata => "writing the domain metadata",
+        }
+    }
+
+    /// What libvirt's "operation invalid" (`VIR_ERR_OPERATION_INVALID`) means when
+    /// this operation gets it. Every operation says, so that a new one cannot be
+    /// added without that decision.
+    pub fn when_invalid(self) -> ErrorCode {
+        match self {
+            // A domain that cannot start for what it is attached to (an inactive
+            // network) fails for the host's setup, not for the instance's state.
+            LibvirtOp::StartDomain => ErrorCode::BackendError,
+            LibvirtOp::CheckPool
+            | LibvirtOp::CreateDiskVolume
+            | LibvirtOp::CreateSeedVolume
+            | LibvirtOp::DefineDomain
+            | LibvirtOp::DefinePool
+            | LibvirtOp::DeleteVolume
+            | LibvirtOp::DestroyDomain
+            | LibvirtOp::GrowDisk
+            | LibvirtOp::GrowDiskVolume
+            | LibvirtOp::ListDomains
+            | LibvirtOp::ListPoolVolumes
+            | LibvirtOp::LookUpDiskVolume
+            | LibvirtOp::LookUpPool
+            | LibvirtOp::Ping
+            | LibvirtOp::RaiseVcpuMaximum
+            | LibvirtOp::ReadAnyDomainXml
+            | LibvirtOp::ReadDiskVolume
+            | LibvirtOp::ReadDiskVolumePath
+            | LibvirtOp::ReadDomainConfig
+            | LibvirtOp::ReadDomainInfo
+            | LibvirtOp::ReadDomainState
+            | LibvirtOp::ReadDomainXml
+            | LibvirtOp::ReadDriverType
+            | LibvirtOp::ReadHypervisorVersion
+            | LibvirtOp::ReadLibvirtVersion
+            | LibvirtOp::ReadNodeInfo
+            | LibvirtOp::ReadPoolCapacity
+            | LibvirtOp::ReadSeedVolumePath
+            | LibvirtOp::RefreshPool
+            | LibvirtOp::RegisterEvents
+            | LibvirtOp::ResumeDomain
+            | LibvirtOp::SetMemory
+            | LibvirtOp::SetMemoryMaximum
+            | LibvirtOp::SetVcpus
+            | LibvirtOp::StartPool
+            | LibvirtOp::SuspendDomain
+            | LibvirtOp::UndefineDomain
+            | LibvirtOp::UploadSeed
+            | LibvirtOp::WakeDomain
+            | LibvirtOp::WriteMetadata => ErrorCode::InvalidState,
+        }
+    }
+}
+
+impl std::fmt::Display for LibvirtOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Wraps a libvirt error of `op` (for `map_err`).
+pub(crate) fn lv(op: LibvirtOp) -> impl FnOnce(virt::error::Error) -> KvmError {
+    KvmError::libvirt(op)
+}
+
 impl KvmError {
     /// Wraps a libvirt error of an operation.
-    pub fn libvirt(op: &'static str) -> impl FnOnce(virt::error::Error) -> KvmError {
+    pub fn libvirt(op: LibvirtOp) -> impl FnOnce(virt::error::Error) -> KvmError {
         move |source| KvmError::Libvirt { op, source }
     }
 
@@ -118,15 +321,10 @@ impl KvmError {
             KvmError::Libvirt { source, .. } if source.domain().to_raw() == sys::VIR_FROM_RPC => {
                 ErrorCode::BackendUnavailable
             }
-            // A domain that cannot start for what it is attached to (an inactive
-            // network) fails for the host's setup, not for the instance's state.
-            KvmError::Libvirt {
-                op: "starting the domain",
-                source,
-            } if source.code().to_raw() == sys::VIR_ERR_OPERATION_INVALID => {
-                ErrorCode::BackendError
-            }
-            KvmError::Libvirt { source, .. } => libvirt_code(source.code().to_raw()),
+            KvmError::Libvirt { op, source } => match source.code().to_raw() {
+                sys::VIR_ERR_OPERATION_INVALID => op.when_invalid(),
+                number => libvirt_code(number),
+            },
             KvmError::InvalidRequest(_)
             | KvmError::UnknownTemplate { .. }
             | KvmError::DiskShrink { .. } => ErrorCode::InvalidRequest,
@@ -227,7 +425,7 @@ impl From<KvmError> for PluginError {
             }
             KvmError::Libvirt { op, source } => {
                 out = out
-                    .with_detail("operation", op)
+                    .with_detail("operation", op.as_str())
                     .with_detail("libvirtCode", source.code().to_raw());
             }
             _ => {}
@@ -322,6 +520,27 @@ mod tests {
         assert_eq!(
             libvirt_code(sys::VIR_ERR_INTERNAL_ERROR),
             ErrorCode::BackendError
+        );
+    }
+
+    #[test]
+    fn an_invalid_start_is_the_hosts_setup_and_other_invalid_calls_the_state() {
+        assert_eq!(
+            LibvirtOp::StartDomain.when_invalid(),
+            ErrorCode::BackendError
+        );
+        for op in [
+            LibvirtOp::SuspendDomain,
+            LibvirtOp::ResumeDomain,
+            LibvirtOp::DestroyDomain,
+            LibvirtOp::GrowDisk,
+        ] {
+            assert_eq!(op.when_invalid(), ErrorCode::InvalidState, "{op}");
+        }
+        assert_eq!(
+            LibvirtOp::StartDomain.to_string(),
+            "starting the domain",
+            "the wording is the wire's"
         );
     }
 

@@ -1,17 +1,33 @@
-//! Turns libvirt domain lifecycle events into the host's events, and keeps the
-//! connection up so that they flow: after a reconnect the host is told to resync.
-//! Each new connection (the first one included) also sweeps orphaned volumes.
+//! libvirt's domain lifecycle events, from the callback libvirt calls (registered
+//! by the connection on each connect) to the host's events; and the worker that
+//! keeps the connection up so that they flow: after a reconnect the host is told
+//! to resync. Each new connection (the first one included) also sweeps orphaned
+//! volumes.
 
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Weak;
 use std::time::Duration;
 
 use unicompute_plugin_api::Event;
+use virt::connect::Connect;
 use virt::sys;
 
 use crate::backend::Inner;
-use crate::connection::DomainEvent;
+use crate::error::{KvmError, LibvirtOp};
+
+/// A domain lifecycle event, as libvirt reported it.
+#[derive(Debug, Clone)]
+pub struct DomainEvent {
+    /// The domain's UUID.
+    pub uuid: String,
+    /// The domain's name.
+    pub name: String,
+    /// `VIR_DOMAIN_EVENT_*`.
+    pub kind: c_int,
+}
 
 /// How often the worker checks the connection when no event comes.
 const TICK: Duration = Duration::from_millis(500);
@@ -91,4 +107,87 @@ fn handle(inner: &Inner, event: &DomainEvent) {
         }
         Err(_) => {}
     }
+}
+
+/// The lifecycle callback libvirt calls on its event thread. It must not block or
+/// panic: it reads the domain's UUID and name (local, no RPC) and hands them on.
+unsafe extern "C" fn lifecycle_callback(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    if opaque.is_null() || dom.is_null() {
+        return 0;
+    }
+    // SAFETY: `opaque` is the boxed Sender registered with this callback; libvirt
+    // keeps it alive until it calls `free_sender`.
+    let tx = unsafe { &*(opaque as *const Sender<DomainEvent>) };
+    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `dom` is valid for the duration of the callback; the buffer has the
+    // size libvirt documents for a UUID string.
+    let uuid = unsafe {
+        if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) < 0 {
+            return 0;
+        }
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    };
+    // SAFETY: as above; the name string is owned by the domain object.
+    let name = unsafe {
+        let p = sys::virDomainGetName(dom);
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    let _ = tx.send(DomainEvent {
+        uuid,
+        name,
+        kind: event,
+    });
+    0
+}
+
+unsafe extern "C" fn free_sender(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        // SAFETY: `opaque` came from Box::into_raw in `register_lifecycle`, and libvirt
+        // calls this once.
+        drop(unsafe { Box::from_raw(opaque as *mut Sender<DomainEvent>) });
+    }
+}
+
+type LifecycleFn =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+type GenericFn = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+pub(crate) fn register_lifecycle(
+    conn: &Connect,
+    tx: Sender<DomainEvent>,
+) -> Result<c_int, KvmError> {
+    let opaque = Box::into_raw(Box::new(tx)) as *mut c_void;
+    // SAFETY: libvirt's API takes the generic callback type and calls it with the
+    // signature of the event id (VIR_DOMAIN_EVENT_CALLBACK in C does the same cast).
+    let cb = unsafe { std::mem::transmute::<LifecycleFn, GenericFn>(lifecycle_callback) };
+    // SAFETY: valid connection; callback and free function match the contract above.
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            std::ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+            Some(cb),
+            opaque,
+            Some(free_sender),
+        )
+    };
+    if id < 0 {
+        // SAFETY: registration failed, so libvirt did not take the box.
+        unsafe { free_sender(opaque) };
+        return Err(KvmError::Libvirt {
+            op: LibvirtOp::RegisterEvents,
+            source: virt::error::Error::last_error(),
+        });
+    }
+    Ok(id)
 }

@@ -1,15 +1,14 @@
-//! Resource usage of an instance: CPU percent from cpu-time deltas, memory from the
-//! balloon, storage from the disk, network from the interface counters.
+//! The arithmetic of usage: CPU percent from cpu-time deltas (with the last sample
+//! of each domain kept, so that only a first call waits) and guest memory from
+//! balloon stats. The libvirt reads are in `ops::usage`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use unicompute_plugin_api::{CpuUsage, MemoryUsage, NetworkUsage, StorageUsage, Usage};
-use virt::domain::DomainState;
+use unicompute_plugin_api::sync::lock;
 use virt::sys;
 
-use crate::backend::{Found, Inner};
 use crate::error::KvmError;
 
 /// How long the first usage call of a domain samples its CPU time.
@@ -24,18 +23,40 @@ pub struct CpuSamples {
 impl CpuSamples {
     /// Stores a sample and returns the previous one.
     fn swap(&self, uuid: &str, sample: (Instant, u64)) -> Option<(Instant, u64)> {
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uuid.to_owned(), sample)
+        lock(&self.last).insert(uuid.to_owned(), sample)
     }
 
     /// Drops the sample of a domain.
     pub fn forget(&self, uuid: &str) {
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uuid);
+        lock(&self.last).remove(uuid);
+    }
+
+    /// The CPU percent of a running domain's `vcpus` at `sample` (when, its cpu
+    /// time). The previous call's sample makes the window when it is neither so
+    /// recent that the numbers are noise nor so old that they are history; else the
+    /// cpu time is read again (`read_again`) after [`FIRST_SAMPLE`].
+    pub(crate) fn percent(
+        &self,
+        uuid: &str,
+        sample: (Instant, u64),
+        vcpus: u32,
+        read_again: impl FnOnce() -> Result<u64, KvmError>,
+    ) -> Result<f64, KvmError> {
+        match self.swap(uuid, sample) {
+            Some(prev)
+                if prev.1 <= sample.1
+                    && (MIN_WINDOW..=MAX_WINDOW).contains(&sample.0.duration_since(prev.0)) =>
+            {
+                Ok(cpu_percent(prev, sample, vcpus))
+            }
+            _ => {
+                std::thread::sleep(FIRST_SAMPLE);
+                let cpu_time = read_again()?;
+                let next = (Instant::now(), cpu_time);
+                self.swap(uuid, next);
+                Ok(cpu_percent(sample, next, vcpus))
+            }
+        }
     }
 }
 
@@ -65,101 +86,6 @@ pub fn balloon_used(stats: &[(u32, u64)]) -> Option<u64> {
 const MIN_WINDOW: Duration = Duration::from_millis(50);
 /// The longest: an older previous sample would average over history.
 const MAX_WINDOW: Duration = Duration::from_secs(60);
-
-/// The usage of one instance.
-pub(crate) fn usage(inner: &Inner, found: &Found) -> Result<Usage, KvmError> {
-    let dom = &found.dom;
-    let uuid = &found.doc.uuid;
-    let info = dom
-        .info()
-        .map_err(KvmError::libvirt("reading domain info"))?;
-    let active = !matches!(
-        info.state.known(),
-        Some(DomainState::Shutoff | DomainState::Crashed | DomainState::NoState) | None
-    );
-    let vcpus = found.doc.vcpus();
-    let cpu = if active {
-        let sample = (Instant::now(), info.cpu_time);
-        match inner.cpu.swap(uuid, sample) {
-            // The previous call's sample makes the window when it is neither so
-            // recent that the numbers are noise nor so old that they are history.
-            Some(prev)
-                if prev.1 <= sample.1
-                    && (MIN_WINDOW..=MAX_WINDOW).contains(&sample.0.duration_since(prev.0)) =>
-            {
-                cpu_percent(prev, sample, vcpus)
-            }
-            _ => {
-                std::thread::sleep(FIRST_SAMPLE);
-                let again = dom
-                    .info()
-                    .map_err(KvmError::libvirt("reading domain info"))?;
-                let next = (Instant::now(), again.cpu_time);
-                inner.cpu.swap(uuid, next);
-                cpu_percent(sample, next, vcpus)
-            }
-        }
-    } else {
-        inner.cpu.forget(uuid);
-        0.0
-    };
-
-    let limit = found.doc.memory();
-    let used = if active {
-        let stats: Vec<(u32, u64)> = dom
-            .memory_stats(0)
-            .map(|s| s.into_iter().map(|m| (m.tag, m.val)).collect())
-            .unwrap_or_default();
-        balloon_used(&stats).unwrap_or(info.memory.saturating_mul(1024))
-    } else {
-        0
-    };
-
-    // From the volume, not `Domain::block_info`: `virt` 0.5 ignores that call's
-    // failure and reads an uninitialised struct.
-    let (total, allocated) = inner
-        .connect()
-        .and_then(|c| {
-            c.lookup_storage_vol_by_path(&found.meta.disk)
-                .and_then(|v| v.info())
-                .map_err(KvmError::libvirt("reading the disk volume"))
-        })
-        .map(|i| (i.capacity, i.allocation))
-        .unwrap_or((found.meta.disk_size, 0));
-
-    let mut network = NetworkUsage::default();
-    if active {
-        for iface in found.doc.interfaces() {
-            if let Some(dev) = iface.target_dev() {
-                if let Ok(s) = dom.interface_stats(dev) {
-                    network.rx_bytes += u64::try_from(s.rx_bytes).unwrap_or(0);
-                    network.tx_bytes += u64::try_from(s.tx_bytes).unwrap_or(0);
-                }
-            }
-        }
-    }
-
-    Ok(Usage {
-        cpu: CpuUsage {
-            usage: cpu,
-            cores: vcpus,
-        },
-        memory: MemoryUsage {
-            used,
-            limit,
-            percentage: if limit > 0 {
-                used as f64 * 100.0 / limit as f64
-            } else {
-                0.0
-            },
-        },
-        storage: StorageUsage {
-            used: allocated,
-            total,
-        },
-        network,
-    })
-}
 
 #[cfg(test)]
 mod tests {

@@ -4,8 +4,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::Image;
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
@@ -13,8 +15,8 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 use virt::sys;
 
-use crate::error::KvmError;
-use crate::xml::{PoolXml, VolumeXml};
+use crate::error::{KvmError, LibvirtOp};
+use crate::xml::{PoolDoc, PoolXml, VolumeXml};
 
 /// Template file extensions, in order of preference.
 pub const EXTENSIONS: [&str; 3] = ["qcow2", "img", "raw"];
@@ -170,12 +172,12 @@ pub fn ensure_pool(conn: &Connect, name: &str, dir: &Path) -> Result<StoragePool
         Ok(pool) => {
             if !pool
                 .is_active()
-                .map_err(KvmError::libvirt("checking the storage pool"))?
+                .map_err(KvmError::libvirt(LibvirtOp::CheckPool))?
             {
                 // Its directory may be gone (a cleaned /var/tmp): make it again first.
                 let _ = pool.build(0);
                 pool.create(0)
-                    .map_err(KvmError::libvirt("starting the storage pool"))?;
+                    .map_err(KvmError::libvirt(LibvirtOp::StartPool))?;
             }
             Ok(pool)
         }
@@ -187,19 +189,73 @@ pub fn ensure_pool(conn: &Connect, name: &str, dir: &Path) -> Result<StoragePool
             let xml = PoolXml::dir(name, &dir.to_string_lossy()).to_xml()?;
             let pool = conn
                 .define_storage_pool_xml(&xml, 0)
-                .map_err(KvmError::libvirt("defining the storage pool"))?;
+                .map_err(KvmError::libvirt(LibvirtOp::DefinePool))?;
             let _ = pool.build(0);
             pool.create(0)
-                .map_err(KvmError::libvirt("starting the storage pool"))?;
+                .map_err(KvmError::libvirt(LibvirtOp::StartPool))?;
             let _ = pool.set_autostart(true);
             tracing::info!(pool = %name, "storage pool created");
             Ok(pool)
         }
         Err(source) => Err(KvmError::Libvirt {
-            op: "looking up the storage pool",
+            op: LibvirtOp::LookUpPool,
             source,
         }),
     }
+}
+
+/// The instance pool as last made sure of: the connection generation for which it
+/// is known to be there, and its directory.
+#[derive(Default)]
+pub(crate) struct KnownPool(Mutex<Option<(u64, PathBuf)>>);
+
+impl KnownPool {
+    /// The pool `name` and its directory (which is `dir` unless the pool existed
+    /// before with another one), made or started when needed: checked again on a
+    /// new connection (`generation`) or when it was stopped.
+    pub(crate) fn get(
+        &self,
+        conn: &Connect,
+        generation: u64,
+        name: &str,
+        dir: &Path,
+    ) -> Result<(StoragePool, PathBuf), KvmError> {
+        let mut known = lock(&self.0);
+        if let Some((g, known_dir)) = &*known {
+            if *g == generation {
+                if let Ok(pool) = conn.lookup_storage_pool_by_name(name) {
+                    // Stopped by hand (virsh pool-destroy): started again below.
+                    if pool.is_active().unwrap_or(false) {
+                        return Ok((pool, known_dir.clone()));
+                    }
+                }
+            }
+        }
+        let pool = ensure_pool(conn, name, dir)?;
+        let pool_dir = pool_dir(&pool).unwrap_or_else(|| dir.to_owned());
+        if pool_dir != dir {
+            tracing::warn!(pool = %name, "the storage pool exists with another directory than storage_dir; using the pool's");
+        }
+        *known = Some((generation, pool_dir.clone()));
+        Ok((pool, pool_dir))
+    }
+}
+
+/// A pool's directory, from its XML.
+pub fn pool_dir(pool: &StoragePool) -> Option<PathBuf> {
+    pool.xml_desc(0)
+        .ok()
+        .and_then(|x| PoolDoc::parse(&x).ok())
+        .and_then(|d| d.path().map(PathBuf::from))
+}
+
+/// The path of a volume just made. When libvirt cannot say, the volume is deleted
+/// (nothing else knows of it) and `op` fails.
+pub(crate) fn volume_path(vol: &StorageVol, op: LibvirtOp) -> Result<String, KvmError> {
+    vol.path().map_err(|source| {
+        let _ = vol.delete(0);
+        KvmError::Libvirt { op, source }
+    })
 }
 
 /// Makes an instance's disk volume from a template: a qcow2 overlay or a raw copy.
@@ -216,7 +272,7 @@ pub fn create_disk(
         let xml =
             VolumeXml::new(vol_name, size, "qcow2", Some((&path, template.format))).to_xml()?;
         return StorageVol::create_xml(pool, &xml, 0)
-            .map_err(KvmError::libvirt("creating the disk volume"));
+            .map_err(KvmError::libvirt(LibvirtOp::CreateDiskVolume));
     }
     let dest = pool_dir.join(vol_name);
     let result = (|| {
@@ -234,9 +290,9 @@ pub fn create_disk(
             .arg(&dest)
             .arg(size.to_string()))?;
         pool.refresh(0)
-            .map_err(KvmError::libvirt("refreshing the storage pool"))?;
+            .map_err(KvmError::libvirt(LibvirtOp::RefreshPool))?;
         pool.lookup_storage_vol_by_name(vol_name)
-            .map_err(KvmError::libvirt("looking up the disk volume"))
+            .map_err(KvmError::libvirt(LibvirtOp::LookUpDiskVolume))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&dest);
@@ -270,17 +326,8 @@ pub fn create_seed(
 ) -> Result<String, KvmError> {
     let xml = VolumeXml::new(vol_name, image.len() as u64, "raw", None).to_xml()?;
     let vol = StorageVol::create_xml(pool, &xml, 0)
-        .map_err(KvmError::libvirt("creating the seed volume"))?;
-    let path = match vol.path() {
-        Ok(p) => p,
-        Err(source) => {
-            let _ = vol.delete(0);
-            return Err(KvmError::Libvirt {
-                op: "reading the seed volume path",
-                source,
-            });
-        }
-    };
+        .map_err(KvmError::libvirt(LibvirtOp::CreateSeedVolume))?;
+    let path = volume_path(&vol, LibvirtOp::ReadSeedVolumePath)?;
     let result = match upload(conn, &vol, image) {
         Ok(()) => Ok(()),
         Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_SUPPORT => std::fs::write(&path, image)
@@ -289,7 +336,7 @@ pub fn create_seed(
                 source,
             }),
         Err(source) => Err(KvmError::Libvirt {
-            op: "uploading the seed image",
+            op: LibvirtOp::UploadSeed,
             source,
         }),
     };
@@ -345,7 +392,7 @@ pub fn delete_volume(conn: &Connect, path: &str, local: bool) -> Result<(), KvmE
             Err(e) if e.code().to_raw() == sys::VIR_ERR_NO_STORAGE_VOL => {}
             Err(source) => {
                 return Err(KvmError::Libvirt {
-                    op: "deleting a volume",
+                    op: LibvirtOp::DeleteVolume,
                     source,
                 })
             }

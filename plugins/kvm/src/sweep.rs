@@ -13,9 +13,9 @@ use virt::connect::Connect;
 use virt::sys;
 
 use crate::backend::Inner;
-use crate::error::KvmError;
+use crate::error::{KvmError, LibvirtOp};
 use crate::storage;
-use crate::xml::{PoolDoc, VolumeDoc};
+use crate::xml::VolumeDoc;
 
 /// The instance id in the name of a file that a create makes in the pool, when the
 /// name is one: `i-` + 20 lowercase hex digits, then `.qcow2`, `.raw` or `-seed.img`.
@@ -52,12 +52,7 @@ impl Inner {
         if !pool.is_active().unwrap_or(false) {
             return Ok(0);
         }
-        let Some(dir) = pool
-            .xml_desc(0)
-            .ok()
-            .and_then(|x| PoolDoc::parse(&x).ok())
-            .and_then(|d| d.path().map(PathBuf::from))
-        else {
+        let Some(dir) = storage::pool_dir(&pool) else {
             return Ok(0);
         };
         let local = storage::uri_is_local(&self.config.uri);
@@ -71,7 +66,7 @@ impl Inner {
         let mut found: BTreeMap<String, Candidate> = BTreeMap::new();
         let vols = pool
             .list_all_volumes(0)
-            .map_err(KvmError::libvirt("listing the pool's volumes"))?;
+            .map_err(KvmError::libvirt(LibvirtOp::ListPoolVolumes))?;
         for vol in vols {
             let Ok(name) = vol.name() else { continue };
             let Some(id) = instance_file_id(&name) else {
@@ -120,12 +115,12 @@ impl Inner {
             return Ok(0);
         }
         // 2. The creates in flight in this process.
-        let in_flight = self.creating_ids();
+        let in_flight = self.creating.ids();
         // 3. Every domain (ours or not): a file whose id appears anywhere in a
         //    domain's XML (our metadata, a disk path) is in use.
         let doms = conn
             .list_all_domains(0)
-            .map_err(KvmError::libvirt("listing domains"))?;
+            .map_err(KvmError::libvirt(LibvirtOp::ListDomains))?;
         let mut xmls = Vec::with_capacity(doms.len());
         for dom in doms {
             for flags in [0, sys::VIR_DOMAIN_XML_INACTIVE] {
@@ -135,7 +130,7 @@ impl Inner {
                     // Unsure what is in use: sweep nothing this time.
                     Err(source) => {
                         return Err(KvmError::Libvirt {
-                            op: "reading a domain's xml",
+                            op: LibvirtOp::ReadAnyDomainXml,
                             source,
                         })
                     }

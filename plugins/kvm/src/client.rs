@@ -1,17 +1,18 @@
-//! The process-wide libvirt event loop and a lazy, self-healing connection that
-//! registers our domain lifecycle callback each time it (re)connects, and logs an
-//! outage as its beginning (WARN) and end (INFO) only.
+//! The client side of libvirt: the process-wide event loop, and a lazy,
+//! self-healing connection that registers our domain lifecycle callback each time
+//! it (re)connects, and logs an outage as its beginning (WARN) and end (INFO) only.
 
-use std::ffi::CStr;
-use std::os::raw::{c_char, c_int, c_void};
+use std::os::raw::{c_int, c_void};
 use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
+use unicompute_plugin_api::sync::lock;
 use virt::connect::Connect;
 use virt::sys;
 
 use crate::error::KvmError;
+use crate::events::{register_lifecycle, DomainEvent};
 
 static LIBVIRT_INIT: Once = Once::new();
 
@@ -61,17 +62,6 @@ fn event_loop_registered() -> bool {
             false
         }
     }
-}
-
-/// A domain lifecycle event, as libvirt reported it.
-#[derive(Debug, Clone)]
-pub struct DomainEvent {
-    /// The domain's UUID.
-    pub uuid: String,
-    /// The domain's name.
-    pub name: String,
-    /// `VIR_DOMAIN_EVENT_*`.
-    pub kind: c_int,
 }
 
 /// Whether libvirt is reachable, as far as the calls have seen: so that an outage
@@ -154,7 +144,7 @@ impl Connection {
     }
 
     fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.slot)
     }
 
     /// The live connection, opened (again) when there is none or it died. The
@@ -269,86 +259,6 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// The lifecycle callback libvirt calls on its event thread. It must not block or
-/// panic: it reads the domain's UUID and name (local, no RPC) and hands them on.
-unsafe extern "C" fn lifecycle_callback(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
-    event: c_int,
-    _detail: c_int,
-    opaque: *mut c_void,
-) -> c_int {
-    if opaque.is_null() || dom.is_null() {
-        return 0;
-    }
-    // SAFETY: `opaque` is the boxed Sender registered with this callback; libvirt
-    // keeps it alive until it calls `free_sender`.
-    let tx = unsafe { &*(opaque as *const Sender<DomainEvent>) };
-    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
-    // SAFETY: `dom` is valid for the duration of the callback; the buffer has the
-    // size libvirt documents for a UUID string.
-    let uuid = unsafe {
-        if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) < 0 {
-            return 0;
-        }
-        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-    };
-    // SAFETY: as above; the name string is owned by the domain object.
-    let name = unsafe {
-        let p = sys::virDomainGetName(dom);
-        if p.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
-    };
-    let _ = tx.send(DomainEvent {
-        uuid,
-        name,
-        kind: event,
-    });
-    0
-}
-
-unsafe extern "C" fn free_sender(opaque: *mut c_void) {
-    if !opaque.is_null() {
-        // SAFETY: `opaque` came from Box::into_raw in `register_lifecycle`, and libvirt
-        // calls this once.
-        drop(unsafe { Box::from_raw(opaque as *mut Sender<DomainEvent>) });
-    }
-}
-
-type LifecycleFn =
-    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
-type GenericFn = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
-
-fn register_lifecycle(conn: &Connect, tx: Sender<DomainEvent>) -> Result<c_int, KvmError> {
-    let opaque = Box::into_raw(Box::new(tx)) as *mut c_void;
-    // SAFETY: libvirt's API takes the generic callback type and calls it with the
-    // signature of the event id (VIR_DOMAIN_EVENT_CALLBACK in C does the same cast).
-    let cb = unsafe { std::mem::transmute::<LifecycleFn, GenericFn>(lifecycle_callback) };
-    // SAFETY: valid connection; callback and free function match the contract above.
-    let id = unsafe {
-        sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
-            Some(cb),
-            opaque,
-            Some(free_sender),
-        )
-    };
-    if id < 0 {
-        // SAFETY: registration failed, so libvirt did not take the box.
-        unsafe { free_sender(opaque) };
-        return Err(KvmError::Libvirt {
-            op: "registering domain events",
-            source: virt::error::Error::last_error(),
-        });
-    }
-    Ok(id)
 }
 
 #[cfg(test)]

@@ -1,128 +1,22 @@
-//! The backend's own settings (`[backends.NAME]` in the host config) and the
-//! per-instance `config` object a client sends at create time.
+//! What a create request asks for, turned into what gets defined: the instance
+//! `config` parsed and checked (disk format, network, cloud-init), the id and
+//! labels checked, the template and sizes resolved ([`Plan`]), and from that the
+//! domain definition ([`DomainSpec`]) with our metadata.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
+use unicompute_plugin_api::CreateRequest;
+use virt::connect::Connect;
 
-/// Settings of one kvm backend.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KvmConfig {
-    /// libvirt connection URI (`qemu:///system`, `qemu+ssh://host/system`, `test:///...`).
-    #[serde(default = "default_uri")]
-    pub uri: String,
-    /// Directory holding the templates (`<name>.qcow2`, `.img`, `.raw`).
-    #[serde(default = "default_templates_dir")]
-    pub templates_dir: PathBuf,
-    /// Directory of the libvirt `dir` storage pool holding instance disks and seeds;
-    /// created when missing.
-    #[serde(default = "default_storage_dir")]
-    pub storage_dir: PathBuf,
-    /// Name of that storage pool.
-    #[serde(default = "default_storage_pool")]
-    pub storage_pool: String,
-    /// libvirt domain type; `kvm` when `/dev/kvm` is usable, else `qemu`.
-    #[serde(default)]
-    pub domain_type: Option<String>,
-    /// libvirt network used when `networkType` is `network` without a source.
-    #[serde(default = "default_network")]
-    pub default_network: String,
-    /// The guest CPU model: none (QEMU's default, `qemu64`, works everywhere,
-    /// also nested), `host-passthrough` (the host's CPU, fastest; some nested
-    /// hypervisors refuse it), `host-model`, or `maximum`. Distributions built for
-    /// x86-64-v2 and later need one of the last three.
-    #[serde(default)]
-    pub cpu_mode: Option<CpuMode>,
-    /// How old (by its modification time) a file in the pool named like one of our
-    /// instances' volumes, with no domain, must be before it is swept as the
-    /// leftover of a create or delete that a killed server did not finish.
-    #[serde(default = "default_orphan_grace_secs")]
-    pub orphan_grace_secs: u64,
-}
+use crate::error::{KvmError, Result};
+use crate::settings::KvmConfig;
+use crate::storage::{self, Template};
+use crate::xml::{DomainSpec, InstanceMeta, LabelsXml};
 
-/// `<cpu mode="...">`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CpuMode {
-    /// The host CPU as it is.
-    HostPassthrough,
-    /// A named model closest to the host CPU.
-    HostModel,
-    /// Every feature the hypervisor can give.
-    Maximum,
-}
-
-impl CpuMode {
-    /// libvirt's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CpuMode::HostPassthrough => "host-passthrough",
-            CpuMode::HostModel => "host-model",
-            CpuMode::Maximum => "maximum",
-        }
-    }
-}
-
-fn default_uri() -> String {
-    "qemu:///system".into()
-}
-fn default_templates_dir() -> PathBuf {
-    "/var/lib/unicompute/templates".into()
-}
-fn default_storage_dir() -> PathBuf {
-    "/var/lib/unicompute/instances".into()
-}
-fn default_storage_pool() -> String {
-    "unicompute".into()
-}
-fn default_network() -> String {
-    "default".into()
-}
-fn default_orphan_grace_secs() -> u64 {
-    600
-}
-
-impl Default for KvmConfig {
-    fn default() -> Self {
-        KvmConfig {
-            uri: default_uri(),
-            templates_dir: default_templates_dir(),
-            storage_dir: default_storage_dir(),
-            storage_pool: default_storage_pool(),
-            domain_type: None,
-            default_network: default_network(),
-            cpu_mode: None,
-            orphan_grace_secs: default_orphan_grace_secs(),
-        }
-    }
-}
-
-impl KvmConfig {
-    /// The domain type to write into domain XML.
-    pub fn resolved_domain_type(&self) -> String {
-        if let Some(t) = &self.domain_type {
-            return t.clone();
-        }
-        if self.uri.starts_with("test:") {
-            return "test".into();
-        }
-        if kvm_usable(Path::new("/dev/kvm")) {
-            "kvm".into()
-        } else {
-            "qemu".into()
-        }
-    }
-}
-
-/// Whether the KVM device can be opened for reading and writing.
-fn kvm_usable(dev: &Path) -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .is_ok()
-}
+/// Memory of an instance when the request names none: 1 GiB.
+const DEFAULT_MEMORY: u64 = 1 << 30;
 
 /// How an instance's disk is made from its template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -222,7 +116,7 @@ impl InstanceConfig {
     pub fn from_request(
         config: &serde_json::Map<String, serde_json::Value>,
         default_network: &str,
-    ) -> Result<Self, String> {
+    ) -> std::result::Result<Self, String> {
         let mut parsed: InstanceConfig =
             serde_json::from_value(serde_json::Value::Object(config.clone()))
                 .map_err(|e| format!("invalid kvm config: {e}"))?;
@@ -298,6 +192,156 @@ impl InstanceConfig {
     }
 }
 
+/// Checks that an id can name volumes (`<id>.qcow2`).
+pub(crate) fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(KvmError::InvalidRequest(format!(
+            "invalid instance id {id:?}"
+        )))
+    }
+}
+
+/// A create request checked without libvirt: its config, its template and the
+/// sizes it asks for (defaults filled in).
+pub(crate) struct Plan {
+    /// The applied config.
+    pub config: InstanceConfig,
+    /// The template the disk is made from.
+    pub template: Template,
+    /// vCPUs.
+    pub cores: u32,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Disk size in bytes.
+    pub size: u64,
+}
+
+impl Plan {
+    /// Reads and checks a create request's config, labels and sizes against the
+    /// templates in `settings.templates_dir`.
+    pub(crate) fn new(req: &CreateRequest, settings: &KvmConfig) -> Result<Plan> {
+        let config = InstanceConfig::from_request(&req.config, &settings.default_network)
+            .map_err(KvmError::InvalidRequest)?;
+        if let Some(field) = config.xml_illegal() {
+            return Err(KvmError::InvalidRequest(format!(
+                "{field} holds control characters"
+            )));
+        }
+        let xml_bad = has_control_chars;
+        if let Some((k, _)) = req.labels.iter().find(|(k, v)| xml_bad(k) || xml_bad(v)) {
+            return Err(KvmError::InvalidRequest(format!(
+                "label {k:?} holds control characters"
+            )));
+        }
+        let template = storage::find_template(&settings.templates_dir, &config.image)?;
+        let cores = req.resources.cores().unwrap_or(1);
+        let memory = req.resources.memory_limit().unwrap_or(DEFAULT_MEMORY);
+        let size = req.resources.total_space().unwrap_or(template.virtual_size);
+        if size < template.virtual_size {
+            return Err(KvmError::InvalidRequest(format!(
+                "storage.totalSpace {size} is smaller than template {} ({} bytes)",
+                template.name, template.virtual_size
+            )));
+        }
+        Ok(Plan {
+            config,
+            template,
+            cores,
+            memory,
+            size,
+        })
+    }
+
+    /// Refuses a network that libvirt would only refuse at start: a libvirt
+    /// network that does not exist, or (local libvirt) a bridge that is not one.
+    pub(crate) fn check_network(&self, conn: &Connect, uri: &str) -> Result<()> {
+        let sys_net = Path::new("/sys/class/net");
+        match (
+            self.config.network_type,
+            self.config.network_source.as_deref(),
+        ) {
+            (NetworkType::Network, Some(net)) if conn.lookup_network_by_name(net).is_err() => Err(
+                KvmError::InvalidRequest(format!("libvirt network {net} does not exist")),
+            ),
+            // On this host the bridge can be seen; a remote one shows it at start.
+            (NetworkType::Bridge, Some(br))
+                if storage::uri_is_local(uri)
+                    && sys_net.is_dir()
+                    && !sys_net.join(br).join("bridge").is_dir() =>
+            {
+                Err(KvmError::InvalidRequest(format!(
+                    "{br} is not a bridge on this host"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The domain to define: `disk` and `seed` are the volumes made for it,
+    /// `host_cpus` the most vCPUs it can be given live.
+    pub(crate) fn domain(
+        &self,
+        req: &CreateRequest,
+        settings: &KvmConfig,
+        domain_type: String,
+        host_cpus: u32,
+        disk: String,
+        seed: Option<String>,
+    ) -> DomainSpec {
+        let created = req.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        let format = self.config.disk_format.as_str();
+        DomainSpec {
+            domain_type,
+            name: req.name.clone(),
+            vcpus: self.cores,
+            max_vcpus: self.cores.max(host_cpus),
+            cpu_mode: settings.cpu_mode.map(|m| m.as_str()),
+            memory: self.memory,
+            disk: (disk.clone(), format.to_owned()),
+            seed: seed.clone(),
+            meta: InstanceMeta {
+                xmlns: None,
+                id: req.id.clone(),
+                created_at: created.clone(),
+                updated_at: created,
+                started: req.start,
+                labels: LabelsXml::from_map(&req.labels),
+                config: self.config.redacted(),
+                pool: settings.storage_pool.clone(),
+                disk,
+                disk_size: self.size,
+                seed,
+            },
+        }
+    }
+}
+
+/// The domain type for a new domain: as configured, else as probed at start
+/// (`probed`) for a local libvirt, else (a remote one) `kvm` when its
+/// capabilities offer it.
+pub(crate) fn domain_type_on(settings: &KvmConfig, probed: &str, conn: &Connect) -> String {
+    if settings.domain_type.is_some() || storage::uri_is_local(&settings.uri) {
+        return probed.to_owned();
+    }
+    match conn.capabilities() {
+        Ok(caps)
+            if caps.contains("<domain type='kvm'") || caps.contains("<domain type=\"kvm\"") =>
+        {
+            "kvm".into()
+        }
+        Ok(_) => "qemu".into(),
+        Err(_) => probed.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,24 +349,6 @@ mod tests {
 
     fn obj(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
         v.as_object().cloned().unwrap_or_default()
-    }
-
-    #[test]
-    fn defaults_and_unknown_keys() {
-        let c: KvmConfig = serde_json::from_value(json!({})).unwrap();
-        assert_eq!(c.uri, "qemu:///system");
-        assert_eq!(c.storage_pool, "unicompute");
-        assert!(serde_json::from_value::<KvmConfig>(json!({"urii": "x"})).is_err());
-        let t = KvmConfig {
-            uri: "test:///default".into(),
-            ..Default::default()
-        };
-        assert_eq!(t.resolved_domain_type(), "test");
-        let set = KvmConfig {
-            domain_type: Some("qemu".into()),
-            ..Default::default()
-        };
-        assert_eq!(set.resolved_domain_type(), "qemu");
     }
 
     #[test]
@@ -334,6 +360,14 @@ mod tests {
         let j = c.to_json();
         assert_eq!(j["diskFormat"], "qcow2");
         assert_eq!(j["networkSource"], "default");
+    }
+
+    #[test]
+    fn ids_must_be_volume_safe() {
+        assert!(check_id("inst-1a2b_3.x").is_ok());
+        for bad in ["", "../x", "a/b", ".x", "a b"] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,198 @@
+//! The backend's own settings (`[backends.NAME]` in the host config): their
+//! defaults, the domain type they resolve to, and their validation.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use unicompute_plugin_api::PluginError;
+
+/// Settings of one kvm backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvmConfig {
+    /// libvirt connection URI (`qemu:///system`, `qemu+ssh://host/system`, `test:///...`).
+    #[serde(default = "default_uri")]
+    pub uri: String,
+    /// Directory holding the templates (`<name>.qcow2`, `.img`, `.raw`).
+    #[serde(default = "default_templates_dir")]
+    pub templates_dir: PathBuf,
+    /// Directory of the libvirt `dir` storage pool holding instance disks and seeds;
+    /// created when missing.
+    #[serde(default = "default_storage_dir")]
+    pub storage_dir: PathBuf,
+    /// Name of that storage pool.
+    #[serde(default = "default_storage_pool")]
+    pub storage_pool: String,
+    /// libvirt domain type; `kvm` when `/dev/kvm` is usable, else `qemu`.
+    #[serde(default)]
+    pub domain_type: Option<String>,
+    /// libvirt network used when `networkType` is `network` without a source.
+    #[serde(default = "default_network")]
+    pub default_network: String,
+    /// The guest CPU model: none (QEMU's default, `qemu64`, works everywhere,
+    /// also nested), `host-passthrough` (the host's CPU, fastest; some nested
+    /// hypervisors refuse it), `host-model`, or `maximum`. Distributions built for
+    /// x86-64-v2 and later need one of the last three.
+    #[serde(default)]
+    pub cpu_mode: Option<CpuMode>,
+    /// How old (by its modification time) a file in the pool named like one of our
+    /// instances' volumes, with no domain, must be before it is swept as the
+    /// leftover of a create or delete that a killed server did not finish.
+    #[serde(default = "default_orphan_grace_secs")]
+    pub orphan_grace_secs: u64,
+}
+
+/// `<cpu mode="...">`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuMode {
+    /// The host CPU as it is.
+    HostPassthrough,
+    /// A named model closest to the host CPU.
+    HostModel,
+    /// Every feature the hypervisor can give.
+    Maximum,
+}
+
+impl CpuMode {
+    /// libvirt's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuMode::HostPassthrough => "host-passthrough",
+            CpuMode::HostModel => "host-model",
+            CpuMode::Maximum => "maximum",
+        }
+    }
+}
+
+fn default_uri() -> String {
+    "qemu:///system".into()
+}
+fn default_templates_dir() -> PathBuf {
+    "/var/lib/unicompute/templates".into()
+}
+fn default_storage_dir() -> PathBuf {
+    "/var/lib/unicompute/instances".into()
+}
+fn default_storage_pool() -> String {
+    "unicompute".into()
+}
+fn default_network() -> String {
+    "default".into()
+}
+fn default_orphan_grace_secs() -> u64 {
+    600
+}
+
+impl Default for KvmConfig {
+    fn default() -> Self {
+        KvmConfig {
+            uri: default_uri(),
+            templates_dir: default_templates_dir(),
+            storage_dir: default_storage_dir(),
+            storage_pool: default_storage_pool(),
+            domain_type: None,
+            default_network: default_network(),
+            cpu_mode: None,
+            orphan_grace_secs: default_orphan_grace_secs(),
+        }
+    }
+}
+
+impl KvmConfig {
+    /// Checks what serde cannot: a plain pool name and absolute directories.
+    /// `backend` is the backend's name, for the message.
+    pub fn validate(&self, backend: &str) -> Result<(), PluginError> {
+        if self.storage_pool.is_empty() || self.storage_pool.contains('/') {
+            return Err(PluginError::config(format!(
+                "backend {backend}: storage_pool must be a plain name"
+            )));
+        }
+        for (key, dir) in [
+            ("templates_dir", &self.templates_dir),
+            ("storage_dir", &self.storage_dir),
+        ] {
+            // libvirtd resolves paths from its own working directory, not ours.
+            if !dir.is_absolute() {
+                return Err(PluginError::config(format!(
+                    "backend {backend}: {key} must be an absolute path, not {}",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The domain type to write into domain XML.
+    pub fn resolved_domain_type(&self) -> String {
+        if let Some(t) = &self.domain_type {
+            return t.clone();
+        }
+        if self.uri.starts_with("test:") {
+            return "test".into();
+        }
+        if kvm_usable(Path::new("/dev/kvm")) {
+            "kvm".into()
+        } else {
+            "qemu".into()
+        }
+    }
+}
+
+/// Whether the KVM device can be opened for reading and writing.
+fn kvm_usable(dev: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c: KvmConfig = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(c.uri, "qemu:///system");
+        assert_eq!(c.storage_pool, "unicompute");
+        assert!(serde_json::from_value::<KvmConfig>(json!({"urii": "x"})).is_err());
+        let t = KvmConfig {
+            uri: "test:///default".into(),
+            ..Default::default()
+        };
+        assert_eq!(t.resolved_domain_type(), "test");
+        let set = KvmConfig {
+            domain_type: Some("qemu".into()),
+            ..Default::default()
+        };
+        assert_eq!(set.resolved_domain_type(), "qemu");
+    }
+
+    #[test]
+    fn pool_names_are_plain_and_directories_absolute() {
+        assert!(KvmConfig::default().validate("kvm").is_ok());
+        for bad in [
+            KvmConfig {
+                storage_pool: String::new(),
+                ..Default::default()
+            },
+            KvmConfig {
+                storage_pool: "a/b".into(),
+                ..Default::default()
+            },
+            KvmConfig {
+                templates_dir: "templates".into(),
+                ..Default::default()
+            },
+            KvmConfig {
+                storage_dir: "./instances".into(),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate("kvm").is_err(), "{bad:?}");
+        }
+    }
+}

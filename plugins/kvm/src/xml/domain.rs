@@ -1,0 +1,444 @@
+//! A domain's XML: the one we define for a new instance ([`DomainSpec`] written as
+//! [`DomainXml`]) and the parts we read back from libvirt ([`DomainDoc`]).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Amount, InstanceMeta, NAMESPACE};
+use crate::error::KvmError;
+use crate::spec::NetworkType;
+
+/// A new domain.
+#[derive(Debug, Serialize)]
+#[serde(rename = "domain")]
+pub struct DomainXml {
+    #[serde(rename = "@type")]
+    kind: String,
+    name: String,
+    metadata: MetadataXml,
+    memory: Amount,
+    #[serde(rename = "currentMemory")]
+    current_memory: Amount,
+    vcpu: VcpuXml,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<CpuXml>,
+    os: OsXml,
+    features: FeaturesXml,
+    clock: ClockXml,
+    on_poweroff: &'static str,
+    on_reboot: &'static str,
+    on_crash: &'static str,
+    devices: DevicesXml,
+}
+
+#[derive(Debug, Serialize)]
+struct MetadataXml {
+    #[serde(rename = "unicompute:instance")]
+    instance: InstanceMeta,
+}
+
+#[derive(Debug, Serialize)]
+struct VcpuXml {
+    #[serde(rename = "@placement")]
+    placement: &'static str,
+    #[serde(rename = "@current")]
+    current: u32,
+    #[serde(rename = "$text")]
+    max: u32,
+}
+
+/// `<cpu mode="..."/>` (see `cpu_mode` in the backend's settings).
+#[derive(Debug, Serialize)]
+struct CpuXml {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct OsXml {
+    #[serde(rename = "type")]
+    os_type: &'static str,
+    boot: BootXml,
+}
+
+#[derive(Debug, Serialize)]
+struct BootXml {
+    #[serde(rename = "@dev")]
+    dev: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct FeaturesXml {
+    acpi: (),
+    apic: (),
+}
+
+#[derive(Debug, Serialize)]
+struct ClockXml {
+    #[serde(rename = "@offset")]
+    offset: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct DevicesXml {
+    disk: Vec<DiskXml>,
+    interface: Vec<InterfaceXml>,
+    serial: SerialXml,
+    memballoon: BalloonXml,
+}
+
+#[derive(Debug, Serialize)]
+struct DiskXml {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@device")]
+    device: &'static str,
+    driver: DriverXml,
+    source: FileSourceXml,
+    target: TargetXml,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readonly: Option<()>,
+}
+
+#[derive(Debug, Serialize)]
+struct DriverXml {
+    #[serde(rename = "@name")]
+    name: &'static str,
+    #[serde(rename = "@type")]
+    format: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FileSourceXml {
+    #[serde(rename = "@file")]
+    file: String,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetXml {
+    #[serde(rename = "@dev")]
+    dev: &'static str,
+    #[serde(rename = "@bus")]
+    bus: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct InterfaceXml {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<IfaceSourceXml>,
+    model: ModelXml,
+}
+
+#[derive(Debug, Serialize)]
+struct IfaceSourceXml {
+    #[serde(rename = "@network", skip_serializing_if = "Option::is_none")]
+    network: Option<String>,
+    #[serde(rename = "@bridge", skip_serializing_if = "Option::is_none")]
+    bridge: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelXml {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct SerialXml {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct BalloonXml {
+    #[serde(rename = "@model")]
+    model: &'static str,
+    stats: BalloonStatsXml,
+}
+
+#[derive(Debug, Serialize)]
+struct BalloonStatsXml {
+    #[serde(rename = "@period")]
+    period: u32,
+}
+
+/// What a new domain is made of.
+#[derive(Debug, Clone)]
+pub struct DomainSpec {
+    /// libvirt domain type (`kvm`, `qemu`, `test`).
+    pub domain_type: String,
+    /// Domain name = instance name.
+    pub name: String,
+    /// vCPUs at start.
+    pub vcpus: u32,
+    /// Most vCPUs the domain can be given live.
+    pub max_vcpus: u32,
+    /// `<cpu mode>`, when set.
+    pub cpu_mode: Option<&'static str>,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Disk path and format.
+    pub disk: (String, String),
+    /// Seed image path.
+    pub seed: Option<String>,
+    /// Our metadata.
+    pub meta: InstanceMeta,
+}
+
+impl DomainSpec {
+    /// The domain XML.
+    pub fn to_xml(&self) -> Result<String, KvmError> {
+        let mut disks = vec![DiskXml {
+            kind: "file",
+            device: "disk",
+            driver: DriverXml {
+                name: "qemu",
+                format: self.disk.1.clone(),
+            },
+            source: FileSourceXml {
+                file: self.disk.0.clone(),
+            },
+            target: TargetXml {
+                dev: "vda",
+                bus: "virtio",
+            },
+            readonly: None,
+        }];
+        if let Some(seed) = &self.seed {
+            disks.push(DiskXml {
+                kind: "file",
+                device: "disk",
+                driver: DriverXml {
+                    name: "qemu",
+                    format: "raw".into(),
+                },
+                source: FileSourceXml { file: seed.clone() },
+                target: TargetXml {
+                    dev: "vdb",
+                    bus: "virtio",
+                },
+                readonly: Some(()),
+            });
+        }
+        let config = &self.meta.config;
+        let source = config.network_source.clone();
+        let interface = match config.network_type {
+            NetworkType::Network => Some((
+                "network",
+                Some(IfaceSourceXml {
+                    network: source,
+                    bridge: None,
+                }),
+            )),
+            NetworkType::Bridge => Some((
+                "bridge",
+                Some(IfaceSourceXml {
+                    network: None,
+                    bridge: source,
+                }),
+            )),
+            NetworkType::User => Some(("user", None)),
+            NetworkType::None => None,
+        };
+        let mut meta = self.meta.clone();
+        meta.xmlns = Some(NAMESPACE.to_owned());
+        let doc = DomainXml {
+            kind: self.domain_type.clone(),
+            name: self.name.clone(),
+            metadata: MetadataXml { instance: meta },
+            memory: Amount::kib(self.memory),
+            current_memory: Amount::kib(self.memory),
+            vcpu: VcpuXml {
+                placement: "static",
+                current: self.vcpus,
+                max: self.max_vcpus.max(self.vcpus),
+            },
+            cpu: self.cpu_mode.map(|mode| CpuXml { mode }),
+            os: OsXml {
+                os_type: "hvm",
+                boot: BootXml { dev: "hd" },
+            },
+            features: FeaturesXml { acpi: (), apic: () },
+            clock: ClockXml { offset: "utc" },
+            on_poweroff: "destroy",
+            on_reboot: "restart",
+            on_crash: "destroy",
+            devices: DevicesXml {
+                disk: disks,
+                interface: interface
+                    .into_iter()
+                    .map(|(kind, source)| InterfaceXml {
+                        kind,
+                        source,
+                        model: ModelXml { kind: "virtio" },
+                    })
+                    .collect(),
+                serial: SerialXml { kind: "pty" },
+                memballoon: BalloonXml {
+                    model: "virtio",
+                    stats: BalloonStatsXml { period: 5 },
+                },
+            },
+        };
+        super::to_xml(&doc)
+    }
+}
+
+/// The parts of a domain's XML we read back.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DomainDoc {
+    /// Domain name.
+    pub name: String,
+    /// Domain UUID.
+    pub uuid: String,
+    #[serde(default)]
+    metadata: Option<MetadataDoc>,
+    memory: Option<Amount>,
+    #[serde(rename = "currentMemory", default)]
+    current_memory: Option<Amount>,
+    vcpu: Option<VcpuDoc>,
+    #[serde(default)]
+    devices: DevicesDoc,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+struct MetadataDoc {
+    // Other applications' metadata is skipped: only an element whose namespace is
+    // ours is taken (see `DomainDoc::meta`). Matching is on the local name.
+    #[serde(default)]
+    instance: Option<InstanceMeta>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct VcpuDoc {
+    #[serde(rename = "@current", default)]
+    current: Option<u32>,
+    #[serde(rename = "$text")]
+    max: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+struct DevicesDoc {
+    #[serde(default)]
+    disk: Vec<DiskDoc>,
+    #[serde(default)]
+    interface: Vec<InterfaceDoc>,
+}
+
+/// A disk of a domain.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DiskDoc {
+    /// `disk`, `cdrom`...
+    #[serde(rename = "@device", default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    source: Option<DiskSourceDoc>,
+    #[serde(default)]
+    target: Option<DevDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct DiskSourceDoc {
+    #[serde(rename = "@file", default)]
+    file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct DevDoc {
+    #[serde(rename = "@dev", default)]
+    dev: Option<String>,
+}
+
+/// A network interface of a domain.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InterfaceDoc {
+    /// `network`, `bridge`, `user`...
+    #[serde(rename = "@type")]
+    pub kind: String,
+    #[serde(default)]
+    source: Option<IfaceSourceDoc>,
+    #[serde(default)]
+    target: Option<DevDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct IfaceSourceDoc {
+    #[serde(rename = "@network", default)]
+    network: Option<String>,
+    #[serde(rename = "@bridge", default)]
+    bridge: Option<String>,
+}
+
+impl InterfaceDoc {
+    /// The network or bridge name.
+    pub fn source(&self) -> Option<&str> {
+        let s = self.source.as_ref()?;
+        s.network.as_deref().or(s.bridge.as_deref())
+    }
+    /// The host-side device (`vnet3`) of a running domain.
+    pub fn target_dev(&self) -> Option<&str> {
+        self.target.as_ref()?.dev.as_deref()
+    }
+}
+
+impl DiskDoc {
+    /// The source file.
+    pub fn file(&self) -> Option<&str> {
+        self.source.as_ref()?.file.as_deref()
+    }
+    /// The guest device name (`vda`).
+    pub fn target_dev(&self) -> Option<&str> {
+        self.target.as_ref()?.dev.as_deref()
+    }
+}
+
+impl DomainDoc {
+    /// Parses a domain XML.
+    pub fn parse(xml: &str) -> Result<Self, KvmError> {
+        super::parse(xml)
+    }
+
+    /// Our metadata, when the domain is one of ours.
+    pub fn meta(&self) -> Option<&InstanceMeta> {
+        let m = self.metadata.as_ref()?.instance.as_ref()?;
+        (m.xmlns.as_deref() == Some(NAMESPACE)).then_some(m)
+    }
+
+    /// Current vCPUs.
+    pub fn vcpus(&self) -> u32 {
+        self.vcpu
+            .as_ref()
+            .map(|v| v.current.unwrap_or(v.max))
+            .unwrap_or(1)
+    }
+
+    /// Most vCPUs.
+    pub fn max_vcpus(&self) -> u32 {
+        self.vcpu.as_ref().map(|v| v.max).unwrap_or(1)
+    }
+
+    /// Current memory in bytes.
+    pub fn memory(&self) -> u64 {
+        self.current_memory
+            .as_ref()
+            .or(self.memory.as_ref())
+            .map(Amount::bytes)
+            .unwrap_or(0)
+    }
+
+    /// Maximum memory in bytes.
+    pub fn max_memory(&self) -> u64 {
+        self.memory.as_ref().map(Amount::bytes).unwrap_or(0)
+    }
+
+    /// Disks.
+    pub fn disks(&self) -> &[DiskDoc] {
+        &self.devices.disk
+    }
+
+    /// Network interfaces.
+    pub fn interfaces(&self) -> &[InterfaceDoc] {
+        &self.devices.interface
+    }
+}

@@ -1,0 +1,116 @@
+//! Unit tests of the XML model: round trips, escaping, foreign metadata, units.
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::spec::{CloudInit, DiskFormat, InstanceConfig, NetworkType};
+
+fn meta() -> InstanceMeta {
+    InstanceMeta {
+        xmlns: None,
+        id: "i-1".into(),
+        created_at: "2024-06-04T10:00:00Z".into(),
+        updated_at: "2024-06-04T10:00:00Z".into(),
+        started: false,
+        labels: LabelsXml::from_map(&BTreeMap::from([
+            ("app".to_string(), "<web & \"x\">".to_string()),
+            ("empty".to_string(), String::new()),
+        ])),
+        config: InstanceConfig {
+            image: "ubuntu-22.04".into(),
+            disk_format: DiskFormat::Qcow2,
+            network_type: NetworkType::Bridge,
+            network_source: Some("br0'\"><evil/>".into()),
+            cloud_init: Some(CloudInit {
+                user_data: Some("#cloud-config\n</instance>\n".into()),
+                meta_data: None,
+                network_config: None,
+            }),
+        },
+        pool: "unicompute".into(),
+        disk: "/p/i-1.qcow2".into(),
+        disk_size: 20 << 30,
+        seed: Some("/p/i-1-seed.img".into()),
+    }
+}
+
+fn spec() -> DomainSpec {
+    DomainSpec {
+        domain_type: "kvm".into(),
+        name: "vm<1>".into(),
+        vcpus: 2,
+        max_vcpus: 4,
+        cpu_mode: Some("host-passthrough"),
+        memory: 2 << 30,
+        disk: ("/p/i-1.qcow2".into(), "qcow2".into()),
+        seed: Some("/p/i-1-seed.img".into()),
+        meta: meta(),
+    }
+}
+
+#[test]
+fn domain_xml_round_trips_and_escapes() {
+    let xml = spec().to_xml().unwrap();
+    assert!(xml.starts_with("<domain type=\"kvm\">"), "{xml}");
+    assert!(!xml.contains("<evil/>"), "{xml}");
+    assert!(xml.contains("<readonly/>"), "{xml}");
+    assert!(xml.contains("<acpi/>"), "{xml}");
+    assert!(xml.contains("<cpu mode=\"host-passthrough\"/>"), "{xml}");
+    let default = DomainSpec {
+        cpu_mode: None,
+        ..spec()
+    };
+    assert!(!default.to_xml().unwrap().contains("<cpu"));
+    let doc = DomainDoc::parse(&xml.replace(
+        "<domain type=\"kvm\">",
+        "<domain type=\"kvm\"><uuid>u-1</uuid>",
+    ))
+    .unwrap();
+    assert_eq!(doc.name, "vm<1>");
+    assert_eq!(doc.vcpus(), 2);
+    assert_eq!(doc.max_vcpus(), 4);
+    assert_eq!(doc.memory(), 2 << 30);
+    let m = doc.meta().unwrap();
+    let mut expected = meta();
+    expected.xmlns = Some(NAMESPACE.into());
+    assert_eq!(m, &expected);
+    assert_eq!(doc.disks().len(), 2);
+    assert_eq!(doc.disks()[0].file(), Some("/p/i-1.qcow2"));
+    assert_eq!(doc.interfaces()[0].kind, "bridge");
+    assert_eq!(doc.interfaces()[0].source(), Some("br0'\"><evil/>"));
+}
+
+#[test]
+fn foreign_metadata_is_not_ours() {
+    let xml = r#"<domain type="kvm"><name>n</name><uuid>u</uuid>
+        <metadata><nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1"><nova:name>x</nova:name></nova:instance></metadata>
+        <memory unit="KiB">1024</memory><vcpu>1</vcpu><devices/></domain>"#;
+    // Either it fails to parse as ours or parses without our namespace.
+    if let Ok(doc) = DomainDoc::parse(xml) {
+        assert!(doc.meta().is_none());
+    }
+}
+
+#[test]
+fn metadata_element_has_no_prefix() {
+    let s = meta().to_metadata_element().unwrap();
+    assert!(s.starts_with("<instance>"), "{s}");
+}
+
+#[test]
+fn pool_xml_round_trips() {
+    let xml = PoolXml::dir("p", "/var/lib/x").to_xml().unwrap();
+    assert_eq!(
+        xml,
+        "<pool type=\"dir\"><name>p</name><target><path>/var/lib/x</path></target></pool>"
+    );
+    assert_eq!(PoolDoc::parse(&xml).unwrap().path(), Some("/var/lib/x"));
+}
+
+#[test]
+fn memory_units() {
+    let a = Amount {
+        unit: Some("MiB".into()),
+        value: 3,
+    };
+    assert_eq!(a.bytes(), 3 << 20);
+}
