@@ -6,6 +6,7 @@
 //! dropped when the engine looks gone, so a call while the engine is down fails within
 //! the connect timeout and the first call after it returns reconnects by itself.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -210,4 +211,13 @@ impl Engine {
     {
         self.call(operation, self.config.request_timeout(), f).await
     }
+}
+
+/// The `filters` of a list or events call, from `(key, value)` pairs (a key may repeat).
+pub fn filters(pairs: &[(&str, String)]) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in pairs {
+        map.entry((*k).to_owned()).or_default().push(v.clone());
+    }
+    map
 }

@@ -3,7 +3,6 @@
 //! once. When the engine goes away the stream is reopened as soon as it returns, and a
 //! `Resync` tells the host to read everything again (events may have been missed).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use tokio::sync::watch;
 use unicompute_plugin_api::Event;
 
 use crate::backend::Shared;
+use crate::client::filters;
 use crate::record::{LABEL_BACKEND, LABEL_ID};
 
 /// How long to wait before trying the engine again.
@@ -63,15 +63,10 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 continue;
             }
         };
-        let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
-            (
-                "label".to_owned(),
-                vec![
-                    LABEL_ID.to_owned(),
-                    format!("{LABEL_BACKEND}={}", shared.name),
-                ],
-            ),
+        let filters = filters(&[
+            ("type", "container".to_owned()),
+            ("label", LABEL_ID.to_owned()),
+            ("label", format!("{LABEL_BACKEND}={}", shared.name)),
         ]);
         let mut stream = docker.events(Some(EventsOptions {
             filters: Some(filters),

@@ -7,6 +7,7 @@ pub mod backend;
 mod client;
 pub mod error;
 mod events;
+mod ops;
 pub mod pin;
 pub mod record;
 pub mod settings;

@@ -1,0 +1,77 @@
+//! Usage of an instance: from its stats stream while it runs (see `stats.rs`), else
+//! nothing used but the writable layer.
+
+use std::time::Duration;
+
+use bollard::models::ContainerStateStatusEnum;
+use bollard::query_parameters::InspectContainerOptions;
+use unicompute_plugin_api::{CpuUsage, MemoryUsage, StorageUsage, Usage};
+
+use super::{state_of, Result};
+use crate::backend::Shared;
+use crate::record::{self, LABEL_STORAGE};
+use crate::stats::Allocation;
+
+impl Shared {
+    pub(crate) async fn usage(&self, id: &str) -> Result<Usage> {
+        if let Some(u) = self.stats.fresh(id) {
+            return Ok(u);
+        }
+        let (container, c) = self.resolve(id).await?;
+        let host = c.host_config.as_ref();
+        let storage_total = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_STORAGE))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let alloc = Allocation {
+            cores: record::cores_of(
+                host.and_then(|h| h.nano_cpus),
+                host.and_then(|h| h.cpu_quota),
+                host.and_then(|h| h.cpu_period),
+            ),
+            memory_limit: host
+                .and_then(|h| h.memory)
+                .filter(|m| *m > 0)
+                .map(|m| m as u64),
+            storage_total,
+        };
+        let running = matches!(
+            state_of(&c),
+            Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED)
+        );
+        if running {
+            let docker = self.engine.client().await?;
+            let idle = Duration::from_secs(self.engine.config().stats_idle_secs);
+            if let Some(u) = self.stats.watch(docker, id, &container, alloc, idle).await {
+                return Ok(u);
+            }
+        }
+        // Not running: nothing is used but the writable layer.
+        let host_res = self.host_resources().await?;
+        let sized = self
+            .engine
+            .quick("inspect", |d| async move {
+                d.inspect_container(&container, Some(InspectContainerOptions { size: true }))
+                    .await
+            })
+            .await?;
+        Ok(Usage {
+            cpu: CpuUsage {
+                usage: 0.0,
+                cores: alloc
+                    .cores
+                    .map(|c| c.ceil() as u32)
+                    .unwrap_or(host_res.cpus),
+            },
+            memory: MemoryUsage::new(0, alloc.memory_limit.unwrap_or(host_res.memory)),
+            storage: StorageUsage {
+                used: sized.size_rw.unwrap_or(0).max(0) as u64,
+                total: storage_total,
+            },
+            network: Default::default(),
+        })
+    }
+}
