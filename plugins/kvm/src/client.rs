@@ -4,7 +4,7 @@
 
 use std::os::raw::{c_int, c_void};
 use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use unicompute_plugin_api::sync::lock;
@@ -143,16 +143,12 @@ impl Connection {
         &self.uri
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slot> {
-        lock(&self.slot)
-    }
-
     /// The live connection, opened (again) when there is none or it died. The
     /// opening runs outside the lock: while one caller waits on a slow or hung
     /// daemon, the others fail at once with "unavailable" instead of queueing.
     pub fn get(&self) -> Result<Connect, KvmError> {
         {
-            let mut slot = self.lock();
+            let mut slot = lock(&self.slot);
             if let Some(c) = &slot.conn {
                 if c.is_alive().unwrap_or(false) {
                     return Ok(c.clone());
@@ -170,7 +166,7 @@ impl Connection {
             slot.connecting = true;
         }
         let opened = Connect::open(Some(&self.uri));
-        let mut slot = self.lock();
+        let mut slot = lock(&self.slot);
         slot.connecting = false;
         let conn = match opened {
             Ok(c) => c,
@@ -219,12 +215,12 @@ impl Connection {
 
     /// How many times a connection was opened.
     pub fn generation(&self) -> u64 {
-        self.lock().generation
+        lock(&self.slot).generation
     }
 
     /// Whether a live connection is open now (without opening one).
     pub fn is_connected(&self) -> bool {
-        self.lock()
+        lock(&self.slot)
             .conn
             .as_ref()
             .map(|c| c.is_alive().unwrap_or(false))
@@ -233,12 +229,12 @@ impl Connection {
 
     /// Whether libvirt is known to be unreachable now (an outage was logged).
     pub fn is_down(&self) -> bool {
-        self.lock().outage.is_down()
+        lock(&self.slot).outage.is_down()
     }
 
     /// Closes the connection (deregistering our callback).
     pub fn close(&self) {
-        let mut slot = self.lock();
+        let mut slot = lock(&self.slot);
         slot.closed = true;
         Self::drop_conn(&mut slot);
     }

@@ -1,4 +1,5 @@
-//! The plugin's errors and their one mapping onto the API's error codes.
+//! The plugin's errors, the libvirt operations they name ([`LibvirtOp`]), and
+//! their one mapping onto the API's error codes and messages.
 
 use unicompute_plugin_api::{ErrorCode, PluginError};
 use virt::sys;

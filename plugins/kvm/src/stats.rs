@@ -13,6 +13,10 @@ use crate::error::KvmError;
 
 /// How long the first usage call of a domain samples its CPU time.
 const FIRST_SAMPLE: Duration = Duration::from_millis(100);
+/// The shortest window between two usage calls that is used as it is.
+const MIN_WINDOW: Duration = Duration::from_millis(50);
+/// The longest: an older previous sample would average over history.
+const MAX_WINDOW: Duration = Duration::from_secs(60);
 
 /// The last CPU-time sample of each running domain, by UUID.
 #[derive(Default)]
@@ -81,11 +85,6 @@ pub fn balloon_used(stats: &[(u32, u64)]) -> Option<u64> {
     }
     get(sys::VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON).map(|v| v.saturating_mul(1024))
 }
-
-/// The shortest window between two usage calls that is used as it is.
-const MIN_WINDOW: Duration = Duration::from_millis(50);
-/// The longest: an older previous sample would average over history.
-const MAX_WINDOW: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! Templates (files in `templates_dir`) and instance volumes (in a libvirt `dir`
-//! storage pool over `storage_dir`).
+//! storage pool over `storage_dir`): the pool made and kept track of, disks and
+//! cloud-init seeds made, volumes deleted.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
