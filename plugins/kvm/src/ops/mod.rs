@@ -1,97 +1,21 @@
 //! The backend's operations, one file per group, each an `impl Inner` block that
-//! the `Backend` implementation calls; and what several of them share: the host's
-//! size limits (checked at create and update before anything is made) and the
-//! undefine of a domain.
+//! `backend.rs` calls; and the undefine of a domain, which create (its rollback)
+//! and delete share.
 
 mod create;
-mod describe;
+mod info;
 mod lifecycle;
+mod limits;
 mod list;
 mod update;
 mod usage;
 
 pub(crate) use create::Creating;
 
-use unicompute_plugin_api::HostResources;
-use virt::connect::Connect;
 use virt::domain::Domain;
-use virt::storage_pool::StoragePool;
 use virt::sys;
 
-use crate::backend::Inner;
-use crate::error::{lv, KvmError, LibvirtOp, Result};
-
-impl Inner {
-    /// The host's CPUs and memory (bytes).
-    fn host(&self, conn: &Connect) -> Result<HostResources> {
-        let info = conn.node_info().map_err(lv(LibvirtOp::ReadNodeInfo))?;
-        Ok(HostResources {
-            cpus: info.cpus,
-            memory: info.memory.saturating_mul(1024),
-        })
-    }
-
-    /// Refuses vCPUs or memory beyond the host's (and below what a guest needs);
-    /// returns the host's resources.
-    fn check_limits(
-        &self,
-        conn: &Connect,
-        cores: Option<u32>,
-        memory: Option<u64>,
-    ) -> Result<HostResources> {
-        let host = self.host(conn)?;
-        if let Some(c) = cores {
-            if c == 0 {
-                return Err(KvmError::InvalidRequest(
-                    "cpu.cores must be at least 1".into(),
-                ));
-            }
-            if c > host.cpus {
-                return Err(KvmError::ResourceLimit {
-                    field: "cpu.cores",
-                    requested: c.into(),
-                    limit: host.cpus.into(),
-                    of: "the host's cpus",
-                });
-            }
-        }
-        if let Some(m) = memory {
-            if m < (16 << 20) {
-                return Err(KvmError::InvalidRequest(
-                    "memory.limit must be at least 16 MiB".into(),
-                ));
-            }
-            if m > host.memory {
-                return Err(KvmError::ResourceLimit {
-                    field: "memory.limit",
-                    requested: m,
-                    limit: host.memory,
-                    of: "the host's memory",
-                });
-            }
-        }
-        Ok(host)
-    }
-
-    /// Refuses a disk larger than the storage pool's capacity (the size of the
-    /// file system under it, not what is free now: qcow2 disks are thin), before
-    /// libvirt or qemu-img is asked for it.
-    fn check_disk_size(&self, pool: &StoragePool, size: u64) -> Result<()> {
-        let capacity = pool
-            .info()
-            .map_err(lv(LibvirtOp::ReadPoolCapacity))?
-            .capacity;
-        if size > capacity {
-            return Err(KvmError::ResourceLimit {
-                field: "storage.totalSpace",
-                requested: size,
-                limit: capacity,
-                of: "the storage pool's capacity",
-            });
-        }
-        Ok(())
-    }
-}
+use crate::error::{lv, LibvirtOp, Result};
 
 /// Undefines a domain with its managed save, snapshots, checkpoints and NVRAM.
 fn undefine(dom: &Domain) -> Result<()> {
