@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use unicompute_plugin_api::{
-    CpuResources, Health, Instance, InstanceState, InstanceType, JsonMap, MemoryResources,
-    Metadata, Resources, StorageResources,
+    CpuResources, CreateRequest, Health, Instance, InstanceState, InstanceType, JsonMap,
+    MemoryResources, Metadata, PluginError, Resources, StorageResources,
 };
+
+use crate::spec::DockerSpec;
 
 /// Label prefix reserved for the plugin; user labels may not use it.
 pub const LABEL_PREFIX: &str = "io.unicompute.";
@@ -41,6 +43,82 @@ pub fn container_name(name: &str) -> String {
         format!("{name}.unicompute")
     } else {
         name.to_owned()
+    }
+}
+
+/// Refuses user labels that use the plugin's prefix.
+pub fn check_user_labels(labels: &BTreeMap<String, String>) -> Result<(), PluginError> {
+    match labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
+        Some(k) => Err(PluginError::invalid(format!(
+            "label {k}: the prefix {LABEL_PREFIX} is reserved"
+        ))
+        .with_detail("label", k.as_str())),
+        None => Ok(()),
+    }
+}
+
+/// The labels of a new instance's container: the user's, and the plugin's own that
+/// keep the instance (all but [`LABEL_BINDS`], added once the binds are pinned).
+pub fn create_labels(
+    req: &CreateRequest,
+    backend: &str,
+    applied: &DockerSpec,
+) -> Result<HashMap<String, String>, PluginError> {
+    let applied = serde_json::to_string(applied)
+        .map_err(|e| PluginError::internal(format!("cannot store the config: {e}")))?;
+    let user_labels = serde_json::to_string(&req.labels)
+        .map_err(|e| PluginError::internal(format!("cannot store the labels: {e}")))?;
+    let mut labels: HashMap<String, String> = req.labels.clone().into_iter().collect();
+    labels.insert(LABEL_ID.into(), req.id.clone());
+    labels.insert(LABEL_UUID.into(), uuid::Uuid::new_v4().to_string());
+    labels.insert(LABEL_BACKEND.into(), backend.to_owned());
+    labels.insert(
+        LABEL_CREATED_AT.into(),
+        req.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    );
+    labels.insert(LABEL_CONFIG.into(), applied);
+    labels.insert(LABEL_LABELS.into(), user_labels);
+    if let Some(s) = req.resources.total_space() {
+        labels.insert(LABEL_STORAGE.into(), s.to_string());
+    }
+    if container_name(&req.name) != req.name {
+        labels.insert(LABEL_NAME.into(), req.name.clone());
+    }
+    Ok(labels)
+}
+
+/// The labels of an inspected container.
+pub fn labels_of(c: &ContainerInspectResponse) -> Option<&HashMap<String, String>> {
+    c.config.as_ref()?.labels.as_ref()
+}
+
+/// The limits in force on a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Cores (fractional, see [`cores_of`]), `None` without a limit.
+    pub cores: Option<f64>,
+    /// Memory in bytes, `None` without a limit.
+    pub memory: Option<u64>,
+    /// The storage size asked at create ([`LABEL_STORAGE`]).
+    pub storage: Option<u64>,
+}
+
+/// The limits in force on an inspected container.
+pub fn limits_of(c: &ContainerInspectResponse) -> Limits {
+    let host = c.host_config.as_ref();
+    Limits {
+        cores: cores_of(
+            host.and_then(|h| h.nano_cpus),
+            host.and_then(|h| h.cpu_quota),
+            host.and_then(|h| h.cpu_period),
+        ),
+        memory: host
+            .and_then(|h| h.memory)
+            .filter(|m| *m > 0)
+            .map(|m| m as u64),
+        storage: labels_of(c)
+            .and_then(|l| l.get(LABEL_STORAGE))
+            .and_then(|s| s.parse().ok()),
     }
 }
 
@@ -156,15 +234,11 @@ pub fn from_inspect(
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
 
-    let cores = cores_of(
-        host.and_then(|h| h.nano_cpus),
-        host.and_then(|h| h.cpu_quota),
-        host.and_then(|h| h.cpu_period),
-    );
-    let memory = host.and_then(|h| h.memory).filter(|m| *m > 0);
-    let storage_total = labels
-        .get(LABEL_STORAGE)
-        .and_then(|s| s.parse::<u64>().ok());
+    let Limits {
+        cores,
+        memory,
+        storage: storage_total,
+    } = limits_of(c);
     let storage_enforced = host
         .and_then(|h| h.storage_opt.as_ref())
         .is_some_and(|o| o.contains_key("size"));
@@ -173,7 +247,7 @@ pub fn from_inspect(
             cores: Some(c.ceil() as u32),
         }),
         memory: memory.map(|m| MemoryResources {
-            limit: Some(m as u64),
+            limit: Some(m),
             used: None,
         }),
         storage: storage_total.map(|t| StorageResources {

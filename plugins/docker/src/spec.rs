@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
-use bollard::models::{PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    Mount, MountBindOptions, MountType, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
 use serde::{Deserialize, Serialize};
 use unicompute_plugin_api::{ErrorCode, JsonMap, PluginError};
 
@@ -218,6 +220,24 @@ impl BindSpec {
         self.options.iter().any(|o| o == "ro")
     }
 
+    /// The engine's mount of this bind from its pin (a local engine's way, see
+    /// `pin.rs`): options as asked.
+    pub fn pinned_mount(&self, pin: &Path) -> Mount {
+        Mount {
+            target: Some(self.target.clone()),
+            source: Some(pin.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(self.read_only()),
+            bind_options: self.propagation().and_then(|o| o.parse().ok()).map(|p| {
+                MountBindOptions {
+                    propagation: Some(p),
+                    ..Default::default()
+                }
+            }),
+            ..Default::default()
+        }
+    }
+
     /// The propagation option, if any.
     pub fn propagation(&self) -> Option<&str> {
         self.options
@@ -338,6 +358,15 @@ impl DockerSpec {
             .transpose()?;
         Ok(p)
     }
+}
+
+/// `cpu.cores` and `memory.limit` as the engine takes them: `NanoCpus`, and bytes as a
+/// signed count (also `MemorySwap`: no swap beyond the limit).
+pub fn engine_limits(cores: Option<u32>, memory: Option<u64>) -> (Option<i64>, Option<i64>) {
+    (
+        cores.map(|c| i64::from(c) * 1_000_000_000),
+        memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+    )
 }
 
 /// Lexically normalizes an absolute path: drops `.` and repeated slashes, refuses `..`.

@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptions, CreateImageOptions};
-use chrono::SecondsFormat;
 use futures_util::TryStreamExt;
 use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{CreateRequest, ErrorCode, Instance, PluginError};
@@ -17,11 +16,8 @@ use unicompute_plugin_api::{CreateRequest, ErrorCode, Instance, PluginError};
 use super::Result;
 use crate::backend::{Shared, QUOTA_NO, QUOTA_YES};
 use crate::error::{is_no_such_image, Error};
-use crate::record::{
-    self, LABEL_BACKEND, LABEL_BINDS, LABEL_CONFIG, LABEL_CREATED_AT, LABEL_ID, LABEL_LABELS,
-    LABEL_PREFIX, LABEL_STORAGE, LABEL_UUID,
-};
-use crate::spec::{BindSpec, DockerSpec};
+use crate::record::{self, LABEL_BINDS};
+use crate::spec::{self, BindSpec, DockerSpec};
 
 /// How long the id of a create that timed out is watched for a late container.
 pub(crate) const ABANDONED_FOR: Duration = Duration::from_secs(600);
@@ -62,12 +58,7 @@ fn storage_opt_refused(e: &Error) -> bool {
 
 impl Shared {
     pub(crate) async fn create(&self, req: CreateRequest) -> Result<Instance> {
-        if let Some(k) = req.labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
-            return Err(PluginError::invalid(format!(
-                "label {k}: the prefix {LABEL_PREFIX} is reserved"
-            ))
-            .with_detail("label", k.as_str()));
-        }
+        record::check_user_labels(&req.labels)?;
         lock(&self.creating).insert(req.id.clone());
         let _creating = Creating(self, req.id.clone());
         let mut spec = DockerSpec::from_config(&req.config)?;
@@ -86,27 +77,8 @@ impl Shared {
 
         self.check_network(&spec.network_mode).await?;
 
-        let applied = serde_json::to_string(&spec)
-            .map_err(|e| PluginError::internal(format!("cannot store the config: {e}")))?;
-        let user_labels = serde_json::to_string(&req.labels)
-            .map_err(|e| PluginError::internal(format!("cannot store the labels: {e}")))?;
-        let mut labels: HashMap<String, String> = req.labels.clone().into_iter().collect();
-        labels.insert(LABEL_ID.into(), req.id.clone());
-        labels.insert(LABEL_UUID.into(), uuid::Uuid::new_v4().to_string());
-        labels.insert(LABEL_BACKEND.into(), self.name.clone());
-        labels.insert(
-            LABEL_CREATED_AT.into(),
-            req.created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        );
-        labels.insert(LABEL_CONFIG.into(), applied);
-        labels.insert(LABEL_LABELS.into(), user_labels);
-        if let Some(s) = storage {
-            labels.insert(LABEL_STORAGE.into(), s.to_string());
-        }
+        let mut labels = record::create_labels(&req, &self.name, &spec)?;
         let cname = record::container_name(&req.name);
-        if cname != req.name {
-            labels.insert(record::LABEL_NAME.into(), req.name.clone());
-        }
 
         // Bind mounts: a local engine mounts pins of the resolved sources (pin.rs); a
         // remote one gets the paths as they are (checked lexically only).
@@ -128,25 +100,13 @@ impl Shared {
                 .bind_mounts
                 .iter()
                 .zip(&pinned)
-                .map(|(b, p)| Mount {
-                    target: Some(b.target.clone()),
-                    source: Some(p.pin.to_string_lossy().into_owned()),
-                    typ: Some(MountType::BIND),
-                    read_only: Some(b.read_only()),
-                    bind_options: b.propagation().and_then(|o| o.parse().ok()).map(|p| {
-                        MountBindOptions {
-                            propagation: Some(p),
-                            ..Default::default()
-                        }
-                    }),
-                    ..Default::default()
-                })
+                .map(|(b, p)| b.pinned_mount(&p.pin))
                 .collect();
         } else {
             binds.extend(prepared.bind_mounts.iter().map(BindSpec::entry));
         }
 
-        let memory = memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        let (nano_cpus, memory) = spec::engine_limits(cores, memory);
         let mut body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: spec.command.clone(),
@@ -161,7 +121,7 @@ impl Shared {
                 port_bindings: Some(prepared.bindings.clone()),
                 network_mode: Some(spec.network_mode.clone()),
                 restart_policy: Some(prepared.restart.clone()),
-                nano_cpus: cores.map(|c| i64::from(c) * 1_000_000_000),
+                nano_cpus,
                 memory,
                 // No swap beyond the limit: the limit is what the instance gets.
                 memory_swap: memory,
@@ -186,15 +146,7 @@ impl Shared {
         lock(&self.containers).insert(req.id.clone(), container.clone());
         if req.start {
             self.expect(&req.id, &["start"]);
-            let cid = &container;
-            let started = self
-                .engine
-                .quick(
-                    "start",
-                    |d| async move { d.start_container(cid, None).await },
-                )
-                .await;
-            if let Err(e) = started {
+            if let Err(e) = self.start_container(&container).await {
                 tracing::warn!(
                     instance = %req.id,
                     error = %e,

@@ -14,6 +14,11 @@ use crate::backend::Shared;
 use crate::error::Error;
 use crate::record;
 
+/// Why a start of a paused instance is refused.
+const IS_PAUSED: &str = "the instance is paused; unpause it";
+/// Why a delete without `force` is refused.
+const STILL_RUNNING: &str = "the instance is running; stop it or delete with force";
+
 impl Shared {
     pub(crate) async fn start(&self, id: &str) -> Result<Instance> {
         // A local engine's instance may have pinned bind mounts to check first: the
@@ -25,15 +30,7 @@ impl Shared {
             // Straight to the engine: starting a running container changes nothing
             // there either. Anything unusual takes the checked way below.
             self.expect(id, &["start"]);
-            let c = cid.clone();
-            match self
-                .engine
-                .quick(
-                    "start",
-                    |d| async move { d.start_container(&c, None).await },
-                )
-                .await
-            {
+            match self.start_container(&cid).await {
                 Ok(()) => return Ok(self.noted(self.instance(id, &cid).await?)),
                 // Gone or replaced: look it up by its label below.
                 Err(e) if e.status() == Some(404) => {
@@ -45,9 +42,7 @@ impl Shared {
                     if !e.is_unavailable() {
                         if let Ok((_, c)) = self.resolve(id).await {
                             if state_of(&c) == Some(ContainerStateStatusEnum::PAUSED) {
-                                return Err(PluginError::invalid_state(
-                                    "the instance is paused; unpause it",
-                                ));
+                                return Err(PluginError::invalid_state(IS_PAUSED));
                             }
                         }
                     }
@@ -61,19 +56,12 @@ impl Shared {
             Some(ContainerStateStatusEnum::RUNNING)
             | Some(ContainerStateStatusEnum::RESTARTING) => return self.instance_of(id, &c),
             Some(ContainerStateStatusEnum::PAUSED) => {
-                return Err(PluginError::invalid_state(
-                    "the instance is paused; unpause it",
-                ))
+                return Err(PluginError::invalid_state(IS_PAUSED))
             }
             _ => {
                 self.check_pins(&c)?;
-                let cid = container.clone();
                 self.expect(id, &["start"]);
-                self.engine
-                    .quick(
-                        "start",
-                        |d| async move { d.start_container(&cid, None).await },
-                    )
+                self.start_container(&container)
                     .await
                     .inspect_err(|_| self.unexpect(id))?;
             }
@@ -126,46 +114,45 @@ impl Shared {
     }
 
     pub(crate) async fn pause(&self, id: &str) -> Result<Instance> {
-        let (container, c) = self.resolve(id).await?;
-        match state_of(&c) {
-            Some(ContainerStateStatusEnum::PAUSED) => return self.instance_of(id, &c),
-            Some(ContainerStateStatusEnum::RUNNING) => {
-                let cid = container.clone();
-                self.expect(id, &["pause"]);
-                self.engine
-                    .quick("pause", |d| async move { d.pause_container(&cid).await })
-                    .await
-                    .inspect_err(|_| self.unexpect(id))?;
-                self.touch(id);
-            }
-            other => {
-                return Err(PluginError::invalid_state(format!(
-                    "cannot pause an instance that is {}",
-                    record::map_state(other, false, false, "").as_str()
-                )))
-            }
-        }
-        self.instance(id, &container).await
+        self.set_paused(id, true).await
     }
 
     pub(crate) async fn unpause(&self, id: &str) -> Result<Instance> {
+        self.set_paused(id, false).await
+    }
+
+    /// Pauses (`paused`) or unpauses an instance; one already so changes nothing, one
+    /// neither running nor paused is `INVALID_STATE`.
+    async fn set_paused(&self, id: &str, paused: bool) -> Result<Instance> {
+        use ContainerStateStatusEnum::{PAUSED, RUNNING};
+        let (verb, from, to) = if paused {
+            ("pause", RUNNING, PAUSED)
+        } else {
+            ("unpause", PAUSED, RUNNING)
+        };
         let (container, c) = self.resolve(id).await?;
-        match state_of(&c) {
-            Some(ContainerStateStatusEnum::RUNNING) => return self.instance_of(id, &c),
-            Some(ContainerStateStatusEnum::PAUSED) => {
-                self.expect(id, &["unpause"]);
-                self.unpause_container(&container)
-                    .await
-                    .inspect_err(|_| self.unexpect(id))?;
-                self.touch(id);
-            }
-            other => {
-                return Err(PluginError::invalid_state(format!(
-                    "cannot unpause an instance that is {}",
-                    record::map_state(other, false, false, "").as_str()
-                )))
-            }
+        let state = state_of(&c);
+        if state == Some(to) {
+            return self.instance_of(id, &c);
         }
+        if state != Some(from) {
+            return Err(PluginError::invalid_state(format!(
+                "cannot {verb} an instance that is {}",
+                record::map_state(state, false, false, "").as_str()
+            )));
+        }
+        self.expect(id, &[verb]);
+        let done = if paused {
+            let cid = container.as_str();
+            self.engine
+                .quick("pause", |d| async move { d.pause_container(cid).await })
+                .await
+                .map_err(PluginError::from)
+        } else {
+            self.unpause_container(&container).await
+        };
+        done.inspect_err(|_| self.unexpect(id))?;
+        self.touch(id);
         self.instance(id, &container).await
     }
 
@@ -187,18 +174,7 @@ impl Shared {
         let cached = lock(&self.containers).get(id).cloned();
         if let (Some(cid), true) = (cached, force) {
             // Our own cache says which container it is: no need to look first.
-            let options = RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            let removed = self
-                .engine
-                .quick("remove", |d| async move {
-                    d.remove_container(&cid, Some(options)).await
-                })
-                .await;
-            match removed {
+            match self.remove_container(&cid, true).await {
                 Ok(()) => {
                     self.forget(id);
                     self.unpin(id);
@@ -219,14 +195,12 @@ impl Shared {
                 | Some(ContainerStateStatusEnum::RESTARTING)
         );
         if active && !force {
-            return Err(PluginError::invalid_state(
-                "the instance is running; stop it or delete with force",
-            ));
+            return Err(PluginError::invalid_state(STILL_RUNNING));
         }
         // Not forced: if it was started by hand since the check, the engine refuses.
         self.remove_with(&container, force).await.map_err(|e| {
             if e.status() == Some(409) {
-                PluginError::invalid_state("the instance is running; stop it or delete with force")
+                PluginError::invalid_state(STILL_RUNNING)
             } else {
                 e.into()
             }
@@ -240,9 +214,21 @@ impl Shared {
         self.remove_with(container, true).await
     }
 
-    /// Removes a container and its anonymous volumes; without `force` the engine
-    /// refuses a running one (409).
+    /// Removes a container and its anonymous volumes (one already gone is fine);
+    /// without `force` the engine refuses a running one (409).
     pub(crate) async fn remove_with(
+        &self,
+        container: &str,
+        force: bool,
+    ) -> std::result::Result<(), Error> {
+        match self.remove_container(container, force).await {
+            Err(e) if e.status() == Some(404) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The engine's remove of a container and its anonymous volumes, as it answers.
+    async fn remove_container(
         &self,
         container: &str,
         force: bool,
@@ -252,15 +238,19 @@ impl Shared {
             v: true,
             ..Default::default()
         };
-        match self
-            .engine
+        self.engine
             .quick("remove", |d| async move {
                 d.remove_container(container, Some(options)).await
             })
             .await
-        {
-            Err(e) if e.status() == Some(404) => Ok(()),
-            other => other,
-        }
+    }
+
+    /// The engine's start of a container, as it answers.
+    pub(crate) async fn start_container(&self, container: &str) -> std::result::Result<(), Error> {
+        self.engine
+            .quick("start", |d| async move {
+                d.start_container(container, None).await
+            })
+            .await
     }
 }

@@ -122,9 +122,7 @@ impl Shared {
     }
 
     pub(crate) fn mine(&self, c: &ContainerInspectResponse) -> bool {
-        c.config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
+        record::labels_of(c)
             .and_then(|l| l.get(LABEL_BACKEND))
             .is_some_and(|b| *b == self.name)
     }
@@ -133,7 +131,7 @@ impl Shared {
         if !self.mine(c) {
             return None;
         }
-        let id = record::instance_id(c.config.as_ref().and_then(|c| c.labels.as_ref()))?;
+        let id = record::instance_id(record::labels_of(c))?;
         let mut inst = record::from_inspect(c, self.touched_at(id))?;
         inst.backend = self.name.clone();
         // Memory in use is cheap to report only for a watched instance.
@@ -167,10 +165,7 @@ impl Shared {
         if let Some(cid) = cached {
             match self.inspect(&cid).await {
                 Ok(c)
-                    if self.mine(&c)
-                        && record::instance_id(
-                            c.config.as_ref().and_then(|c| c.labels.as_ref()),
-                        ) == Some(id) =>
+                    if self.mine(&c) && record::instance_id(record::labels_of(&c)) == Some(id) =>
                 {
                     return Ok((cid, c));
                 }
@@ -224,12 +219,20 @@ impl Shared {
             Some(id) => format!("{LABEL_ID}={id}"),
             None => LABEL_ID.to_owned(),
         };
+        self.containers_labelled(&[id_label, format!("{LABEL_BACKEND}={}", self.name)])
+            .await
+    }
+
+    /// The containers (of any backend) that carry every one of these labels
+    /// (`key` or `key=value`), stopped ones included.
+    pub(crate) async fn containers_labelled(
+        &self,
+        labels: &[String],
+    ) -> std::result::Result<Vec<String>, Error> {
+        let pairs: Vec<(&str, String)> = labels.iter().map(|l| ("label", l.clone())).collect();
         let options = ListContainersOptions {
             all: true,
-            filters: Some(filters(&[
-                ("label", id_label),
-                ("label", format!("{LABEL_BACKEND}={}", self.name)),
-            ])),
+            filters: Some(filters(&pairs)),
             ..Default::default()
         };
         let found = self

@@ -6,16 +6,14 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use bollard::models::ContainerInspectResponse;
-use bollard::query_parameters::ListContainersOptions;
 use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{ErrorCode, PluginError};
 
 use super::create::ABANDONED_FOR;
 use super::Result;
 use crate::backend::Shared;
-use crate::client::filters;
 use crate::pin::{self, PinError, Pinned};
-use crate::record::{LABEL_BINDS, LABEL_ID};
+use crate::record::{self, LABEL_BINDS, LABEL_ID};
 use crate::spec::BindSpec;
 
 impl Shared {
@@ -70,12 +68,7 @@ impl Shared {
         if !self.engine.is_local() {
             return Ok(());
         }
-        let Some(label) = c
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(LABEL_BINDS))
-        else {
+        let Some(label) = record::labels_of(c).and_then(|l| l.get(LABEL_BINDS)) else {
             return Ok(());
         };
         let pinned: Vec<Pinned> = serde_json::from_str(label)
@@ -136,17 +129,8 @@ impl Shared {
             {
                 continue;
             }
-            let options = ListContainersOptions {
-                all: true,
-                filters: Some(filters(&[("label", format!("{LABEL_ID}={id}"))])),
-                ..Default::default()
-            };
             let found = self
-                .engine
-                .quick(
-                    "list",
-                    |d| async move { d.list_containers(Some(options)).await },
-                )
+                .containers_labelled(&[format!("{LABEL_ID}={id}")])
                 .await;
             if matches!(found, Ok(v) if v.is_empty()) {
                 tracing::info!(backend = %self.name, instance = %id, "removing the pins of a container gone");

@@ -7,6 +7,7 @@ use unicompute_plugin_api::{ErrorCode, Instance, PluginError, UpdateRequest};
 
 use super::Result;
 use crate::backend::Shared;
+use crate::spec;
 
 impl Shared {
     pub(crate) async fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance> {
@@ -41,9 +42,9 @@ impl Shared {
         }
         let host = self.host_resources().await?;
         self.check_resources(&host, cores, memory)?;
-        let memory = memory.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+        let (nano_cpus, memory) = spec::engine_limits(cores, memory);
         let body = ContainerUpdateBody {
-            nano_cpus: cores.map(|c| i64::from(c) * 1_000_000_000),
+            nano_cpus,
             memory,
             memory_swap: memory,
             ..Default::default()

@@ -9,7 +9,7 @@ use unicompute_plugin_api::{CpuUsage, MemoryUsage, StorageUsage, Usage};
 
 use super::{state_of, Result};
 use crate::backend::Shared;
-use crate::record::{self, LABEL_STORAGE};
+use crate::record;
 use crate::stats::Allocation;
 
 impl Shared {
@@ -18,26 +18,13 @@ impl Shared {
             return Ok(u);
         }
         let (container, c) = self.resolve(id).await?;
-        let host = c.host_config.as_ref();
-        let storage_total = c
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(LABEL_STORAGE))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let limits = record::limits_of(&c);
         let alloc = Allocation {
-            cores: record::cores_of(
-                host.and_then(|h| h.nano_cpus),
-                host.and_then(|h| h.cpu_quota),
-                host.and_then(|h| h.cpu_period),
-            ),
-            memory_limit: host
-                .and_then(|h| h.memory)
-                .filter(|m| *m > 0)
-                .map(|m| m as u64),
-            storage_total,
+            cores: limits.cores,
+            memory_limit: limits.memory,
+            storage_total: limits.storage.unwrap_or(0),
         };
+        let storage_total = alloc.storage_total;
         let running = matches!(
             state_of(&c),
             Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED)
