@@ -1,4 +1,6 @@
-//! The plugin's own tokio runtime and the lazily (re)connected engine client.
+//! The connection to the engine: the plugin's own tokio runtime, the lazily
+//! (re)connected client, every engine call with its timeout and error classification,
+//! and the `filters` of list and event calls.
 //!
 //! The runtime is a static that is never dropped: the host calls the synchronous
 //! [`unicompute_plugin_api::Backend`] methods on its blocking threads, and each call

@@ -16,7 +16,6 @@ pub mod state;
 pub mod stats;
 
 pub use backend::DockerBackend;
-pub use settings::DockerSettings;
 
 unicompute_plugin_api::export_plugin! {
     name: "docker",

@@ -1,5 +1,7 @@
-//! How an instance is kept in Docker (labels) and read back from an inspected
-//! container: the state table, health, resources and timestamps.
+//! What is stored in the engine, both ways: the labels a container gets at create
+//! (the instance's id, uuid, backend, creation time, applied config, user labels,
+//! storage size), and an inspected container read back into an [`Instance`] (the
+//! state table, health, limits, timestamps).
 
 use std::collections::{BTreeMap, HashMap};
 

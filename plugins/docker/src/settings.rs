@@ -1,4 +1,6 @@
-//! The settings of one Docker backend: the `[backends.NAME]` table of the host's config.
+//! The settings of one Docker backend: the `[backends.NAME]` table of the host's config
+//! (unknown keys refused), their defaults, and their validation (the endpoint parsed,
+//! paths absolute, timeouts in range).
 
 use std::path::PathBuf;
 use std::time::Duration;
