@@ -11,8 +11,14 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v libvirtd >/dev/null 2>&1 || need_pkgs+=(libvirt-daemon-system)
 dpkg -s libvirt-dev >/dev/null 2>&1 || need_pkgs+=(libvirt-dev)
-command -v qemu-system-x86_64 >/dev/null 2>&1 || need_pkgs+=(qemu-system-x86)
-command -v qemu-img >/dev/null 2>&1 || need_pkgs+=(qemu-utils)
+# qemu-utils is named with qemu-system-x86 even when qemu-img is there: an image may
+# carry a newer qemu-utils (backports) that apt would otherwise silently remove to
+# make room for bookworm's qemu-system, leaving no qemu-img behind.
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  need_pkgs+=(qemu-system-x86 qemu-utils)
+elif ! command -v qemu-img >/dev/null 2>&1; then
+  need_pkgs+=(qemu-utils)
+fi
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl) # the README's examples are run with it
@@ -28,6 +34,17 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     $SUDO apt-get install -y -qq --allow-downgrades "${need_pkgs[@]}" qemu-utils/bookworm \
       >>/tmp/unicompute-apt.log 2>&1 || { cat /tmp/unicompute-apt.log >&2; exit 1; }
   fi
+fi
+
+# Every command the tests and the server need, after any install: a clear failure
+# naming what is missing rather than a server whose KVM creates all fail later.
+missing=()
+for cmd in docker dockerd virsh libvirtd qemu-system-x86_64 qemu-img pkg-config curl; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "missing after install: ${missing[*]} (see /tmp/unicompute-apt.log)"
+  exit 1
 fi
 
 wait_for() { # command, what, seconds

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use unicompute_plugin_api::sync::{read, write};
 use unicompute_plugin_api::{Instance, InstanceState};
 
 type Key = (DateTime<Utc>, String);
@@ -92,11 +93,11 @@ impl Inventory {
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         // A poisoned lock means a panic while holding it; the data is plain maps that
         // every writer leaves consistent before anything can panic, so keep going.
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
+        read(&self.inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+        write(&self.inner)
     }
 
     /// Holds `name` for instance `id`, or `None` if the name is taken.

@@ -41,7 +41,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginsCommand {
-    /// Every file in the plugin directories and what loading it gives.
+    /// Every `*.so` file in the plugin directories and what loading it gives.
     List,
     /// Loads FILE as the host would and runs the conformance scenario against a
     /// backend made from `--config TABLE.toml` ([backend] settings, [instance] spec).
@@ -117,9 +117,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every `*.so` candidate of the plugin directories and what loading it gives (other
+/// files, a build directory's `.d` and `.rlib`, are not plugins and are not listed).
 fn plugins_list(config: &Config) -> ExitCode {
-    for entry in loader::scan(&config.plugins.dirs) {
-        match entry.outcome {
+    let entries = loader::scan(&config.plugins.dirs);
+    for entry in entries.iter().filter(|e| loader::is_plugin_file(&e.path)) {
+        match &entry.outcome {
             Ok(p) => println!(
                 "{}\tloaded\t{} {} (kind {}, interface {})",
                 entry.path.display(),
@@ -205,7 +208,7 @@ async fn run(
     );
     match signal(SignalKind::hangup()) {
         Ok(hup) => {
-            tokio::spawn(reload_on_sighup(Arc::clone(&state), hup));
+            tokio::spawn(reload_on_sighup(Arc::clone(&service), hup));
         }
         Err(e) => tracing::warn!(
             error = %e,
@@ -235,10 +238,11 @@ async fn run(
     ExitCode::SUCCESS
 }
 
-async fn reload_on_sighup(state: Arc<AppState>, mut hup: tokio::signal::unix::Signal) {
+/// SIGHUP reloads the config and the plugins (the tokens follow at the next request).
+async fn reload_on_sighup(service: Arc<Service>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config and plugins");
-        let _ = state.reload().await;
+        let _ = service.reload().await;
     }
 }
 

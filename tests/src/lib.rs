@@ -81,6 +81,7 @@ static BUILDS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
 pub fn build_external(project: &str, lib: &str, features: &str) -> PathBuf {
     let release = profile() == "release";
     let key = format!("{project}#{features}#{release}");
+    // A test that panicked while building leaves the list as it was.
     let mut builds = BUILDS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, p)) = builds.iter().find(|(k, _)| *k == key) {
         return p.clone();

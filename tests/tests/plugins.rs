@@ -79,12 +79,13 @@ fn check_reads_its_config_table() {
 }
 
 #[test]
-fn plugins_list_reports_every_file() {
+fn plugins_list_reports_every_plugin_candidate() {
     let dir = TempDir::new("list");
     let plugins = dir.0.join("plugins");
     std::fs::create_dir_all(&plugins).expect("dir");
     std::fs::copy(fake_plugin(), plugins.join("libunicompute_fake.so")).expect("copy");
     std::fs::write(plugins.join("notes.txt"), b"hello").expect("write");
+    std::fs::write(plugins.join("libjunk.so"), b"not a library").expect("write");
     let cfg = dir.0.join("c.toml");
     std::fs::write(&cfg, "[plugins]\ndirs = [\"plugins\"]\n").expect("write");
     let out = Command::new(host_binary())
@@ -100,11 +101,13 @@ fn plugins_list_reports_every_file() {
             && l.contains("fake 0.1.0")),
         "{text}"
     );
+    // A junk `.so` is a candidate that could not load; other files are not plugins.
     assert!(
         text.lines()
-            .any(|l| l.contains("notes.txt") && l.contains("skipped")),
+            .any(|l| l.contains("libjunk.so") && l.contains("skipped")),
         "{text}"
     );
+    assert!(!text.contains("notes.txt"), "{text}");
 }
 
 fn sighup(s: &Server) {

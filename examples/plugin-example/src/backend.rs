@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::Deserialize;
+use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{
-    Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, EventSink,
-    HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, Metadata,
-    NetworkUsage, PluginError, StopOptions, StorageUsage, UpdateRequest, Usage,
+    Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, EventSink, HostResources,
+    Image, Instance, InstanceState, InstanceType, MemoryUsage, Metadata, NetworkUsage, PluginError,
+    StopOptions, StorageUsage, UpdateRequest, Usage,
 };
 
 /// The backend's settings. `deny_unknown_fields`: a mistyped key fails the server's
@@ -82,8 +83,12 @@ impl ProcessBackend {
     }
 
     /// Runs `f` on one entry, after noticing a process that exited by itself.
-    fn with<T>(&self, id: &str, f: impl FnOnce(&mut Entry) -> Result<T, PluginError>) -> Result<T, PluginError> {
-        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+    fn with<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Entry) -> Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        let mut map = lock(&self.instances);
         let e = map.get_mut(id).ok_or_else(|| PluginError::not_found(id))?;
         if reap(e) {
             // Tell the host at once, as a daemon's event stream would.
@@ -97,7 +102,10 @@ impl ProcessBackend {
 
 /// Notices an exited child; true when the state changed.
 fn reap(e: &mut Entry) -> bool {
-    let exited = e.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+    let exited = e
+        .child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
     if exited {
         e.child = None;
         e.instance.state = InstanceState::Stopped;
@@ -127,11 +135,21 @@ impl Backend for ProcessBackend {
     }
 
     fn host_resources(&self) -> Result<HostResources, PluginError> {
-        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
         let memory = std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
-            .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .map(str::to_owned)
+            })
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
             .map(|kb| kb * 1024)
             .unwrap_or(0);
         Ok(HostResources { cpus, memory })
@@ -142,16 +160,23 @@ impl Backend for ProcessBackend {
             .settings
             .programs
             .iter()
-            .map(|p| Image { name: p.clone(), format: Some("program".into()), ..Default::default() })
+            .map(|p| Image {
+                name: p.clone(),
+                format: Some("program".into()),
+                ..Default::default()
+            })
             .collect())
     }
 
     fn list(&self) -> Result<Vec<Instance>, PluginError> {
-        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(map.values_mut().map(|e| {
-            reap(e);
-            e.instance.clone()
-        }).collect())
+        let mut map = lock(&self.instances);
+        Ok(map
+            .values_mut()
+            .map(|e| {
+                reap(e);
+                e.instance.clone()
+            })
+            .collect())
     }
 
     fn get(&self, id: &str) -> Result<Instance, PluginError> {
@@ -160,18 +185,28 @@ impl Backend for ProcessBackend {
 
     fn create(&self, req: CreateRequest) -> Result<Instance, PluginError> {
         // Validate everything before keeping anything: a failed create leaves nothing.
-        let cfg: ProcessConfig = serde_json::from_value(serde_json::Value::Object(req.config.clone()))
-            .map_err(|e| PluginError::invalid(format!("config: {e}")))?;
+        let cfg: ProcessConfig =
+            serde_json::from_value(serde_json::Value::Object(req.config.clone()))
+                .map_err(|e| PluginError::invalid(format!("config: {e}")))?;
         if !self.settings.programs.contains(&cfg.image) {
-            return Err(PluginError::invalid(format!("program {} is not allowed", cfg.image))
-                .with_detail("allowed", self.settings.programs.clone()));
+            return Err(
+                PluginError::invalid(format!("program {} is not allowed", cfg.image))
+                    .with_detail("allowed", self.settings.programs.clone()),
+            );
         }
         let mut resources = req.resources.clone();
-        resources.cpu.get_or_insert_with(Default::default).cores.get_or_insert(1);
+        resources
+            .cpu
+            .get_or_insert_with(Default::default)
+            .cores
+            .get_or_insert(1);
         let instance = Instance {
             id: req.id.clone(),
             name: req.name.clone(),
-            uuid: format!("00000000-0000-4000-8000-{:012x}", Utc::now().timestamp_micros()),
+            uuid: format!(
+                "00000000-0000-4000-8000-{:012x}",
+                Utc::now().timestamp_micros()
+            ),
             instance_type: InstanceType::Container,
             backend: String::new(),
             state: InstanceState::Created,
@@ -179,18 +214,30 @@ impl Backend for ProcessBackend {
             config: req.config.clone(),
             resources,
             pending_resources: None,
-            metadata: Metadata { labels: req.labels.clone() },
+            metadata: Metadata {
+                labels: req.labels.clone(),
+            },
             created_at: req.created_at,
             updated_at: req.created_at,
         };
-        let args = if cfg.args.is_empty() { vec!["infinity".into()] } else { cfg.args };
-        self.instances.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let args = if cfg.args.is_empty() {
+            vec!["infinity".into()]
+        } else {
+            cfg.args
+        };
+        lock(&self.instances).insert(
             req.id.clone(),
-            Entry { instance, program: cfg.image, args, child: None, last_cpu: None },
+            Entry {
+                instance,
+                program: cfg.image,
+                args,
+                child: None,
+                last_cpu: None,
+            },
         );
         if req.start {
             return self.start(&req.id).inspect_err(|_| {
-                self.instances.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.id);
+                lock(&self.instances).remove(&req.id);
             });
         }
         self.get(&req.id)
@@ -200,10 +247,18 @@ impl Backend for ProcessBackend {
         // A process has no limits to change live here; record them as asked.
         self.with(id, |e| {
             if let Some(c) = req.resources.cores() {
-                e.instance.resources.cpu.get_or_insert_with(Default::default).cores = Some(c);
+                e.instance
+                    .resources
+                    .cpu
+                    .get_or_insert_with(Default::default)
+                    .cores = Some(c);
             }
             if let Some(m) = req.resources.memory_limit() {
-                e.instance.resources.memory.get_or_insert_with(Default::default).limit = Some(m);
+                e.instance
+                    .resources
+                    .memory
+                    .get_or_insert_with(Default::default)
+                    .limit = Some(m);
             }
             if let Some(l) = req.labels {
                 e.instance.metadata.labels = l;
@@ -216,7 +271,9 @@ impl Backend for ProcessBackend {
     fn delete(&self, id: &str, force: bool) -> Result<(), PluginError> {
         self.with(id, |e| {
             if e.child.is_some() && !force {
-                return Err(PluginError::invalid_state("the process runs; stop it or use force"));
+                return Err(PluginError::invalid_state(
+                    "the process runs; stop it or use force",
+                ));
             }
             if let Some(mut c) = e.child.take() {
                 let _ = c.kill();
@@ -224,7 +281,7 @@ impl Backend for ProcessBackend {
             }
             Ok(())
         })?;
-        self.instances.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        lock(&self.instances).remove(id);
         Ok(())
     }
 
@@ -319,18 +376,22 @@ impl Backend for ProcessBackend {
                 e.last_cpu = Some((now, ticks));
                 rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
                     .ok()
-                    .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("VmRSS:"))
+                            .map(str::to_owned)
+                    })
+                    .and_then(|l| {
+                        l.split_whitespace()
+                            .nth(1)
+                            .and_then(|kb| kb.parse::<u64>().ok())
+                    })
                     .map(|kb| kb * 1024)
                     .unwrap_or(0);
             }
             Ok(Usage {
                 cpu: CpuUsage { usage: cpu, cores },
-                memory: MemoryUsage {
-                    used: rss,
-                    limit,
-                    percentage: if limit > 0 { rss as f64 * 100.0 / limit as f64 } else { 0.0 },
-                },
+                memory: MemoryUsage::new(rss, limit),
                 storage: StorageUsage::default(),
                 network: NetworkUsage::default(),
             })
@@ -339,7 +400,7 @@ impl Backend for ProcessBackend {
 
     fn shutdown(&self) {
         // The server is dropping this backend: leave no process behind.
-        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.instances);
         for e in map.values_mut() {
             if let Some(mut c) = e.child.take() {
                 let _ = c.kill();

@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::plugins::registry::{BackendStatus, PluginMeta};
+use crate::service::{ClusterHealth, PluginFileReport, ReloadReport, Verdict};
 use unicompute_plugin_api::{
     CpuResources, Image, Instance, JsonMap, MemoryResources, Resources, StopOptions,
     StorageResources,
@@ -223,7 +226,7 @@ pub struct ClusterResources {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClusterBackend {
     /// `healthy` or `unavailable`.
-    pub status: &'static str,
+    pub status: BackendState,
     /// Managed instances.
     pub instances: usize,
     /// Allocation against capacity.
@@ -239,7 +242,7 @@ pub struct ClusterStatus {
     /// Instances on all backends.
     pub total_instances: usize,
     /// `healthy`, `degraded` or `unhealthy`.
-    pub health: &'static str,
+    pub health: ClusterHealthDto,
 }
 
 /// `healthCheck` of backend info.
@@ -247,7 +250,7 @@ pub struct ClusterStatus {
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// `healthy` or `unhealthy`.
-    pub status: &'static str,
+    pub status: CheckStatus,
     /// When checked.
     pub last_check: Option<chrono::DateTime<chrono::Utc>>,
     /// Why unhealthy.
@@ -269,7 +272,7 @@ pub struct BackendInfo {
     /// API version spoken with it.
     pub api_version: String,
     /// `running`, `unavailable` or `disabled`.
-    pub status: &'static str,
+    pub status: InfoStatus,
     /// What it can do.
     pub capabilities: Vec<String>,
     /// Instance types.
@@ -277,7 +280,7 @@ pub struct BackendInfo {
     /// Last health check.
     pub health_check: HealthCheck,
     /// The plugin.
-    pub plugin: Option<crate::plugins::registry::PluginMeta>,
+    pub plugin: Option<PluginInfo>,
     /// Anything else the backend reports.
     #[schema(value_type = Object)]
     pub extra: JsonMap,
@@ -297,7 +300,7 @@ pub struct BackendSummaryDto {
     /// Whether enabled in the config.
     pub enabled: bool,
     /// `healthy`, `unavailable` or `disabled`.
-    pub status: &'static str,
+    pub status: BackendState,
     /// Why not healthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -319,4 +322,191 @@ pub struct ImageList {
     pub backend: String,
     /// Images or templates.
     pub images: Vec<Image>,
+}
+
+/// A backend's status in lists and cluster status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Enabled and answering.
+    Healthy,
+    /// Enabled, not answering (or its plugin is missing).
+    Unavailable,
+    /// Disabled in the config.
+    Disabled,
+}
+
+impl From<BackendStatus> for BackendState {
+    fn from(s: BackendStatus) -> Self {
+        match s {
+            BackendStatus::Healthy => BackendState::Healthy,
+            BackendStatus::Unavailable => BackendState::Unavailable,
+            BackendStatus::Disabled => BackendState::Disabled,
+        }
+    }
+}
+
+/// A backend's status in its info (the spec's word for a healthy one is `running`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InfoStatus {
+    /// Enabled and answering.
+    Running,
+    /// Enabled, not answering.
+    Unavailable,
+    /// Disabled in the config.
+    Disabled,
+}
+
+impl From<BackendStatus> for InfoStatus {
+    fn from(s: BackendStatus) -> Self {
+        match s {
+            BackendStatus::Healthy => InfoStatus::Running,
+            BackendStatus::Unavailable => InfoStatus::Unavailable,
+            BackendStatus::Disabled => InfoStatus::Disabled,
+        }
+    }
+}
+
+/// The last health check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// It answered.
+    Healthy,
+    /// It did not, or the backend is disabled.
+    Unhealthy,
+}
+
+impl From<BackendStatus> for CheckStatus {
+    fn from(s: BackendStatus) -> Self {
+        match s {
+            BackendStatus::Healthy => CheckStatus::Healthy,
+            BackendStatus::Unavailable | BackendStatus::Disabled => CheckStatus::Unhealthy,
+        }
+    }
+}
+
+/// The cluster's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterHealthDto {
+    /// Every enabled backend answers.
+    Healthy,
+    /// Some do.
+    Degraded,
+    /// None does.
+    Unhealthy,
+}
+
+impl From<ClusterHealth> for ClusterHealthDto {
+    fn from(h: ClusterHealth) -> Self {
+        match h {
+            ClusterHealth::Healthy => ClusterHealthDto::Healthy,
+            ClusterHealth::Degraded => ClusterHealthDto::Degraded,
+            ClusterHealth::Unhealthy => ClusterHealthDto::Unhealthy,
+        }
+    }
+}
+
+/// The plugin behind a backend.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginInfo {
+    /// The plugin's name.
+    pub name: String,
+    /// The backend kind.
+    pub kind: String,
+    /// The plugin's version.
+    pub version: String,
+    /// The interface version it was built against.
+    pub interface_version: String,
+    /// The file it was loaded from.
+    pub file: String,
+}
+
+impl From<&PluginMeta> for PluginInfo {
+    fn from(p: &PluginMeta) -> Self {
+        PluginInfo {
+            name: p.name.clone(),
+            kind: p.kind.clone(),
+            version: p.version.clone(),
+            interface_version: p.interface_version.clone(),
+            file: p.file.clone(),
+        }
+    }
+}
+
+/// What a reload did to one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadVerdict {
+    /// Unchanged, untouched.
+    Kept,
+    /// Enabled now, not there before.
+    Started,
+    /// Enabled before and now, with other settings or another plugin load.
+    Restarted,
+    /// Running before, disabled now.
+    Stopped,
+    /// Not running before or after.
+    Disabled,
+    /// Gone from the config.
+    Removed,
+}
+
+impl From<Verdict> for ReloadVerdict {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Kept => ReloadVerdict::Kept,
+            Verdict::Started => ReloadVerdict::Started,
+            Verdict::Restarted => ReloadVerdict::Restarted,
+            Verdict::Stopped => ReloadVerdict::Stopped,
+            Verdict::Disabled => ReloadVerdict::Disabled,
+            Verdict::Removed => ReloadVerdict::Removed,
+        }
+    }
+}
+
+/// One plugin file in a reload's answer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PluginFileDto {
+    /// The file.
+    pub file: String,
+    /// The plugin name and version, when loaded.
+    pub plugin: Option<String>,
+    /// Why skipped.
+    pub skipped: Option<String>,
+}
+
+/// `POST /api/v1/compute/backends/reload`
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReloadAnswer {
+    /// Plugin files and what loading them gave.
+    pub plugins: Vec<PluginFileDto>,
+    /// Backends and what happened to them.
+    pub backends: BTreeMap<String, ReloadVerdict>,
+}
+
+impl From<ReloadReport> for ReloadAnswer {
+    fn from(r: ReloadReport) -> Self {
+        ReloadAnswer {
+            plugins: r
+                .plugins
+                .into_iter()
+                .map(
+                    |PluginFileReport {
+                         file,
+                         plugin,
+                         skipped,
+                     }| PluginFileDto {
+                        file,
+                        plugin,
+                        skipped,
+                    },
+                )
+                .collect(),
+            backends: r.backends.into_iter().map(|(k, v)| (k, v.into())).collect(),
+        }
+    }
 }

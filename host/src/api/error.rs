@@ -1,5 +1,7 @@
 //! The API's error: a code, a message and details, in the spec's envelope. The one
-//! place where error codes become HTTP statuses.
+//! place where error codes become HTTP statuses ([`Code::status`]), and where the
+//! domain's errors ([`crate::service::Error`]) and the plugins' codes become API
+//! errors.
 
 use serde::Serialize;
 use unicompute_plugin_api::error::scrub_paths;
@@ -22,12 +24,145 @@ pub fn clip(s: &str, max: usize) -> String {
     }
 }
 
+/// Every error code the API answers, with its one HTTP status. A new code does not
+/// compile until [`Code::status`] and [`Code::as_str`] say what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Code {
+    /// Malformed JSON, wrong types, a bad query or name (400).
+    InvalidRequest,
+    /// A backend name that is not configured (400).
+    InvalidBackend,
+    /// No token, an unknown one, or more than one (401).
+    Unauthorized,
+    /// The token's role is too weak, or a path is outside an allowlist (403).
+    Forbidden,
+    /// No instance of that id or name (404).
+    InstanceNotFound,
+    /// No such route (404).
+    NotFound,
+    /// The route exists, the method does not (405).
+    MethodNotAllowed,
+    /// The name is taken (409).
+    InstanceAlreadyExists,
+    /// The instance's state does not allow the operation (409).
+    InvalidState,
+    /// The body is over the limit (413).
+    PayloadTooLarge,
+    /// The body is declared as something other than JSON (415).
+    UnsupportedMediaType,
+    /// More than the backend can give (422).
+    ResourceLimitExceeded,
+    /// A bug (500).
+    InternalError,
+    /// The backend cannot do this (501).
+    OperationNotSupported,
+    /// The backend's daemon failed the call (502).
+    BackendError,
+    /// The backend's daemon cannot be reached (503).
+    BackendUnavailable,
+}
+
+impl Code {
+    /// Every code, for tests and documentation.
+    pub const ALL: [Code; 16] = [
+        Code::InvalidRequest,
+        Code::InvalidBackend,
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::InstanceNotFound,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::InstanceAlreadyExists,
+        Code::InvalidState,
+        Code::PayloadTooLarge,
+        Code::UnsupportedMediaType,
+        Code::ResourceLimitExceeded,
+        Code::InternalError,
+        Code::OperationNotSupported,
+        Code::BackendError,
+        Code::BackendUnavailable,
+    ];
+
+    /// The wire name (`INSTANCE_NOT_FOUND`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "INVALID_REQUEST",
+            Code::InvalidBackend => "INVALID_BACKEND",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::InstanceNotFound => "INSTANCE_NOT_FOUND",
+            Code::NotFound => "NOT_FOUND",
+            Code::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Code::InstanceAlreadyExists => "INSTANCE_ALREADY_EXISTS",
+            Code::InvalidState => "INVALID_STATE",
+            Code::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Code::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            Code::ResourceLimitExceeded => "RESOURCE_LIMIT_EXCEEDED",
+            Code::InternalError => "INTERNAL_ERROR",
+            Code::OperationNotSupported => "OPERATION_NOT_SUPPORTED",
+            Code::BackendError => "BACKEND_ERROR",
+            Code::BackendUnavailable => "BACKEND_UNAVAILABLE",
+        }
+    }
+
+    /// The HTTP status of the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::InvalidRequest | Code::InvalidBackend => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::InstanceNotFound | Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::InstanceAlreadyExists | Code::InvalidState => StatusCode::CONFLICT,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::ResourceLimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::OperationNotSupported => StatusCode::NOT_IMPLEMENTED,
+            Code::BackendError => StatusCode::BAD_GATEWAY,
+            Code::BackendUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<ErrorCode> for Code {
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::InvalidRequest => Code::InvalidRequest,
+            ErrorCode::Forbidden => Code::Forbidden,
+            ErrorCode::InstanceNotFound => Code::InstanceNotFound,
+            ErrorCode::InstanceAlreadyExists => Code::InstanceAlreadyExists,
+            ErrorCode::InvalidState => Code::InvalidState,
+            ErrorCode::ResourceLimitExceeded => Code::ResourceLimitExceeded,
+            ErrorCode::OperationNotSupported => Code::OperationNotSupported,
+            ErrorCode::BackendError => Code::BackendError,
+            ErrorCode::BackendUnavailable => Code::BackendUnavailable,
+            // A plugin's config error at request time is the plugin's bug.
+            ErrorCode::InvalidConfig => Code::InternalError,
+            ErrorCode::InternalError => Code::InternalError,
+        }
+    }
+}
+
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
     /// The API error code (`INSTANCE_NOT_FOUND`...).
-    pub code: &'static str,
+    pub code: Code,
     /// For the user.
     pub message: String,
     /// Structured details.
@@ -45,7 +180,7 @@ pub struct ErrorEnvelope {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Error code, for example `INSTANCE_NOT_FOUND`.
-    pub code: String,
+    pub code: Code,
     /// For the user.
     pub message: String,
     /// Structured details.
@@ -55,7 +190,7 @@ pub struct ErrorBody {
 
 impl ApiError {
     /// An error with a code and message.
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         ApiError {
             code,
             message: message.into(),
@@ -71,36 +206,36 @@ impl ApiError {
 
     /// 400 `INVALID_REQUEST`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new("INVALID_REQUEST", message)
+        Self::new(Code::InvalidRequest, message)
     }
     /// 400 `INVALID_BACKEND`.
     pub fn invalid_backend(name: &str) -> Self {
         Self::new(
-            "INVALID_BACKEND",
+            Code::InvalidBackend,
             format!("backend {name} is not configured"),
         )
         .detail("backend", name)
     }
     /// 404 `INSTANCE_NOT_FOUND`.
     pub fn instance_not_found(what: &str) -> Self {
-        Self::new("INSTANCE_NOT_FOUND", format!("instance {what} not found"))
+        Self::new(Code::InstanceNotFound, format!("instance {what} not found"))
     }
     /// 409 `INSTANCE_ALREADY_EXISTS`.
     pub fn already_exists(name: &str) -> Self {
         Self::new(
-            "INSTANCE_ALREADY_EXISTS",
+            Code::InstanceAlreadyExists,
             format!("an instance named {name} already exists"),
         )
         .detail("name", name)
     }
     /// 409 `INVALID_STATE`.
     pub fn invalid_state(message: impl Into<String>) -> Self {
-        Self::new("INVALID_STATE", message)
+        Self::new(Code::InvalidState, message)
     }
     /// 503 `BACKEND_UNAVAILABLE`.
     pub fn unavailable(backend: &str, reason: &str) -> Self {
         Self::new(
-            "BACKEND_UNAVAILABLE",
+            Code::BackendUnavailable,
             format!("backend {backend} is not available"),
         )
         .detail("backend", backend)
@@ -108,12 +243,12 @@ impl ApiError {
     }
     /// 500 `INTERNAL_ERROR`.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new("INTERNAL_ERROR", message)
+        Self::new(Code::InternalError, message)
     }
 
     /// The HTTP status of this error's code.
     pub fn status(&self) -> StatusCode {
-        status_of(self.code)
+        self.code.status()
     }
 
     /// The JSON envelope. Long input echoed back (a 10 kB name, a huge label key) is
@@ -128,7 +263,7 @@ impl ApiError {
         }
         ErrorEnvelope {
             error: ErrorBody {
-                code: self.code.to_owned(),
+                code: self.code,
                 message: clip(&self.message, MAX_MESSAGE_CHARS),
                 details,
             },
@@ -137,11 +272,7 @@ impl ApiError {
 
     /// A backend's error, tagged with the backend's name.
     pub fn from_plugin(backend: &str, e: PluginError) -> Self {
-        let code = match e.code {
-            // A plugin's config error at request time is the plugin's bug.
-            ErrorCode::InvalidConfig => "INTERNAL_ERROR",
-            other => other.as_str(),
-        };
+        let code = Code::from(e.code);
         let mut err = ApiError {
             code,
             message: e.message,
@@ -149,7 +280,7 @@ impl ApiError {
         };
         // A server-side failure never shows the server's paths, whatever the plugin
         // put in its message (engine and libvirt errors often name files).
-        if status_of(code).is_server_error() {
+        if code.status().is_server_error() {
             err.message = scrub_paths(&err.message);
             for v in err.details.values_mut() {
                 if let serde_json::Value::String(s) = v {
@@ -157,7 +288,7 @@ impl ApiError {
                 }
             }
         }
-        if code == "BACKEND_UNAVAILABLE" {
+        if code == Code::BackendUnavailable {
             let reason = err.message.clone();
             err.details.entry("reason").or_insert_with(|| reason.into());
         }
@@ -168,22 +299,25 @@ impl ApiError {
     }
 }
 
-/// Code to status. Unknown codes are 500.
-pub fn status_of(code: &str) -> StatusCode {
-    match code {
-        "INVALID_REQUEST" | "INVALID_BACKEND" => StatusCode::BAD_REQUEST,
-        "UNAUTHORIZED" => StatusCode::UNAUTHORIZED,
-        "FORBIDDEN" => StatusCode::FORBIDDEN,
-        "INSTANCE_NOT_FOUND" | "NOT_FOUND" => StatusCode::NOT_FOUND,
-        "METHOD_NOT_ALLOWED" => StatusCode::METHOD_NOT_ALLOWED,
-        "INSTANCE_ALREADY_EXISTS" | "INVALID_STATE" => StatusCode::CONFLICT,
-        "PAYLOAD_TOO_LARGE" => StatusCode::PAYLOAD_TOO_LARGE,
-        "UNSUPPORTED_MEDIA_TYPE" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "RESOURCE_LIMIT_EXCEEDED" => StatusCode::UNPROCESSABLE_ENTITY,
-        "OPERATION_NOT_SUPPORTED" => StatusCode::NOT_IMPLEMENTED,
-        "BACKEND_ERROR" => StatusCode::BAD_GATEWAY,
-        "BACKEND_UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+impl From<crate::service::Error> for ApiError {
+    fn from(e: crate::service::Error) -> Self {
+        use crate::service::Error as E;
+        let message = e.to_string();
+        match e {
+            E::InvalidName(name) => ApiError::invalid(message).detail("name", name),
+            E::NotFound { by, value } => {
+                ApiError::instance_not_found(&value).detail(by.as_str(), value)
+            }
+            E::NameTaken(name) => ApiError::already_exists(&name),
+            E::InvalidState { state, .. } => {
+                ApiError::invalid_state(message).detail("state", state.as_str())
+            }
+            E::InvalidBackend(name) => ApiError::invalid_backend(&name),
+            E::Unavailable { backend, reason } => ApiError::unavailable(&backend, &reason),
+            E::Plugin { backend, error } => ApiError::from_plugin(&backend, error),
+            E::ReloadRefused(_) => ApiError::invalid(message),
+            E::Internal(_) => ApiError::internal(message),
+        }
     }
 }
 
@@ -210,11 +344,17 @@ mod tests {
             ("OPERATION_NOT_SUPPORTED", 501),
             ("BACKEND_ERROR", 502),
             ("BACKEND_UNAVAILABLE", 503),
-            ("SOMETHING_ELSE", 500),
         ];
         for (code, status) in table {
-            assert_eq!(status_of(code).as_u16(), status, "{code}");
+            let c = Code::ALL
+                .into_iter()
+                .find(|c| c.as_str() == code)
+                .unwrap_or_else(|| panic!("{code} is not a code"));
+            assert_eq!(c.status().as_u16(), status, "{code}");
+            assert_eq!(serde_json::to_value(c).unwrap(), code);
         }
+        // Every code has its row.
+        assert_eq!(table.len(), Code::ALL.len());
     }
 
     #[test]

@@ -9,12 +9,13 @@ use warp::http::StatusCode;
 
 use crate::api::dto::{
     validate_labels, BackendInfo, BackendList, BackendSummaryDto, ClusterBackend, ClusterResources,
-    ClusterStatus, CreateInstanceRequest, HealthCheck, ImageList, InstanceList, StopRequest,
-    UpdateInstanceRequest, UsedTotal,
+    ClusterStatus, CreateInstanceRequest, HealthCheck, ImageList, InstanceList, PluginInfo,
+    ReloadAnswer, StopRequest, UpdateInstanceRequest, UsedTotal,
 };
 use crate::api::error::{ApiError, ErrorEnvelope};
 use crate::api::routes::ActionKind;
 use crate::inventory::ListFilter;
+use crate::plugins::registry::BackendStatus;
 use crate::service::{Action, NewInstance, Service};
 
 /// A successful answer.
@@ -284,49 +285,36 @@ pub async fn usage(svc: &Service, id: &str) -> Result<Reply, ApiError> {
 #[utoipa::path(get, path = "/api/v1/compute/cluster/status",
     responses((status = 200, body = ClusterStatus)), security(("bearer" = [])))]
 pub fn cluster_status(svc: &Service) -> Result<Reply, ApiError> {
-    let mut backends = std::collections::BTreeMap::new();
-    let (mut total, mut healthy, mut count) = (0, 0, 0);
-    for s in svc.summaries() {
-        let status = if s.entry.status() == "healthy" {
-            "healthy"
-        } else {
-            "unavailable"
-        };
-        let host = s.entry.health().host.unwrap_or_default();
-        count += 1;
-        healthy += usize::from(status == "healthy");
-        total += s.instances;
-        backends.insert(
-            s.entry.name.clone(),
-            ClusterBackend {
-                status,
-                instances: s.instances,
-                resources: ClusterResources {
-                    cpu: UsedTotal {
-                        used: s.cpu_used,
-                        total: u64::from(host.cpus),
-                    },
-                    memory: UsedTotal {
-                        used: s.memory_used,
-                        total: host.memory,
+    let view = svc.cluster();
+    let backends = view
+        .backends
+        .into_iter()
+        .map(|b| {
+            (
+                b.name,
+                ClusterBackend {
+                    status: b.status.into(),
+                    instances: b.instances,
+                    resources: ClusterResources {
+                        cpu: UsedTotal {
+                            used: b.cpu_used,
+                            total: b.cpu_total,
+                        },
+                        memory: UsedTotal {
+                            used: b.memory_used,
+                            total: b.memory_total,
+                        },
                     },
                 },
-            },
-        );
-    }
-    let health = if healthy == count {
-        "healthy"
-    } else if healthy == 0 {
-        "unhealthy"
-    } else {
-        "degraded"
-    };
+            )
+        })
+        .collect();
     json(
         StatusCode::OK,
         &ClusterStatus {
             backends,
-            total_instances: total,
-            health,
+            total_instances: view.total_instances,
+            health: view.health.into(),
         },
     )
 }
@@ -335,22 +323,17 @@ pub fn cluster_status(svc: &Service) -> Result<Reply, ApiError> {
 #[utoipa::path(get, path = "/api/v1/compute/backends",
     responses((status = 200, body = BackendList)), security(("bearer" = [])))]
 pub fn backends(svc: &Service) -> Result<Reply, ApiError> {
-    let counts = svc.inventory.usage_by_backend();
     let backends = svc
-        .registry()
-        .all()
-        .map(|e| BackendSummaryDto {
-            name: e.name.clone(),
-            plugin: e.config.plugin.clone(),
-            kind: e.plugin.as_ref().map(|p| p.kind.clone()),
-            enabled: e.config.enabled,
-            status: e.status(),
-            reason: if e.status() == "healthy" {
-                None
-            } else {
-                e.health().reason
-            },
-            instances: counts.get(&e.name).map(|c| c.0).unwrap_or(0),
+        .backends()
+        .into_iter()
+        .map(|b| BackendSummaryDto {
+            name: b.name,
+            plugin: b.plugin,
+            kind: b.kind,
+            enabled: b.enabled,
+            status: b.status.into(),
+            reason: b.reason,
+            instances: b.instances,
         })
         .collect();
     json(StatusCode::OK, &BackendList { backends })
@@ -361,13 +344,10 @@ pub fn backends(svc: &Service) -> Result<Reply, ApiError> {
     responses((status = 200, body = BackendInfo), (status = 400, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn backend_info(svc: &Service, name: &str) -> Result<Reply, ApiError> {
-    let (entry, desc) = svc.describe(name).await?;
-    let health = entry.health();
-    let status = match entry.status() {
-        "healthy" => "running",
-        other => other,
-    };
-    let desc = desc.unwrap_or_default();
+    let detail = svc.backend_detail(name).await?;
+    let entry = &detail.entry;
+    let healthy = detail.status == BackendStatus::Healthy;
+    let desc = detail.description.unwrap_or_default();
     let info = BackendInfo {
         name: entry.name.clone(),
         kind: entry
@@ -377,7 +357,7 @@ pub async fn backend_info(svc: &Service, name: &str) -> Result<Reply, ApiError> 
             .unwrap_or_else(|| entry.config.plugin.clone()),
         version: desc.version,
         api_version: desc.api_version,
-        status,
+        status: detail.status.into(),
         capabilities: desc.capabilities,
         supported_types: desc
             .supported_types
@@ -385,19 +365,11 @@ pub async fn backend_info(svc: &Service, name: &str) -> Result<Reply, ApiError> 
             .map(|t| t.as_str().to_owned())
             .collect(),
         health_check: HealthCheck {
-            status: if entry.status() == "healthy" {
-                "healthy"
-            } else {
-                "unhealthy"
-            },
-            last_check: health.last_check,
-            reason: if entry.status() == "healthy" {
-                None
-            } else {
-                health.reason
-            },
+            status: detail.status.into(),
+            last_check: detail.health.last_check,
+            reason: if healthy { None } else { detail.health.reason },
         },
-        plugin: entry.plugin.clone(),
+        plugin: entry.plugin.as_ref().map(PluginInfo::from),
         extra: desc.extra,
     };
     json(StatusCode::OK, &info)
@@ -421,11 +393,11 @@ pub async fn backend_images(svc: &Service, name: &str) -> Result<Reply, ApiError
 /// Re-reads the config and the plugin directories: new plugin files are loaded,
 /// changed ones loaded anew, backends enabled, disabled or changed, the rest untouched.
 #[utoipa::path(post, path = "/api/v1/compute/backends/reload",
-    responses((status = 200, body = crate::service::ReloadReport), (status = 400, body = ErrorEnvelope)),
+    responses((status = 200, body = ReloadAnswer), (status = 400, body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn reload(state: &crate::api::AppState) -> Result<Reply, ApiError> {
     let report = state.reload().await?;
-    json(StatusCode::OK, &report)
+    json(StatusCode::OK, &ReloadAnswer::from(report))
 }
 
 /// The OpenAPI document, generated from the code.

@@ -20,12 +20,13 @@ use utoipa::OpenApi;
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
-use crate::config::Role;
+use crate::config::{Config, Role};
 use crate::service::Service;
 use auth::Auth;
-use error::{ApiError, RETRY_AFTER_SECS};
+use error::{ApiError, Code, RETRY_AFTER_SECS};
 use handlers::Reply;
 use routes::Route;
+use unicompute_plugin_api::sync::{read, write};
 
 /// The generated OpenAPI document.
 #[derive(OpenApi)]
@@ -62,7 +63,9 @@ impl utoipa::Modify for BearerAuth {
 pub struct AppState {
     /// The domain.
     pub service: Arc<Service>,
-    auth: std::sync::RwLock<Arc<Auth>>,
+    /// The tokens, and the config they were read from: when a reload brings another
+    /// config, the tokens are read again from it at the next request.
+    auth: std::sync::RwLock<(Arc<Config>, Arc<Auth>)>,
     /// The OpenAPI document, serialized once.
     pub openapi: Arc<Vec<u8>>,
 }
@@ -71,30 +74,39 @@ impl AppState {
     /// State over a service.
     pub fn new(service: Arc<Service>, auth: Auth) -> Self {
         let openapi = serde_json::to_vec_pretty(&ApiDoc::openapi()).unwrap_or_default();
+        let config = service.config();
         AppState {
             service,
-            auth: std::sync::RwLock::new(Arc::new(auth)),
+            auth: std::sync::RwLock::new((config, Arc::new(auth))),
             openapi: Arc::new(openapi),
         }
     }
 
-    /// The tokens in force.
+    /// The tokens in force: those of the config in force.
     pub fn auth(&self) -> Arc<Auth> {
-        Arc::clone(&self.auth.read().unwrap_or_else(|p| p.into_inner()))
+        let config = self.service.config();
+        {
+            let cached = read(&self.auth);
+            if Arc::ptr_eq(&cached.0, &config) {
+                return Arc::clone(&cached.1);
+            }
+        }
+        let mut cached = write(&self.auth);
+        if !Arc::ptr_eq(&cached.0, &config) {
+            match Auth::from_config(&config.auth) {
+                Ok(a) => cached.1 = Arc::new(a),
+                Err(e) => tracing::warn!(error = %e, "tokens not reloaded"),
+            }
+            cached.0 = config;
+        }
+        Arc::clone(&cached.1)
     }
 
-    /// Reloads the config and plugins (SIGHUP, `POST /backends/reload`), and the
-    /// tokens with them.
+    /// Reloads the config and plugins (`POST /backends/reload`; SIGHUP calls the
+    /// service directly). The tokens follow the new config.
     pub async fn reload(&self) -> Result<crate::service::ReloadReport, ApiError> {
-        let report = self.service.reload().await.map_err(|e| {
-            tracing::warn!(error = %e, "reload refused; the running config is kept");
-            ApiError::invalid(format!("reload refused, nothing changed: {e}"))
-        })?;
-        let config = self.service.config();
-        match Auth::from_config(&config.auth) {
-            Ok(a) => *self.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(a),
-            Err(e) => tracing::warn!(error = %e, "tokens not reloaded"),
-        }
+        let report = self.service.reload().await?;
+        let _ = self.auth();
         Ok(report)
     }
 }
@@ -146,11 +158,11 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let mut all = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(first), None) = (all.next(), all.next()) else {
         return Err(match headers.contains_key(header::AUTHORIZATION) {
-            true => ApiError::new("UNAUTHORIZED", "more than one Authorization header"),
-            false => ApiError::new("UNAUTHORIZED", "missing bearer token"),
+            true => ApiError::new(Code::Unauthorized, "more than one Authorization header"),
+            false => ApiError::new(Code::Unauthorized, "missing bearer token"),
         });
     };
-    parse_bearer(first).ok_or_else(|| ApiError::new("UNAUTHORIZED", "missing bearer token"))
+    parse_bearer(first).ok_or_else(|| ApiError::new(Code::Unauthorized, "missing bearer token"))
 }
 
 fn parse_bearer(v: &HeaderValue) -> Option<&str> {
@@ -166,7 +178,7 @@ where
 {
     let too_large = || {
         ApiError::new(
-            "PAYLOAD_TOO_LARGE",
+            Code::PayloadTooLarge,
             format!("request body is larger than {limit} bytes"),
         )
         .detail("limit", limit)
@@ -217,7 +229,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     }
     Err(ApiError::new(
-        "UNSUPPORTED_MEDIA_TYPE",
+        Code::UnsupportedMediaType,
         "the request body must be JSON (Content-Type: application/json)",
     )
     .detail("contentType", declared))
@@ -243,7 +255,7 @@ where
         let token = bearer(headers)?;
         let auth = state.auth();
         let Some((name, role)) = auth.check(token) else {
-            return Err(ApiError::new("UNAUTHORIZED", "invalid token"));
+            return Err(ApiError::new(Code::Unauthorized, "invalid token"));
         };
         Some((name.to_owned(), role))
     } else {
@@ -253,13 +265,13 @@ where
     // Every route but /healthz needs a token, whatever the path looked like.
     if !matches!(route, Route::Healthz) {
         let Some((name, role)) = who else {
-            return Err(ApiError::new("UNAUTHORIZED", "missing bearer token"));
+            return Err(ApiError::new(Code::Unauthorized, "missing bearer token"));
         };
         let needed = auth::required_role(&route);
         if role < needed {
             let role_name = |r: Role| format!("{r:?}").to_lowercase();
             return Err(ApiError::new(
-                "FORBIDDEN",
+                Code::Forbidden,
                 format!(
                     "token {name} has role {}, this needs {}",
                     role_name(role),
@@ -353,7 +365,7 @@ pub fn error_response(e: &ApiError) -> warp::reply::Response {
         _ => {}
     }
     if e.status().is_server_error() && e.status() != StatusCode::SERVICE_UNAVAILABLE {
-        tracing::warn!(code = e.code, message = %e.message, "request failed");
+        tracing::warn!(code = %e.code, message = %e.message, "request failed");
     }
     resp
 }

@@ -1,7 +1,7 @@
 //! The route table: a request's method and path to a [`Route`], or the 404 or 405
 //! the client gets. One table, so the OpenAPI document and the router agree.
 
-use crate::api::error::ApiError;
+use crate::api::error::{ApiError, Code};
 
 /// Lifecycle actions reachable as `PUT /instances/:id/<action>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub enum Route<'a> {
 
 fn not_allowed(method: &str, allowed: &str) -> ApiError {
     ApiError::new(
-        "METHOD_NOT_ALLOWED",
+        Code::MethodNotAllowed,
         format!("method {method} is not allowed here"),
     )
     .detail("allowed", allowed)
@@ -155,7 +155,7 @@ pub fn decode_path(path: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
 
 /// 404 `NOT_FOUND` for an unknown route.
 pub fn not_found(path: &str) -> ApiError {
-    ApiError::new("NOT_FOUND", "no such route").detail("path", path)
+    ApiError::new(Code::NotFound, "no such route").detail("path", path)
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use unicompute_plugin_api::load::LoadedPlugin;
+use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{Backend, BackendDescription, ErrorCode, EventSink, HostResources};
 
 use crate::config::BackendConfig;
@@ -24,9 +24,8 @@ pub enum RegistryError {
     },
 }
 
-/// The plugin behind a backend, as shown in the API.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+/// The plugin behind a backend.
+#[derive(Debug, Clone)]
 pub struct PluginMeta {
     /// The plugin's name.
     pub name: String,
@@ -39,7 +38,6 @@ pub struct PluginMeta {
     /// The file it was loaded from.
     pub file: String,
     /// Which load of the file this is.
-    #[serde(skip)]
     pub load_id: u64,
 }
 
@@ -87,27 +85,36 @@ pub struct BackendEntry {
 impl BackendEntry {
     /// The health as last checked.
     pub fn health(&self) -> Health {
-        self.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.health).clone()
     }
 
     /// Records a health check or an operation's verdict.
     pub fn set_health(&self, update: impl FnOnce(&mut Health)) {
-        update(&mut self.health.lock().unwrap_or_else(|p| p.into_inner()))
+        update(&mut lock(&self.health))
     }
 
-    /// `disabled`, `healthy` or `unavailable`.
-    pub fn status(&self) -> &'static str {
+    /// Disabled in the config, healthy (live and answering), or unavailable.
+    pub fn status(&self) -> BackendStatus {
         if !self.config.enabled {
-            "disabled"
+            BackendStatus::Disabled
         } else if self.backend.is_some() && self.health().available {
-            "healthy"
+            BackendStatus::Healthy
         } else {
-            "unavailable"
+            BackendStatus::Unavailable
         }
     }
+}
+
+/// A backend's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendStatus {
+    /// Enabled, made by its plugin, and its daemon answers.
+    Healthy,
+    /// Enabled, but not made (plugin missing, refused) or its daemon does not answer.
+    Unavailable,
+    /// Disabled in the config.
+    Disabled,
 }
 
 /// The registry: every configured backend by name.
@@ -200,6 +207,35 @@ impl Registry {
             );
         }
         Ok(Registry { backends })
+    }
+
+    /// A registry of backends made in this process (tests, embedding), enabled under
+    /// their names, with no plugin file behind them.
+    pub fn from_backends(backends: Vec<(String, Arc<dyn Backend>)>) -> Registry {
+        let backends = backends
+            .into_iter()
+            .map(|(name, backend)| {
+                let entry = BackendEntry {
+                    name: name.clone(),
+                    config: BackendConfig {
+                        plugin: name.clone(),
+                        enabled: true,
+                        settings: serde_json::Map::new(),
+                    },
+                    plugin: None,
+                    backend: Some(backend),
+                    health: Mutex::new(Health {
+                        available: false,
+                        reason: Some("not checked yet".into()),
+                        last_check: None,
+                        host: None,
+                        description: None,
+                    }),
+                };
+                (name, Arc::new(entry))
+            })
+            .collect();
+        Registry { backends }
     }
 
     /// A backend by name.

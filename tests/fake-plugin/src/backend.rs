@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde::Deserialize;
+use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, Event, EventSink,
     HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, Metadata,
@@ -93,7 +94,7 @@ impl FakeBackend {
         f: impl FnOnce(&mut Instance) -> Result<T, PluginError>,
     ) -> Result<T, PluginError> {
         self.check()?;
-        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.instances);
         let inst = map.get_mut(id).ok_or_else(|| PluginError::not_found(id))?;
         self.hooks(inst, op);
         f(inst)
@@ -163,7 +164,7 @@ impl Backend for FakeBackend {
 
     fn list(&self) -> Result<Vec<Instance>, PluginError> {
         self.check()?;
-        let map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let map = lock(&self.instances);
         Ok(map.values().cloned().collect())
     }
 
@@ -228,7 +229,7 @@ impl Backend for FakeBackend {
             updated_at: req.created_at,
         };
         self.hooks(&inst, "create");
-        let mut map = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.instances);
         if map.values().any(|i| i.name == req.name) {
             return Err(PluginError::new(
                 unicompute_plugin_api::ErrorCode::InstanceAlreadyExists,
@@ -248,10 +249,7 @@ impl Backend for FakeBackend {
             let id = inst.id.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(ms));
-                instances
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                lock(&instances).remove(&id);
                 tracing::info!(instance = %id, "vanished by itself");
                 events.emit(&Event::Vanished { id });
             });
@@ -304,10 +302,7 @@ impl Backend for FakeBackend {
             }
             Ok(())
         })?;
-        self.instances
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        lock(&self.instances).remove(id);
         Ok(())
     }
 
@@ -381,15 +376,7 @@ impl Backend for FakeBackend {
                     usage: if running { 12.5 } else { 0.0 },
                     cores: inst.resources.cores().unwrap_or(1),
                 },
-                memory: MemoryUsage {
-                    used,
-                    limit,
-                    percentage: if limit > 0 {
-                        used as f64 * 100.0 / limit as f64
-                    } else {
-                        0.0
-                    },
-                },
+                memory: MemoryUsage::new(used, limit),
                 storage: StorageUsage {
                     used: 0,
                     total: inst.resources.total_space().unwrap_or(0),
