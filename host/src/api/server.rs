@@ -54,11 +54,14 @@ pub async fn serve<F>(
     let permits = Arc::new(Semaphore::new(max));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut full_logged = false;
+    // Said at most once a minute: a flood must not become a flood of log lines.
+    let mut last_warned: Option<Instant> = None;
     loop {
-        if permits.available_permits() == 0 && !full_logged {
+        if permits.available_permits() == 0
+            && last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
             tracing::warn!(max, "connection limit reached; new connections wait");
-            full_logged = true;
+            last_warned = Some(Instant::now());
         }
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => match p {
@@ -79,7 +82,6 @@ pub async fn serve<F>(
             },
             _ = &mut shutdown => break,
         };
-        full_logged = false;
         let _ = stream.set_nodelay(true);
         let svc = warp::service(filter.clone());
         let stop = stop_rx.clone();
