@@ -47,6 +47,9 @@ fn the_plugin_guide_commands_work() {
         .arg("-c")
         .arg(&script)
         .current_dir(root())
+        // A plugin author's shell: the guide's paths are the project's own target/,
+        // whatever target directory this test run builds into.
+        .env_remove("CARGO_TARGET_DIR")
         .env("PATH", path)
         .output()
         .expect("bash");
