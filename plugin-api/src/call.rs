@@ -176,10 +176,17 @@ impl Call {
     /// The call a plugin received as `op` and `payload`. An operation this build
     /// does not know (from a newer host) is `OPERATION_NOT_SUPPORTED`.
     pub fn decode(op: &str, payload: &str) -> Result<Call, PluginError> {
-        let args: serde_json::Value = serde_json::from_str(payload)
-            .map_err(|e| PluginError::invalid(format!("bad arguments for {op}: {e}")))?;
-        let tagged = serde_json::json!({ "op": op, "args": args });
-        serde_json::from_value(tagged).map_err(|e| {
+        // The tag first, then the arguments as they came: serde reads the arguments
+        // straight into the operation's own type, without an intermediate value.
+        let op_json = serde_json::to_string(op)
+            .map_err(|e| PluginError::invalid(format!("bad operation name: {e}")))?;
+        let payload = if payload.trim().is_empty() {
+            "null"
+        } else {
+            payload
+        };
+        let tagged = format!(r#"{{"op":{op_json},"args":{payload}}}"#);
+        serde_json::from_str(&tagged).map_err(|e| {
             if e.to_string().starts_with("unknown variant") {
                 PluginError::not_supported(op)
             } else {
