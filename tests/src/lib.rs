@@ -284,6 +284,7 @@ pub struct Server {
     /// Its private directory (config, plugins, log).
     pub dir: TempDir,
     agent: ureq::Agent,
+    stdout: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 /// A response: status, headers we look at, body as JSON (Null when empty or not JSON).
@@ -399,12 +400,15 @@ impl Server {
         let mut child = cmd.spawn().expect("start unicompute");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let printed = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&printed);
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
                 if let Some(addr) = line.strip_prefix("unicompute: listening on ") {
                     let _ = tx.send(addr.to_owned());
                 }
+                keep.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
         let base = match rx.recv_timeout(Duration::from_secs(60)) {
@@ -420,7 +424,16 @@ impl Server {
             base,
             dir,
             agent: agent(),
+            stdout: printed,
         }
+    }
+
+    /// What the server printed on its standard output so far.
+    pub fn stdout(&self) -> String {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     /// The server's log so far.

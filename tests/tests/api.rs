@@ -192,6 +192,7 @@ fn oversized_body_is_413() {
     );
     let r = s.raw("POST", INSTANCES, Some(ADMIN), Some(big.as_bytes()));
     assert_eq!((r.status, r.code()), (413, "PAYLOAD_TOO_LARGE"));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
     // a small one still passes
     assert_eq!(create(&s, &unique("small"), json!({})).status, 201);
 }
@@ -207,6 +208,7 @@ fn unknown_route_404_and_wrong_method_405_in_the_envelope() {
     let r = s.raw("PATCH", INSTANCES, Some(ADMIN), None);
     assert_eq!((r.status, r.code()), (405, "METHOD_NOT_ALLOWED"));
     assert_eq!(r.allow.as_deref(), Some("GET, POST"));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
     let r = s.get(&format!("{INSTANCES}/i-doesnotexist"));
     assert_eq!((r.status, r.code()), (404, "INSTANCE_NOT_FOUND"));
     let r = s.get(&format!("{INSTANCES}/name/nobody"));
@@ -706,6 +708,7 @@ fn missing_plugin_and_down_backend_are_unavailable_and_the_rest_serves() {
             r.text
         );
         assert_eq!(r.retry_after.as_deref(), Some("5"));
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
         assert_eq!(r.json["error"]["details"]["backend"], backend);
     }
     let r = s.get("/api/v1/compute/backends");
@@ -828,6 +831,40 @@ fn generated_admin_token_and_env_tokens() {
     assert_eq!(
         s.raw("GET", INSTANCES, Some(token.trim()), None).status,
         200
+    );
+    // printed once
+    let printed = wait_for(Duration::from_secs(5), || {
+        (s.stdout().matches(token.trim()).count() == 1).then_some(())
+    });
+    assert!(printed.is_some(), "the token printed once: {}", s.stdout());
+    // The next start with that token file reuses it, and does not print it again.
+    let kept = TempDir::new("tokenfile");
+    std::fs::copy(&file, kept.0.join("admin.token")).expect("copy");
+    drop(s);
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![fake_plugin()],
+        toml: "[backends.fake]\nplugin = \"fake\"\n".into(),
+        tokens: false,
+        env: vec![(
+            "UNICOMPUTE_AUTH__TOKEN_FILE".into(),
+            kept.0.join("admin.token").display().to_string(),
+        )],
+        ..Default::default()
+    });
+    assert_eq!(
+        s.raw("GET", INSTANCES, Some(token.trim()), None).status,
+        200,
+        "the token of the first start works on the second"
+    );
+    assert_eq!(
+        std::fs::read_to_string(kept.0.join("admin.token")).expect("token file"),
+        token
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !s.stdout().contains(token.trim()),
+        "printed again: {}",
+        s.stdout()
     );
     drop(s);
 
