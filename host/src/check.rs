@@ -223,6 +223,11 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
     let id = format!("chk-{suffix}");
     let name = format!("uc-check-{suffix}");
+    // Said first, so that whoever runs the check can remove what a failed run left.
+    let _ = writeln!(
+        r.out,
+        "NAME  {name} (what the check makes is named {name}*)"
+    );
 
     r.step(
         "create with an invalid config is refused and leaves nothing",

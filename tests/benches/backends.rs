@@ -212,6 +212,7 @@ fn bench_kvm(runs: usize) {
             memory: 128 << 20,
             disk: (vol.path().expect("path"), "qcow2".into()),
             seed: None,
+            nic: None,
             meta: InstanceMeta {
                 xmlns: None,
                 id: name.clone(),

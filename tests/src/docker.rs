@@ -10,6 +10,10 @@ use std::process::Command;
 pub const TEST_IMAGE: &str = "unicompute-test-busybox:latest";
 const ENGINE_LOCK: &str = "/tmp/unicompute-docker-engine.lock";
 const IMAGE_LOCK: &str = "/tmp/unicompute-docker-image.lock";
+const LIBVIRTD_LOCK: &str = "/tmp/unicompute-libvirtd.lock";
+
+/// The prefix of the backend names of the black-box Docker servers ([`backend_name`]).
+pub const BACKEND_PREFIX: &str = "uct";
 
 /// An flock held until dropped.
 pub struct FileLock(File);
@@ -36,6 +40,21 @@ impl FileLock {
     /// The engine to oneself (to stop and restart it).
     pub fn engine_exclusive() -> FileLock {
         Self::take(ENGINE_LOCK, libc::LOCK_EX)
+    }
+
+    /// A shared hold of the system libvirtd: it is not restarted meanwhile.
+    pub fn libvirtd_shared() -> FileLock {
+        Self::take(LIBVIRTD_LOCK, libc::LOCK_SH)
+    }
+
+    /// The system libvirtd to oneself (to stop and restart it).
+    pub fn libvirtd_exclusive() -> FileLock {
+        Self::take(LIBVIRTD_LOCK, libc::LOCK_EX)
+    }
+
+    /// Any lock file to oneself (for example for a name that cannot be unique).
+    pub fn exclusive(path: &str) -> FileLock {
+        Self::take(path, libc::LOCK_EX)
     }
 }
 
@@ -111,5 +130,32 @@ pub struct ContainerGuard(pub String);
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", "-v", &self.0]);
+    }
+}
+
+/// A backend name of its own for a black-box server, so that servers in parallel
+/// (and other runs on the engine) do not list each other's containers.
+pub fn backend_name() -> String {
+    crate::owned(BACKEND_PREFIX)
+}
+
+/// Removes the containers of black-box servers whose test process is gone (a killed
+/// run): their backend label names a dead process (see [`backend_name`]).
+pub fn sweep_stale() {
+    let (_, out) = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=io.unicompute.backend",
+        "--format",
+        "{{.ID}} {{.Label \"io.unicompute.backend\"}}",
+    ]);
+    for line in out.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(id), Some(backend)) = (parts.next(), parts.next()) {
+            if crate::dead_owner(backend, BACKEND_PREFIX) {
+                let _ = docker(&["rm", "-f", "-v", id]);
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{unique, TempDir};
+use crate::{dead_owner, owned, FileLock, TempDir};
 
 /// Runs virsh on qemu:///system; returns (success, stdout).
 pub fn virsh(args: &[&str]) -> (bool, String) {
@@ -29,11 +29,35 @@ pub struct KvmFixture {
     pub pool: String,
     /// Domain names made by the test start with this.
     pub prefix: String,
+    // The system libvirtd is not restarted while a fixture lives.
+    _libvirtd: FileLock,
+}
+
+const DOMAIN_PREFIX: &str = "ucvm";
+const POOL_PREFIX: &str = "uc-pool";
+
+/// Removes the domains and pools of fixtures whose test process is gone (a killed
+/// run, whose drop never ran).
+pub fn sweep_stale() {
+    for d in virsh(&["list", "--all", "--name"]).1.lines() {
+        if dead_owner(d, DOMAIN_PREFIX) {
+            let _ = virsh(&["destroy", d]);
+            let _ = virsh(&["undefine", d, "--nvram"]);
+        }
+    }
+    for p in virsh(&["pool-list", "--all", "--name"]).1.lines() {
+        if dead_owner(p, POOL_PREFIX) {
+            let _ = virsh(&["pool-destroy", p]);
+            let _ = virsh(&["pool-undefine", p]);
+        }
+    }
 }
 
 impl KvmFixture {
     /// Makes a templates dir with `ubuntu-22.04.qcow2` (64 MiB, empty: no OS).
     pub fn new() -> KvmFixture {
+        let libvirtd = FileLock::libvirtd_shared();
+        sweep_stale();
         let dir = TempDir::new("uc-kvm");
         let templates = dir.0.join("templates");
         std::fs::create_dir_all(&templates).expect("dir");
@@ -46,8 +70,9 @@ impl KvmFixture {
         assert!(ok.success(), "qemu-img create");
         KvmFixture {
             dir,
-            pool: unique("uc-pool"),
-            prefix: unique("ucvm"),
+            pool: owned(POOL_PREFIX),
+            prefix: owned(DOMAIN_PREFIX),
+            _libvirtd: libvirtd,
         }
     }
 

@@ -16,6 +16,8 @@ pub use serde_json::{json, Value};
 pub mod docker;
 pub mod kvm;
 
+pub use docker::FileLock;
+
 /// Tokens every test server accepts.
 pub const ADMIN: &str = "admin-token-for-tests";
 /// Operator token.
@@ -47,29 +49,72 @@ pub fn profile() -> String {
 
 /// The `unicompute` binary built by `cargo build --workspace`, or the one named by
 /// `UCTEST_HOST_BINARY` (to run the tests against another build, say an older one).
+/// The built one must be newer than every source it is made of: a stale binary
+/// would pass or fail for code that is no longer there.
 pub fn host_binary() -> PathBuf {
-    let p = std::env::var_os("UCTEST_HOST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join(profile()).join("unicompute"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
-        p.display()
-    );
+    if let Some(p) = std::env::var_os("UCTEST_HOST_BINARY") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join(profile()).join("unicompute");
+    assert_fresh(&p, &["host", "plugin-api"]);
     p
 }
 
-/// A plugin of the workspace (`docker`, `kvm`) built by `cargo build --workspace`.
+/// A plugin of the workspace (`docker`, `kvm`) built by `cargo build --workspace`,
+/// newer than its sources (as [`host_binary`]).
 pub fn workspace_plugin(name: &str) -> PathBuf {
     let p = target_dir()
         .join(profile())
         .join(format!("libunicompute_{name}.so"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        p.display()
-    );
+    assert_fresh(&p, &["plugin-api", &format!("plugins/{name}")]);
     p
+}
+
+/// The newest modification time of the Rust sources an artifact is built from (the
+/// `*.rs` files under each crate's `src/`: what cargo's rebuild follows, so that a
+/// file touched without a change that needs a build does not fail the check).
+pub fn newest_source(crates: &[&str]) -> Option<(std::time::SystemTime, PathBuf)> {
+    fn walk(p: &Path, newest: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), newest);
+            }
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            if let Ok(t) = meta.modified() {
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    *newest = Some((t, p.to_owned()));
+                }
+            }
+        }
+    }
+    let mut newest = None;
+    for c in crates {
+        walk(&root().join(c).join("src"), &mut newest);
+    }
+    newest
+}
+
+/// Fails unless `artifact` exists and is newer than the sources of `crates`.
+fn assert_fresh(artifact: &Path, crates: &[&str]) {
+    let built = std::fs::metadata(artifact)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run cargo build --workspace first (scripts/test.sh does)",
+                artifact.display()
+            )
+        });
+    if let Some((changed, file)) = newest_source(crates) {
+        assert!(
+            built >= changed,
+            "{} is older than {}: run cargo build --workspace (a stale binary tests old code)",
+            artifact.display(),
+            file.display()
+        );
+    }
 }
 
 static BUILDS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
@@ -115,6 +160,73 @@ pub fn build_external(project: &str, lib: &str, features: &str) -> PathBuf {
 /// The fake plugin (`tests/fake-plugin`).
 pub fn fake_plugin() -> PathBuf {
     build_external("tests/fake-plugin", "unicompute_fake", "")
+}
+
+/// Whether a test that `var` can skip is skipped. Only `var=1` skips; under
+/// `CI=true` a skip is a failure (a green CI run has run everything). A skip, and a
+/// value that does not skip, are written to the terminal (not captured by the test
+/// harness), so that the run's output shows them.
+pub fn skip_requested(var: &str, what: &str) -> bool {
+    use std::io::Write;
+    let Some(value) = std::env::var_os(var) else {
+        return false;
+    };
+    let value = value.to_string_lossy().into_owned();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let line = if value != "1" {
+        format!("NOT SKIPPED: {what}: {var}={value} (only 1 skips)\n")
+    } else {
+        assert!(!ci, "{var}=1 under CI=true: {what} must run in CI");
+        format!("SKIPPED: {what} ({var}=1)\n")
+    };
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    value == "1"
+}
+
+/// A name made of `prefix`, this process's id and a random part: things named so
+/// that outlive their process (a killed run) are recognised by [`dead_owner`].
+pub fn owned(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Whether `name` was made by [`owned`] with `prefix` in a process that is gone.
+pub fn dead_owner(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    match rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+/// Removes, when dropped, what a `plugins check` run made: its output names it in a
+/// `NAME` line, and `remove` is called with that name (also when the test failed).
+pub struct CheckLeftovers<F: FnMut(&str)> {
+    /// The check's output.
+    pub output: String,
+    /// Removes everything named with the given prefix.
+    pub remove: F,
+}
+
+impl<F: FnMut(&str)> Drop for CheckLeftovers<F> {
+    fn drop(&mut self) {
+        let names: Vec<String> = self
+            .output
+            .lines()
+            .filter_map(|l| l.strip_prefix("NAME  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with("uc-check-"))
+            .map(str::to_owned)
+            .collect();
+        for n in names {
+            (self.remove)(&n);
+        }
+    }
 }
 
 /// A unique name for things a test creates.
@@ -172,6 +284,7 @@ pub struct Server {
     /// Its private directory (config, plugins, log).
     pub dir: TempDir,
     agent: ureq::Agent,
+    stdout: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 /// A response: status, headers we look at, body as JSON (Null when empty or not JSON).
@@ -287,12 +400,15 @@ impl Server {
         let mut child = cmd.spawn().expect("start unicompute");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let printed = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&printed);
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(Ok(line)) = lines.next() {
                 if let Some(addr) = line.strip_prefix("unicompute: listening on ") {
                     let _ = tx.send(addr.to_owned());
                 }
+                keep.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
         });
         let base = match rx.recv_timeout(Duration::from_secs(60)) {
@@ -308,7 +424,16 @@ impl Server {
             base,
             dir,
             agent: agent(),
+            stdout: printed,
         }
+    }
+
+    /// What the server printed on its standard output so far.
+    pub fn stdout(&self) -> String {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     /// The server's log so far.
@@ -319,6 +444,27 @@ impl Server {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The process as the kernel knows it: its id and its start time (clock ticks
+    /// since boot, `/proc/PID/stat` field 22). Panics when the process has exited:
+    /// a server that died (and whose pid could be reused) is not "the same process".
+    pub fn identity(&mut self) -> (u32, u64) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(None)),
+            "the server exited: {:?}",
+            self.child.try_wait()
+        );
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+        // The command name (field 2) may hold spaces: fields are counted after ')'.
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let start = after
+            .split_whitespace()
+            .nth(19)
+            .and_then(|f| f.parse().ok())
+            .expect("start time in /proc stat");
+        (pid, start)
     }
 
     /// Sends a request. `token` may be None; `body` is sent as is.

@@ -17,6 +17,25 @@ fn create(s: &Server, name: &str, extra: Value) -> Resp {
     s.call("POST", INSTANCES, ADMIN, Some(&body))
 }
 
+/// A log without its terminal colours.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn created_id(r: &Resp) -> String {
     assert_eq!(r.status, 201, "{}", r.text);
     r.json["id"].as_str().expect("id").to_owned()
@@ -173,6 +192,7 @@ fn oversized_body_is_413() {
     );
     let r = s.raw("POST", INSTANCES, Some(ADMIN), Some(big.as_bytes()));
     assert_eq!((r.status, r.code()), (413, "PAYLOAD_TOO_LARGE"));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
     // a small one still passes
     assert_eq!(create(&s, &unique("small"), json!({})).status, 201);
 }
@@ -188,6 +208,7 @@ fn unknown_route_404_and_wrong_method_405_in_the_envelope() {
     let r = s.raw("PATCH", INSTANCES, Some(ADMIN), None);
     assert_eq!((r.status, r.code()), (405, "METHOD_NOT_ALLOWED"));
     assert_eq!(r.allow.as_deref(), Some("GET, POST"));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
     let r = s.get(&format!("{INSTANCES}/i-doesnotexist"));
     assert_eq!((r.status, r.code()), (404, "INSTANCE_NOT_FOUND"));
     let r = s.get(&format!("{INSTANCES}/name/nobody"));
@@ -397,10 +418,29 @@ fn whole_lifecycle_through_the_api() {
     let r = s.call("PUT", &format!("{one}/pause"), ADMIN, None);
     assert_eq!((r.status, r.code()), (409, "INVALID_STATE"));
 
+    // A create answers updatedAt == createdAt; each change moves it (RFC 3339 UTC
+    // with milliseconds: strings of one length compare as times). A pause between
+    // changes lets a millisecond pass, so that a move shows.
+    assert_eq!(
+        s.get(&one).json["updatedAt"].as_str(),
+        Some(created_at.as_str())
+    );
+    let mut last = created_at.clone();
+    let mut moved = |r: &Resp, what: &str| {
+        let now = r.json["updatedAt"].as_str().expect("updatedAt").to_owned();
+        assert!(
+            now > last,
+            "{what}: updatedAt {now} did not move from {last}"
+        );
+        assert_eq!(r.json["createdAt"].as_str(), Some(created_at.as_str()));
+        last = now;
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_millis(5));
     let r = s.call("PUT", &format!("{one}/start"), ADMIN, None);
     assert_eq!((r.status, r.json["state"].as_str()), (200, Some("running")));
+    moved(&r, "start");
     let updated = r.json["updatedAt"].as_str().expect("updatedAt").to_owned();
-    assert!(updated >= created_at);
     // start of a running one changes nothing
     let r = s.call("PUT", &format!("{one}/start"), ADMIN, None);
     assert_eq!((r.status, r.json["state"].as_str()), (200, Some("running")));
@@ -412,9 +452,13 @@ fn whole_lifecycle_through_the_api() {
 
     let r = s.call("PUT", &format!("{one}/pause"), ADMIN, None);
     assert_eq!(r.json["state"], "paused");
+    moved(&r, "pause");
     assert_eq!(s.get(&format!("{INSTANCES}?state=paused")).json["total"], 1);
     let r = s.call("PUT", &format!("{one}/unpause"), ADMIN, None);
     assert_eq!(r.json["state"], "running");
+    moved(&r, "unpause");
+    // what a change answers is what later reads show
+    assert_eq!(s.get(&one).json["updatedAt"], r.json["updatedAt"]);
 
     let r = s.get(&format!("{one}/usage"));
     assert_eq!(r.status, 200);
@@ -433,6 +477,8 @@ fn whole_lifecycle_through_the_api() {
         r.json["pendingResources"]["storage"]["totalSpace"],
         21474836480u64
     );
+    moved(&r, "update");
+    assert_eq!(s.get(&one).json["updatedAt"], r.json["updatedAt"]);
     let r = s.call("PUT", &one, ADMIN, Some(&json!({})));
     assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"));
     let r = s.call(
@@ -451,13 +497,20 @@ fn whole_lifecycle_through_the_api() {
         Some(&json!({"force": false, "timeout": 60})),
     );
     assert_eq!((r.status, r.json["state"].as_str()), (200, Some("stopped")));
+    moved(&r, "stop");
+    let stopped_at = r.json["updatedAt"].clone();
     let r = s.call("PUT", &format!("{one}/stop"), ADMIN, None);
     assert_eq!((r.status, r.json["state"].as_str()), (200, Some("stopped")));
+    assert_eq!(
+        r.json["updatedAt"], stopped_at,
+        "a stop of a stopped one changes nothing"
+    );
     let r = s.call("PUT", &format!("{one}/pause"), ADMIN, None);
     assert_eq!((r.status, r.code()), (409, "INVALID_STATE"));
 
     let r = s.call("PUT", &format!("{one}/restart"), ADMIN, None);
     assert_eq!((r.status, r.json["state"].as_str()), (200, Some("running")));
+    moved(&r, "restart");
     assert_eq!(
         r.json["resources"]["storage"]["totalSpace"], 21474836480u64,
         "pending applied at start"
@@ -533,7 +586,18 @@ fn a_panicking_plugin_answers_an_error_and_the_server_keeps_serving() {
     assert_eq!((r.status, r.code()), (500, "INTERNAL_ERROR"));
     assert_eq!(s.get(&format!("{INSTANCES}/name/{name}")).status, 404);
     assert_eq!(create(&s, &name, json!({})).status, 201);
-    assert!(s.log().contains("panic"), "the panic is logged");
+    // The plugin's own line, tagged with the plugin and the operation (Rust's bare
+    // "panicked at" message would not do).
+    let log = plain(&s.log());
+    for op in ["usage", "create"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("ERROR plugin: operation panicked")
+                    && l.contains(&format!("op={op} panic=fake panic in {op}"))
+                    && l.contains("plugin=fake")),
+            "no tagged panic line for {op}:\n{log}"
+        );
+    }
 }
 
 #[test]
@@ -644,6 +708,7 @@ fn missing_plugin_and_down_backend_are_unavailable_and_the_rest_serves() {
             r.text
         );
         assert_eq!(r.retry_after.as_deref(), Some("5"));
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
         assert_eq!(r.json["error"]["details"]["backend"], backend);
     }
     let r = s.get("/api/v1/compute/backends");
@@ -766,6 +831,40 @@ fn generated_admin_token_and_env_tokens() {
     assert_eq!(
         s.raw("GET", INSTANCES, Some(token.trim()), None).status,
         200
+    );
+    // printed once
+    let printed = wait_for(Duration::from_secs(5), || {
+        (s.stdout().matches(token.trim()).count() == 1).then_some(())
+    });
+    assert!(printed.is_some(), "the token printed once: {}", s.stdout());
+    // The next start with that token file reuses it, and does not print it again.
+    let kept = TempDir::new("tokenfile");
+    std::fs::copy(&file, kept.0.join("admin.token")).expect("copy");
+    drop(s);
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![fake_plugin()],
+        toml: "[backends.fake]\nplugin = \"fake\"\n".into(),
+        tokens: false,
+        env: vec![(
+            "UNICOMPUTE_AUTH__TOKEN_FILE".into(),
+            kept.0.join("admin.token").display().to_string(),
+        )],
+        ..Default::default()
+    });
+    assert_eq!(
+        s.raw("GET", INSTANCES, Some(token.trim()), None).status,
+        200,
+        "the token of the first start works on the second"
+    );
+    assert_eq!(
+        std::fs::read_to_string(kept.0.join("admin.token")).expect("token file"),
+        token
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !s.stdout().contains(token.trim()),
+        "printed again: {}",
+        s.stdout()
     );
     drop(s);
 

@@ -272,3 +272,352 @@ fn kvm_plugins_check_and_info() {
         .collect();
     assert!(left.is_empty(), "check left {left:?}");
 }
+
+/// A libvirt network defined and never started; undefined on drop.
+struct InactiveNetwork(String);
+
+impl InactiveNetwork {
+    fn define(f: &KvmFixture) -> InactiveNetwork {
+        let name = format!("{}-net", f.prefix);
+        let xml = f.dir.0.join("net.xml");
+        std::fs::write(&xml, format!("<network><name>{name}</name></network>")).expect("write");
+        let (ok, out) = virsh(&["net-define", &xml.to_string_lossy()]);
+        assert!(ok, "net-define: {out}");
+        InactiveNetwork(name)
+    }
+}
+
+impl Drop for InactiveNetwork {
+    fn drop(&mut self) {
+        let _ = virsh(&["net-destroy", &self.0]);
+        let _ = virsh(&["net-undefine", &self.0]);
+    }
+}
+
+/// Whether this host can run KVM guests (then new domains must be `kvm`, not the
+/// `qemu` emulator).
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+fn dominfo(name: &str, key: &str) -> String {
+    let (ok, info) = virsh(&["dominfo", name]);
+    assert!(ok, "dominfo {name}");
+    info.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim_start_matches(':').trim().to_owned())
+        .unwrap_or_else(|| panic!("no {key} in {info}"))
+}
+
+#[test]
+fn the_spec_kvm_config_block_verbatim_and_the_whole_lifecycle() {
+    let _engine = unicompute_tests::FileLock::engine_shared();
+    unicompute_tests::docker::ensure_image();
+    unicompute_tests::docker::sweep_stale();
+    let f = KvmFixture::new();
+    let net = InactiveNetwork::define(&f);
+    let dock = unicompute_tests::docker::backend_name();
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![workspace_plugin("kvm"), workspace_plugin("docker")],
+        toml: format!(
+            "[backends.kvm]\nplugin = \"kvm\"\n{}[backends.kvm-down]\nplugin = \"kvm\"\nuri = \"qemu+unix:///system?socket={}/no-libvirtd.sock\"\ntemplates_dir = \"{}\"\n[backends.{dock}]\nplugin = \"docker\"\nstate_dir = \"{}/docker-state\"\npin_dir = \"{}/docker-pins\"\n",
+            f.settings_toml(),
+            f.dir.0.display(),
+            f.templates().display(),
+            f.dir.0.display(),
+            f.dir.0.display(),
+        ),
+        ..Default::default()
+    });
+    let name = format!("{}-spec", f.prefix);
+    // The spec's "KVM Configuration" block as written ("..." included).
+    let config: Value = serde_json::from_str(
+        r#"{
+  "image": "ubuntu-22.04",
+  "diskFormat": "qcow2",
+  "networkType": "bridge",
+  "networkSource": "default",
+  "cloudInit": {
+    "userData": "...",
+    "metaData": "..."
+  }
+}"#,
+    )
+    .expect("json");
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": name, "backend": "kvm", "config": config,
+            "resources": {"cpu": {"cores": 1}, "memory": {"limit": 268435456u64}},
+            "metadata": {"labels": {"app": "spec", "tier": "vm"}}
+        })),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["config"]["networkType"], "bridge");
+    assert_eq!(r.json["config"]["networkSource"], "default");
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let one = format!("{INSTANCES}/{id}");
+    let created = r.json.clone();
+    // attached to the libvirt network `default` (no host bridge has that name)
+    let (_, xml) = virsh(&["dumpxml", &name]);
+    assert!(
+        xml.contains("<interface type='network'>") && xml.contains("<source network='default'"),
+        "{xml}"
+    );
+    if kvm_usable() {
+        assert!(
+            xml.starts_with("<domain type='kvm'"),
+            "KVM is usable: {xml}"
+        );
+    }
+    // a bridge source that is neither a host bridge nor a network is refused
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": format!("{}-nobr", f.prefix), "backend": "kvm",
+            "config": {"image": "ubuntu-22.04", "networkType": "bridge", "networkSource": "ucnobr0"}
+        })),
+    );
+    assert_eq!((r.status, r.code()), (400, "INVALID_REQUEST"), "{}", r.text);
+
+    // by id and by name, the same instance
+    assert_eq!(s.get(&one).json, created);
+    assert_eq!(s.get(&format!("{INSTANCES}/name/{name}")).json, created);
+
+    // error codes from the kvm backend
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": name, "backend": "kvm", "config": {"image": "ubuntu-22.04"}
+        })),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "INSTANCE_ALREADY_EXISTS"),
+        "{}",
+        r.text
+    );
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": format!("{}-big", f.prefix), "backend": "kvm",
+            "config": {"image": "ubuntu-22.04", "networkType": "none"},
+            "resources": {"cpu": {"cores": 100000}}
+        })),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "RESOURCE_LIMIT_EXCEEDED"),
+        "{}",
+        r.text
+    );
+    let r = s.call("PUT", &format!("{one}/pause"), OPERATOR, None);
+    assert_eq!((r.status, r.code()), (409, "INVALID_STATE"), "{}", r.text);
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": format!("{}-down", f.prefix), "backend": "kvm-down",
+            "config": {"image": "ubuntu-22.04"}
+        })),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "BACKEND_UNAVAILABLE"),
+        "{}",
+        r.text
+    );
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert_eq!(r.json["error"]["details"]["backend"], "kvm-down");
+    // a network that is defined but not started: libvirt refuses the start, 502
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": format!("{}-inactive", f.prefix), "backend": "kvm", "start": true,
+            "config": {"image": "ubuntu-22.04", "networkType": "network", "networkSource": net.0}
+        })),
+    );
+    assert_eq!((r.status, r.code()), (502, "BACKEND_ERROR"), "{}", r.text);
+    assert_eq!(
+        f.domains(),
+        vec![name.clone()],
+        "the failed create rolled back"
+    );
+    // names are unique across backends: a container's name is taken for a VM
+    let shared = format!("{}-shared", f.prefix);
+    let _container = unicompute_tests::docker::ContainerGuard(shared.clone());
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": shared, "backend": dock,
+            "config": {"image": unicompute_tests::docker::TEST_IMAGE}
+        })),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let container_id = r.json["id"].as_str().expect("id").to_owned();
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": shared, "backend": "kvm", "config": {"image": "ubuntu-22.04"}
+        })),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "INSTANCE_ALREADY_EXISTS"),
+        "{}",
+        r.text
+    );
+    assert_eq!(f.domains(), vec![name.clone()]);
+    let r = s.call(
+        "DELETE",
+        &format!("{INSTANCES}/{container_id}"),
+        ADMIN,
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.text);
+
+    // update, checked in libvirt; updatedAt moves
+    std::thread::sleep(Duration::from_millis(5));
+    let r = s.call(
+        "PUT",
+        &one,
+        ADMIN,
+        Some(&json!({"resources": {"cpu": {"cores": 2}, "memory": {"limit": 536870912u64}}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["resources"]["cpu"]["cores"], 2);
+    assert!(
+        r.json["updatedAt"].as_str() > created["updatedAt"].as_str(),
+        "{}",
+        r.text
+    );
+    assert_eq!(dominfo(&name, "CPU(s)"), "2");
+    assert_eq!(dominfo(&name, "Max memory"), "524288 KiB");
+    let mut last = r.json["updatedAt"].as_str().expect("updatedAt").to_owned();
+    let mut moved = |r: &Resp, what: &str| {
+        let now = r.json["updatedAt"].as_str().expect("updatedAt").to_owned();
+        assert!(
+            now > last,
+            "{what}: updatedAt {now} did not move from {last}"
+        );
+        last = now;
+        std::thread::sleep(Duration::from_millis(5));
+    };
+
+    let r = s.call("PUT", &format!("{one}/start"), OPERATOR, None);
+    assert_eq!(r.json["state"], "running", "{}", r.text);
+    moved(&r, "start");
+    assert_eq!(virsh(&["domstate", &name]).1, "running");
+    let c = s.get("/api/v1/compute/cluster/status");
+    assert_eq!(c.json["backends"]["kvm"]["instances"], 1, "{}", c.text);
+    assert_eq!(
+        c.json["backends"]["kvm"]["resources"]["cpu"]["used"], 2,
+        "{}",
+        c.text
+    );
+    assert_eq!(
+        c.json["backends"]["kvm"]["resources"]["memory"]["used"], 536870912u64,
+        "{}",
+        c.text
+    );
+    assert_eq!(
+        c.json["backends"]["kvm-down"]["status"], "unavailable",
+        "{}",
+        c.text
+    );
+    assert_eq!(c.json["health"], "degraded", "{}", c.text);
+    let u = s.get(&format!("{one}/usage"));
+    assert_eq!(u.status, 200, "{}", u.text);
+    assert_eq!(u.json["cpu"]["cores"], 2, "{}", u.text);
+    assert!(
+        u.json["cpu"]["usage"]
+            .as_f64()
+            .is_some_and(|c| (0.0..=100.0).contains(&c)),
+        "{}",
+        u.text
+    );
+    assert_eq!(u.json["memory"]["limit"], 536870912u64, "{}", u.text);
+    assert!(
+        u.json["memory"]["used"].as_u64().is_some_and(|m| m > 0),
+        "{}",
+        u.text
+    );
+    assert!(
+        u.json["storage"]["total"]
+            .as_u64()
+            .is_some_and(|t| t >= 64 << 20),
+        "{}",
+        u.text
+    );
+    assert!(u.json["storage"]["used"].is_u64(), "{}", u.text);
+    assert!(
+        u.json["network"]["rxBytes"].is_u64() && u.json["network"]["txBytes"].is_u64(),
+        "{}",
+        u.text
+    );
+
+    let r = s.call("PUT", &format!("{one}/pause"), OPERATOR, None);
+    assert_eq!(r.json["state"], "paused", "{}", r.text);
+    moved(&r, "pause");
+    assert_eq!(virsh(&["domstate", &name]).1, "paused");
+    let r = s.call("DELETE", &one, ADMIN, None);
+    assert_eq!((r.status, r.code()), (409, "INVALID_STATE"), "{}", r.text);
+    let r = s.call("PUT", &format!("{one}/unpause"), OPERATOR, None);
+    assert_eq!(r.json["state"], "running", "{}", r.text);
+    moved(&r, "unpause");
+    assert_eq!(virsh(&["domstate", &name]).1, "running");
+    let r = s.call("DELETE", &one, ADMIN, None);
+    assert_eq!((r.status, r.code()), (409, "INVALID_STATE"), "{}", r.text);
+    // no OS to answer ACPI: the restart's stop ends hard at its timeout
+    let r = s.call(
+        "PUT",
+        &format!("{one}/restart"),
+        OPERATOR,
+        Some(&json!({"timeout": 1})),
+    );
+    assert_eq!(r.json["state"], "running", "{}", r.text);
+    moved(&r, "restart");
+    assert_eq!(virsh(&["domstate", &name]).1, "running");
+    let before = s.get(&one).json;
+    assert_eq!(before["updatedAt"].as_str(), Some(last.as_str()));
+
+    // A new server reads the same instance back from libvirt.
+    drop(s);
+    let s = server(&f);
+    let after = s.get(&one).json;
+    for key in [
+        "id",
+        "uuid",
+        "name",
+        "createdAt",
+        "updatedAt",
+        "metadata",
+        "state",
+    ] {
+        assert_eq!(after[key], before[key], "{key} after a server restart");
+    }
+
+    let r = s.call("DELETE", &format!("{one}?force=true"), ADMIN, None);
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(f.domains().is_empty(), "domain left: {:?}", f.domains());
+    assert!(f.volumes().is_empty(), "volumes left: {:?}", f.volumes());
+}

@@ -129,13 +129,13 @@ fn backend_field(s: &Server, backend: &str, field: &str) -> Value {
 fn add_enable_and_replace_a_plugin_without_a_restart() {
     // SIGHUP and the reload endpoint alone (no directory watch), so that what they
     // report is theirs.
-    let s = Server::start_with(ServerOptions {
+    let mut s = Server::start_with(ServerOptions {
         plugins: vec![fake_plugin()],
         toml: "[backends.fake]\nplugin = \"fake\"\n".into(),
         watch_interval_secs: Some(0),
         ..Default::default()
     });
-    let pid = s.pid();
+    let process = s.identity();
     let config_path = s.dir.0.join("unicompute.toml");
     let plugin_dir = s.dir.0.join("plugins");
     // an instance of another backend, to see that nothing touches it
@@ -190,7 +190,8 @@ fn add_enable_and_replace_a_plugin_without_a_restart() {
     // the other backend's instance was not touched
     let now = s.get(&format!("{INSTANCES}/{}", kept["id"].as_str().expect("id")));
     assert_eq!(now.json, kept);
-    assert_eq!(s.pid(), pid);
+    // The same process (alive, same pid and start time) still answers on its port.
+    assert_eq!(s.identity(), process, "the server was restarted");
     assert_eq!(s.raw("GET", "/healthz", None, None).status, 200);
 }
 
@@ -267,13 +268,13 @@ fn sighup_disables_a_backend_without_dropping_requests_in_flight() {
 #[test]
 fn the_directory_watch_loads_replaces_and_drops_plugins_without_a_signal() {
     // `proc` is enabled from the start; its plugin is not there yet.
-    let s = Server::start_with(ServerOptions {
+    let mut s = Server::start_with(ServerOptions {
         plugins: vec![fake_plugin()],
         toml: "[backends.fake]\nplugin = \"fake\"\n[backends.proc]\nplugin = \"process\"\nprograms = [\"sleep\"]\n".into(),
         watch_interval_secs: Some(1),
         ..Default::default()
     });
-    let pid = s.pid();
+    let process = s.identity();
     let plugin_dir = s.dir.0.join("plugins");
     assert_eq!(backend_field(&s, "proc", "status"), "unavailable");
     let r = s.call("POST", INSTANCES, ADMIN, Some(&json!({"name": unique("keep"), "backend": "fake", "config": {"image": "busybox"}, "start": true})));
@@ -309,18 +310,33 @@ fn the_directory_watch_loads_replaces_and_drops_plugins_without_a_signal() {
     assert!(v2.is_some(), "v2 not loaded: {}", s.log());
     assert_eq!(backend_field(&s, "proc", "status"), "running");
 
-    // A file that is not a plugin is skipped; the rest serves on.
+    // A file that is not a `*.so` is no plugin candidate: the watch does not act on
+    // it (three looks pass with no reload).
+    let reloads = |s: &Server| s.log().matches("plugin directory changed").count();
+    let before = reloads(&s);
     std::fs::write(plugin_dir.join("README.txt"), "not a plugin").expect("junk");
-    // Removed: the backend goes with its plugin.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(reloads(&s), before, "a README.txt reloaded: {}", s.log());
+    // A `*.so` that is not a library is one, skipped with its reason, and the rest
+    // serves on. Removed together with it: the backend goes with its plugin.
+    std::fs::write(plugin_dir.join("libjunk.so"), "not a library").expect("junk");
     std::fs::remove_file(&so).expect("remove");
     let gone = wait_for(Duration::from_secs(20), || {
         (backend_field(&s, "proc", "status") == "unavailable").then_some(())
     });
     assert!(gone.is_some(), "proc still served: {}", s.log());
-    assert!(s.log().contains("plugin directory changed"), "{}", s.log());
+    assert!(reloads(&s) > before, "{}", s.log());
+    let log = s.log();
+    let skipped = wait_for(Duration::from_secs(5), || {
+        s.log()
+            .lines()
+            .any(|l| l.contains("plugin file skipped") && l.contains("libjunk.so"))
+            .then_some(())
+    });
+    assert!(skipped.is_some(), "no skip line for libjunk.so: {log}");
 
     let now = s.get(&format!("{INSTANCES}/{}", kept["id"].as_str().expect("id")));
     assert_eq!(now.json, kept, "the other backend's instance was touched");
     assert_eq!(backend_field(&s, "fake", "status"), "running");
-    assert_eq!(s.pid(), pid);
+    assert_eq!(s.identity(), process, "the server was restarted");
 }

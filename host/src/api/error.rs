@@ -292,9 +292,9 @@ impl ApiError {
             let reason = err.message.clone();
             err.details.entry("reason").or_insert_with(|| reason.into());
         }
-        err.details
-            .entry("backend")
-            .or_insert_with(|| backend.into());
+        // The configured backend's name, whatever the plugin said (a plugin knows
+        // its kind, not the name it serves under: `docker-remote`, a test's own).
+        err.details.insert("backend".into(), backend.into());
         err
     }
 }
@@ -385,6 +385,13 @@ mod tests {
         assert_eq!(e.status().as_u16(), 503);
         assert_eq!(e.details["reason"], "libvirt is down");
         assert_eq!(e.details["backend"], "kvm");
+        // the backend's configured name, not the plugin's kind
+        let e = ApiError::from_plugin(
+            "docker-remote",
+            PluginError::new(ErrorCode::BackendUnavailable, "engine down")
+                .with_detail("backend", "docker"),
+        );
+        assert_eq!(e.details["backend"], "docker-remote");
     }
 
     #[test]

@@ -389,11 +389,8 @@ mod tests {
     #[test]
     fn cpu_is_a_percent_of_the_allocated_cores() {
         // The container used one core's worth of a 4-CPU host during the interval.
-        let s = Sample::from_stats(&stats(1_000, 0, 4_000, 1));
-        let s = Sample {
-            system_delta: 4_000,
-            ..s
-        };
+        let s = Sample::from_stats(&stats(1_500, 500, 9_000, 5_000));
+        assert_eq!((s.cpu_delta, s.system_delta), (1_000, 4_000));
         assert!(s.has_cpu_delta);
         let one_core = usage_from(
             &s,

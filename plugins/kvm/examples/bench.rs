@@ -130,6 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 memory: 128 << 20,
                 disk: (vol.path()?, "qcow2".into()),
                 seed: None,
+                nic: None,
                 meta: InstanceMeta {
                     xmlns: None,
                     id: name.clone(),

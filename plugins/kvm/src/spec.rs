@@ -13,7 +13,7 @@ use virt::connect::Connect;
 use crate::error::{KvmError, Result};
 use crate::settings::KvmConfig;
 use crate::storage::{self, Template};
-use crate::xml::{DomainSpec, InstanceMeta, LabelsXml};
+use crate::xml::{DomainSpec, InstanceMeta, LabelsXml, Nic};
 
 /// Memory of an instance when the request names none: 1 GiB.
 const DEFAULT_MEMORY: u64 = 1 << 30;
@@ -128,7 +128,7 @@ impl InstanceConfig {
             }
             NetworkType::Bridge => {
                 if parsed.network_source.as_deref().unwrap_or("").is_empty() {
-                    return Err("networkType bridge needs networkSource (the bridge name)".into());
+                    return Err("networkType bridge needs networkSource (a host bridge or a libvirt network)".into());
                 }
             }
             NetworkType::User | NetworkType::None => {
@@ -222,6 +222,8 @@ pub(crate) struct Plan {
     pub memory: u64,
     /// Disk size in bytes.
     pub size: u64,
+    /// What the interface attaches to: set by [`Plan::resolve_network`].
+    pub nic: Option<Nic>,
 }
 
 impl Plan {
@@ -257,31 +259,49 @@ impl Plan {
             cores,
             memory,
             size,
+            nic: None,
         })
     }
 
-    /// Refuses a network that libvirt would only refuse at start: a libvirt
-    /// network that does not exist, or (local libvirt) a bridge that is not one.
-    pub(crate) fn check_network(&self, conn: &Connect, uri: &str) -> Result<()> {
+    /// Resolves what the interface attaches to, refusing a network that libvirt would only
+    /// refuse at start: a libvirt network that does not exist, or a bridge source
+    /// that is neither a bridge on this host (local libvirt) nor a libvirt network.
+    ///
+    /// A `bridge` source that is not a host bridge but names a libvirt network (the
+    /// spec's own example: `"networkType": "bridge", "networkSource": "default"`)
+    /// attaches to that network, which is how libvirt puts a guest on the network's
+    /// bridge. A host bridge of that name wins over a network.
+    pub(crate) fn resolve_network(&mut self, conn: &Connect, uri: &str) -> Result<()> {
+        self.nic = self.nic_on(conn, uri)?;
+        Ok(())
+    }
+
+    fn nic_on(&self, conn: &Connect, uri: &str) -> Result<Option<Nic>> {
         let sys_net = Path::new("/sys/class/net");
-        match (
-            self.config.network_type,
-            self.config.network_source.as_deref(),
-        ) {
-            (NetworkType::Network, Some(net)) if conn.lookup_network_by_name(net).is_err() => Err(
-                KvmError::InvalidRequest(format!("libvirt network {net} does not exist")),
-            ),
-            // On this host the bridge can be seen; a remote one shows it at start.
-            (NetworkType::Bridge, Some(br))
-                if storage::uri_is_local(uri)
-                    && sys_net.is_dir()
-                    && !sys_net.join(br).join("bridge").is_dir() =>
-            {
-                Err(KvmError::InvalidRequest(format!(
-                    "{br} is not a bridge on this host"
-                )))
+        let is_network = |name: &str| conn.lookup_network_by_name(name).is_ok();
+        let source = self.config.network_source.clone().unwrap_or_default();
+        match self.config.network_type {
+            NetworkType::Network if !is_network(&source) => Err(KvmError::InvalidRequest(format!(
+                "libvirt network {source} does not exist"
+            ))),
+            NetworkType::Network => Ok(Some(Nic::Network(source))),
+            NetworkType::Bridge => {
+                // On this host the bridges can be seen; a remote one shows it at start.
+                let sees_bridges = storage::uri_is_local(uri) && sys_net.is_dir();
+                if sees_bridges && sys_net.join(&source).join("bridge").is_dir() {
+                    Ok(Some(Nic::Bridge(source)))
+                } else if is_network(&source) {
+                    Ok(Some(Nic::Network(source)))
+                } else if sees_bridges {
+                    Err(KvmError::InvalidRequest(format!(
+                        "{source} is neither a bridge on this host nor a libvirt network"
+                    )))
+                } else {
+                    Ok(Some(Nic::Bridge(source)))
+                }
             }
-            _ => Ok(()),
+            NetworkType::User => Ok(Some(Nic::User)),
+            NetworkType::None => Ok(None),
         }
     }
 
@@ -307,6 +327,7 @@ impl Plan {
             memory: self.memory,
             disk: (disk.clone(), format.to_owned()),
             seed: seed.clone(),
+            nic: self.nic.clone(),
             meta: InstanceMeta {
                 xmlns: None,
                 id: req.id.clone(),

@@ -7,7 +7,9 @@
 //! shared system daemon is never disturbed by that one. The same run is then made on
 //! `qemu:///system`, restarting the system libvirtd (`libvirtd -d`) and restoring it
 //! even when the test fails; `UC_KVM_SKIP_SYSTEM_RESTART=1` skips that part on a
-//! machine whose system daemon others are using.
+//! machine whose system daemon others are using (any other value runs it; under
+//! `CI=true` a skip fails). It takes the libvirtd lock exclusively: the other tests
+//! on the system daemon hold it shared.
 //!
 //! Its own test binary, so that nothing else runs beside a daemon restart.
 
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{harness, make_template, unique};
+use common::{harness_held, make_template, unique, FileLock};
 use serde_json::json;
 use unicompute_plugin_api::{Backend, CreateRequest, ErrorCode, Event, InstanceState};
 
@@ -210,7 +212,7 @@ fn run(
     stop: &mut dyn FnMut(),
     start: &mut dyn FnMut(),
 ) {
-    let mut h = harness(uri, extra);
+    let mut h = harness_held(uri, extra, None);
     if let Some(p) = pool_dir {
         h.storage = p;
     }
@@ -288,10 +290,15 @@ fn backend_survives_a_libvirtd_restart() {
 
 #[test]
 fn system_backend_survives_a_system_libvirtd_restart() {
-    if std::env::var("UC_KVM_SKIP_SYSTEM_RESTART").as_deref() == Ok("1") {
-        eprintln!("skipped: UC_KVM_SKIP_SYSTEM_RESTART=1");
+    if unicompute_tests::skip_requested(
+        "UC_KVM_SKIP_SYSTEM_RESTART",
+        "the system libvirtd restart test",
+    ) {
         return;
     }
+    // Every other test on the system libvirtd holds it shared; declared before the
+    // daemon guard so that it is released after the daemon is back.
+    let _libvirtd = FileLock::libvirtd_exclusive();
     let system = SystemDaemon;
     run(
         common::SYSTEM,

@@ -227,12 +227,15 @@ fn bad_requests_are_refused_and_leave_nothing() {
 fn update_applies_to_the_config_and_reports() {
     let env = env();
     let b = &env.backend;
-    b.create(request(
-        "i-1",
-        "vm-1",
-        json!({"image": "tiny", "networkType": "user"}),
-    ))
-    .unwrap();
+    let created = b
+        .create(request(
+            "i-1",
+            "vm-1",
+            json!({"image": "tiny", "networkType": "user"}),
+        ))
+        .unwrap();
+    // updatedAt has millisecond steps: let one pass, so that a move shows.
+    std::thread::sleep(std::time::Duration::from_millis(20));
     let mut labels = BTreeMap::new();
     labels.insert("tier".to_string(), "db".to_string());
     let updated = b
@@ -250,7 +253,16 @@ fn update_applies_to_the_config_and_reports() {
     assert_eq!(updated.resources.cores(), Some(4));
     assert_eq!(updated.resources.memory_limit(), Some(1 << 30));
     assert_eq!(updated.metadata.labels, labels);
-    assert!(updated.updated_at >= updated.created_at);
+    assert_eq!(created.updated_at, created.created_at);
+    assert!(
+        updated.updated_at > created.updated_at,
+        "updatedAt moves on update: {} -> {}",
+        created.updated_at,
+        updated.updated_at
+    );
+    assert_eq!(updated.created_at, created.created_at);
+    // and later reads show the value the update answered
+    assert_eq!(b.get("i-1").unwrap().updated_at, updated.updated_at);
     assert!(updated.pending_resources.is_none());
     let e = b
         .update(

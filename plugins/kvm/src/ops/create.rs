@@ -86,14 +86,14 @@ impl Inner {
         spec::check_id(&req.id)?;
         // Dropped after the domain is defined (or the create failed and rolled back).
         let _in_flight = self.creating.mark(&req.id);
-        let plan = Plan::new(&req, &self.config)?;
+        let mut plan = Plan::new(&req, &self.config)?;
         let conn = self.connect()?;
         let host = self.check_limits(&conn, Some(plan.cores), Some(plan.memory))?;
         if conn.lookup_domain_by_name(&req.name).is_ok() {
             return Err(KvmError::NameTaken(req.name));
         }
         // libvirt itself would only notice at start.
-        plan.check_network(&conn, &self.config.uri)?;
+        plan.resolve_network(&conn, &self.config.uri)?;
         let (pool, pool_dir) = self.pool(&conn)?;
         self.check_disk_size(&pool, plan.size)?;
         let format = plan.config.disk_format.as_str();

@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Amount, InstanceMeta, NAMESPACE};
 use crate::error::KvmError;
-use crate::spec::NetworkType;
 
 /// A new domain.
 #[derive(Debug, Serialize)]
@@ -163,6 +162,19 @@ struct BalloonStatsXml {
     period: u32,
 }
 
+/// What a new domain's network interface attaches to, as resolved at create (a
+/// `bridge` source that names a libvirt network rather than a host bridge becomes
+/// [`Nic::Network`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nic {
+    /// A libvirt virtual network, by name.
+    Network(String),
+    /// A host bridge, by name.
+    Bridge(String),
+    /// QEMU user-mode networking.
+    User,
+}
+
 /// What a new domain is made of.
 #[derive(Debug, Clone)]
 pub struct DomainSpec {
@@ -182,6 +194,8 @@ pub struct DomainSpec {
     pub disk: (String, String),
     /// Seed image path.
     pub seed: Option<String>,
+    /// The network interface, if any.
+    pub nic: Option<Nic>,
     /// Our metadata.
     pub meta: InstanceMeta,
 }
@@ -221,26 +235,23 @@ impl DomainSpec {
                 readonly: Some(()),
             });
         }
-        let config = &self.meta.config;
-        let source = config.network_source.clone();
-        let interface = match config.network_type {
-            NetworkType::Network => Some((
+        let interface = self.nic.as_ref().map(|nic| match nic {
+            Nic::Network(net) => (
                 "network",
                 Some(IfaceSourceXml {
-                    network: source,
+                    network: Some(net.clone()),
                     bridge: None,
                 }),
-            )),
-            NetworkType::Bridge => Some((
+            ),
+            Nic::Bridge(br) => (
                 "bridge",
                 Some(IfaceSourceXml {
                     network: None,
-                    bridge: source,
+                    bridge: Some(br.clone()),
                 }),
-            )),
-            NetworkType::User => Some(("user", None)),
-            NetworkType::None => None,
-        };
+            ),
+            Nic::User => ("user", None),
+        });
         let mut meta = self.meta.clone();
         meta.xmlns = Some(NAMESPACE.to_owned());
         let doc = DomainXml {
@@ -394,9 +405,11 @@ impl DiskDoc {
 }
 
 impl DomainDoc {
-    /// Parses a domain XML.
+    /// Parses a domain XML. Other applications' elements in `<metadata>` are left
+    /// out first: serde matches on the local name, so a `<nova:instance>` would
+    /// otherwise be read as (or clash with) ours and fail the whole domain.
     pub fn parse(xml: &str) -> Result<Self, KvmError> {
-        super::parse(xml)
+        super::parse(&without_foreign_metadata(xml)?)
     }
 
     /// Our metadata, when the domain is one of ours.
@@ -441,4 +454,51 @@ impl DomainDoc {
     pub fn interfaces(&self) -> &[InterfaceDoc] {
         &self.devices.interface
     }
+}
+
+/// The domain XML without the children of `/domain/metadata` that are not in our
+/// namespace (bound to [`super::NS_PREFIX`] as libvirt writes it).
+fn without_foreign_metadata(xml: &str) -> Result<String, KvmError> {
+    use quick_xml::events::Event;
+    let err = |e: &dyn std::fmt::Display| KvmError::Xml(e.to_string());
+    let ours = |e: &quick_xml::events::BytesStart<'_>| {
+        e.attributes().flatten().any(|a| {
+            a.key.into_inner() == format!("xmlns:{}", super::NS_PREFIX) && *a.value == *NAMESPACE
+        })
+    };
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut writer = quick_xml::Writer::new(Vec::with_capacity(xml.len()));
+    // The open elements' local names, and the depth of a skipped element.
+    let mut path: Vec<String> = Vec::new();
+    let mut skipping: Option<usize> = None;
+    loop {
+        let event = reader.read_event().map_err(|e| err(&e))?;
+        let in_metadata = path.len() == 2 && path[0] == "domain" && path[1] == "metadata";
+        match &event {
+            Event::Eof => break,
+            Event::Start(e) => {
+                if skipping.is_none() && in_metadata && !ours(e) {
+                    skipping = Some(path.len());
+                }
+                path.push(e.local_name().into_inner().to_owned());
+                if skipping.is_some() {
+                    continue;
+                }
+            }
+            Event::Empty(e) if skipping.is_some() || (in_metadata && !ours(e)) => continue,
+            Event::End(_) => {
+                path.pop();
+                if let Some(depth) = skipping {
+                    if path.len() == depth {
+                        skipping = None;
+                    }
+                    continue;
+                }
+            }
+            _ if skipping.is_some() => continue,
+            _ => {}
+        }
+        writer.write_event(event).map_err(|e| err(&e))?;
+    }
+    String::from_utf8(writer.into_inner()).map_err(|e| err(&e))
 }

@@ -43,6 +43,7 @@ fn spec() -> DomainSpec {
         memory: 2 << 30,
         disk: ("/p/i-1.qcow2".into(), "qcow2".into()),
         seed: Some("/p/i-1-seed.img".into()),
+        nic: Some(Nic::Bridge("br0'\"><evil/>".into())),
         meta: meta(),
     }
 }
@@ -80,14 +81,52 @@ fn domain_xml_round_trips_and_escapes() {
 }
 
 #[test]
+fn the_interface_is_the_resolved_nic_not_the_config() {
+    // The config asks for a bridge; the create resolved it to a libvirt network.
+    let xml = DomainSpec {
+        nic: Some(Nic::Network("default".into())),
+        ..spec()
+    }
+    .to_xml()
+    .unwrap();
+    let doc = DomainDoc::parse(&xml.replace(
+        "<domain type=\"kvm\">",
+        "<domain type=\"kvm\"><uuid>u-1</uuid>",
+    ))
+    .unwrap();
+    assert_eq!(doc.interfaces().len(), 1);
+    assert_eq!(doc.interfaces()[0].kind, "network");
+    assert_eq!(doc.interfaces()[0].source(), Some("default"));
+    let user = DomainSpec {
+        nic: Some(Nic::User),
+        ..spec()
+    };
+    assert!(user.to_xml().unwrap().contains("<interface type=\"user\">"));
+    let none = DomainSpec {
+        nic: None,
+        ..spec()
+    };
+    assert!(!none.to_xml().unwrap().contains("<interface"));
+}
+
+#[test]
 fn foreign_metadata_is_not_ours() {
     let xml = r#"<domain type="kvm"><name>n</name><uuid>u</uuid>
         <metadata><nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1"><nova:name>x</nova:name></nova:instance></metadata>
         <memory unit="KiB">1024</memory><vcpu>1</vcpu><devices/></domain>"#;
-    // Either it fails to parse as ours or parses without our namespace.
-    if let Ok(doc) = DomainDoc::parse(xml) {
-        assert!(doc.meta().is_none());
-    }
+    // A domain made by someone else parses (a resync lists every domain) and has
+    // no record of ours.
+    let doc = DomainDoc::parse(xml).expect("a foreign domain parses");
+    assert!(doc.meta().is_none());
+    assert_eq!(doc.vcpus(), 1);
+    assert_eq!(doc.memory(), 1 << 20);
+    // One of ours that another application also annotated stays ours.
+    let xml = spec().to_xml().unwrap().replace(
+        "<metadata>",
+        "<uuid>u-1</uuid><metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:name>x</nova:name></nova:instance><other/>",
+    );
+    let doc = DomainDoc::parse(&xml).expect("ours with foreign metadata parses");
+    assert_eq!(doc.meta().map(|m| m.id.as_str()), Some("i-1"));
 }
 
 #[test]

@@ -15,6 +15,8 @@ use unicompute_kvm::KvmBackend;
 use unicompute_plugin_api::{BackendContext, Event, EventSink};
 use virt::connect::Connect;
 
+pub use unicompute_tests::FileLock;
+
 pub const SYSTEM: &str = "qemu:///system";
 
 /// A name no other test (or run) uses.
@@ -62,6 +64,8 @@ pub struct Harness {
     pub storage: PathBuf,
     pub pool: String,
     pub dir: tempfile::TempDir,
+    // Last: released after everything above is cleaned up.
+    _libvirtd: Option<FileLock>,
 }
 
 /// The pid in a name made by [`unique`], when that process is gone.
@@ -104,8 +108,16 @@ pub fn sweep_stale(uri: &str) {
     }
 }
 
-/// A backend on `uri` with its own templates dir, storage dir and pool.
+/// A backend on `uri` with its own templates dir, storage dir and pool. On the
+/// system libvirtd it holds the shared libvirtd lock: the restart test, which takes
+/// it exclusively, does not stop the daemon under it.
 pub fn harness(uri: &str, extra: serde_json::Value) -> Harness {
+    let lock = (uri == SYSTEM).then(FileLock::libvirtd_shared);
+    harness_held(uri, extra, lock)
+}
+
+/// [`harness`] with the caller's hold of the libvirtd lock (or none).
+pub fn harness_held(uri: &str, extra: serde_json::Value, lock: Option<FileLock>) -> Harness {
     unicompute_kvm::init_libvirt();
     sweep_stale(uri);
     let dir = workdir();
@@ -145,6 +157,7 @@ pub fn harness(uri: &str, extra: serde_json::Value) -> Harness {
         storage,
         pool,
         dir,
+        _libvirtd: lock,
     }
 }
 
