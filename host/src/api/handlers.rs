@@ -267,7 +267,7 @@ pub async fn stop(
     body: &[u8],
     max_timeout: u64,
 ) -> Result<Reply, ApiError> {
-    let options = stop_request(body, max_timeout)?.options();
+    let options = stop_options(&stop_request(body, max_timeout)?, max_timeout);
     act(svc, id, Action::Stop(options)).await
 }
 
@@ -284,7 +284,7 @@ pub async fn restart(
     body: &[u8],
     max_timeout: u64,
 ) -> Result<Reply, ApiError> {
-    let options = stop_request(body, max_timeout)?.options();
+    let options = stop_options(&stop_request(body, max_timeout)?, max_timeout);
     act(svc, id, Action::Restart(options)).await
 }
 
@@ -317,13 +317,22 @@ fn stop_request(body: &[u8], max_timeout: u64) -> Result<StopRequest, ApiError> 
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(StopRequest::default());
     }
-    let req: StopRequest = parse_body(body)?;
+    // `null` is no body too (the document's optional body).
+    let req: StopRequest = parse_body::<Option<StopRequest>>(body)?.unwrap_or_default();
     if req.timeout.is_some_and(|t| t > max_timeout) {
         return Err(ApiError::invalid(format!(
             "timeout must be at most {max_timeout} seconds"
         )));
     }
     Ok(req)
+}
+
+/// The stop options of a request: the default timeout never beyond the configured
+/// maximum (a server whose maximum is below 30 s stops by its maximum).
+fn stop_options(req: &StopRequest, max_timeout: u64) -> unicompute_plugin_api::StopOptions {
+    let mut options = req.options();
+    options.timeout = options.timeout.min(max_timeout);
+    options
 }
 
 /// Resource usage now.
