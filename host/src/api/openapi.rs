@@ -233,6 +233,11 @@ fn complete(doc: &mut Value, config: &Config) {
                         p["style"] = json!("form");
                     }
                     Some("id") | Some("name") => p["schema"]["minLength"] = json!(1),
+                    // `?force`, `?force=1` and `?force=0` are taken too (curl users).
+                    Some("force") => {
+                        p["schema"] = json!({"anyOf": [{"type": "boolean"},
+                            {"type": "string", "enum": ["1", "0", ""]}], "default": false})
+                    }
                     _ => {}
                 }
             }
