@@ -22,6 +22,7 @@ fi
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl) # the README's examples are run with it
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need_pkgs+=(python3-venv) # the OpenAPI fuzz (Schemathesis) runs in a venv
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"

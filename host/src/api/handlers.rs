@@ -12,8 +12,7 @@ use crate::api::dto::{
     ClusterStatus, CreateInstanceRequest, HealthCheck, ImageList, InstanceList, PluginInfo,
     ReloadAnswer, StopRequest, UpdateInstanceRequest, UsedTotal,
 };
-use crate::api::error::{ApiError, ErrorEnvelope};
-use crate::api::routes::ActionKind;
+use crate::api::error::ApiError;
 use crate::inventory::ListFilter;
 use crate::plugins::registry::BackendStatus;
 use crate::service::{Action, NewInstance, Service};
@@ -116,21 +115,23 @@ pub fn parse_list_query(query: &str) -> Result<(ListFilter, usize, usize), ApiEr
 }
 
 /// List the health of the server.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The server is up")))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "server", security(()),
+    responses((status = 200, description = "The server is up", body = inline(Object), example = json!({"status": "ok"}))))]
 pub fn healthz() -> Result<Reply, ApiError> {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
 /// List compute instances.
 #[utoipa::path(get, path = "/api/v1/compute/instances",
+    operation_id = "listInstances", tag = "instances",
     params(
-        ("backend" = Option<String>, Query, description = "Only this backend"),
-        ("state" = Option<String>, Query, description = "Only this state"),
-        ("label" = Option<String>, Query, description = "key=value; repeatable, all must match"),
-        ("page" = Option<usize>, Query, description = "From 1 (default 1)"),
-        ("pageSize" = Option<usize>, Query, description = "1 to 100 (default 50)"),
+        ("backend" = Option<String>, Query, description = "Only this backend (a configured backend's name)"),
+        ("state" = Option<InstanceState>, Query, description = "Only this state"),
+        ("label" = Option<Vec<String>>, Query, explode = true, description = "`key=value`; repeatable, all must match"),
+        ("page" = Option<u64>, Query, minimum = 1, description = "From 1 (default 1)"),
+        ("pageSize" = Option<u64>, Query, minimum = 1, maximum = 100, description = "1 to 100 (default 50)"),
     ),
-    responses((status = 200, body = InstanceList), (status = 400, body = ErrorEnvelope)),
+    responses((status = 200, description = "A page of instances, in creation order", body = InstanceList)),
     security(("bearer" = [])))]
 pub fn list(svc: &Service, query: &str) -> Result<Reply, ApiError> {
     let (filter, page, page_size) = parse_list_query(query)?;
@@ -148,8 +149,9 @@ pub fn list(svc: &Service, query: &str) -> Result<Reply, ApiError> {
 
 /// Create a compute instance (not started unless `"start": true`).
 #[utoipa::path(post, path = "/api/v1/compute/instances", request_body = CreateInstanceRequest,
-    responses((status = 201, body = Instance), (status = 400, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
+    operation_id = "createInstance", tag = "instances",
+    responses((status = 201, description = "Created (stopped unless `start` was true)", body = Instance,
+        headers(("Location" = String, description = "The instance's path")))),
     security(("bearer" = [])))]
 pub async fn create(svc: &Service, body: &[u8]) -> Result<Reply, ApiError> {
     let req: CreateInstanceRequest = parse_body(body)?;
@@ -171,25 +173,27 @@ pub async fn create(svc: &Service, body: &[u8]) -> Result<Reply, ApiError> {
 }
 
 /// Get a compute instance.
-#[utoipa::path(get, path = "/api/v1/compute/instances/{id}", params(("id" = String, Path)),
-    responses((status = 200, body = Instance), (status = 404, body = ErrorEnvelope)),
+#[utoipa::path(get, path = "/api/v1/compute/instances/{id}", params(("id" = String, Path, min_length = 1, description = "The instance's id")),
+    operation_id = "getInstance", tag = "instances",
+    responses((status = 200, description = "The instance", body = Instance)),
     security(("bearer" = [])))]
 pub fn get(svc: &Service, id: &str) -> Result<Reply, ApiError> {
     json(StatusCode::OK, &*svc.get(id)?)
 }
 
 /// Get a compute instance by name.
-#[utoipa::path(get, path = "/api/v1/compute/instances/name/{name}", params(("name" = String, Path)),
-    responses((status = 200, body = Instance), (status = 404, body = ErrorEnvelope)),
+#[utoipa::path(get, path = "/api/v1/compute/instances/name/{name}", params(("name" = String, Path, min_length = 1, description = "The instance's name")),
+    operation_id = "getInstanceByName", tag = "instances",
+    responses((status = 200, description = "The instance", body = Instance)),
     security(("bearer" = [])))]
 pub fn get_by_name(svc: &Service, name: &str) -> Result<Reply, ApiError> {
     json(StatusCode::OK, &*svc.get_by_name(name)?)
 }
 
 /// Update resources (live where the backend can; the rest in `pendingResources`).
-#[utoipa::path(put, path = "/api/v1/compute/instances/{id}", params(("id" = String, Path)),
-    request_body = UpdateInstanceRequest,
-    responses((status = 200, body = Instance), (status = 404, body = ErrorEnvelope)),
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}", params(("id" = String, Path, min_length = 1, description = "The instance's id")),
+    request_body = UpdateInstanceRequest, operation_id = "updateInstance", tag = "instances",
+    responses((status = 200, description = "The instance as updated", body = Instance)),
     security(("bearer" = [])))]
 pub async fn update(svc: &Service, id: &str, body: &[u8]) -> Result<Reply, ApiError> {
     let req: UpdateInstanceRequest = parse_body(body)?;
@@ -209,8 +213,10 @@ pub async fn update(svc: &Service, id: &str, body: &[u8]) -> Result<Reply, ApiEr
 
 /// Delete an instance; a running or paused one needs `force=true`.
 #[utoipa::path(delete, path = "/api/v1/compute/instances/{id}",
-    params(("id" = String, Path), ("force" = Option<bool>, Query)),
-    responses((status = 204), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+    params(("id" = String, Path, min_length = 1, description = "The instance's id"),
+        ("force" = Option<bool>, Query, description = "Delete a running, paused or restarting instance too (default false)")),
+    operation_id = "deleteInstance", tag = "instances",
+    responses((status = 204, description = "Deleted, with everything it had")),
     security(("bearer" = [])))]
 pub async fn delete(svc: &Service, id: &str, query: &str) -> Result<Reply, ApiError> {
     let mut force = false;
@@ -237,53 +243,110 @@ pub async fn delete(svc: &Service, id: &str, query: &str) -> Result<Reply, ApiEr
     })
 }
 
-/// Start, stop, restart, pause or unpause.
-#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/{action}",
-    params(("id" = String, Path), ("action" = String, Path, description = "start, stop, restart, pause or unpause")),
-    request_body(content = Option<StopRequest>, description = "stop and restart only; optional"),
-    responses((status = 200, body = Instance), (status = 404, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope), (status = 501, body = ErrorEnvelope)),
+/// Starts an instance; one that runs already is answered as it is.
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/start",
+    params(("id" = String, Path, min_length = 1, description = "The instance's id")),
+    operation_id = "startInstance", tag = "lifecycle",
+    responses((status = 200, description = "The instance after the start", body = Instance)),
     security(("bearer" = [])))]
-pub async fn action(
+pub async fn start(svc: &Service, id: &str) -> Result<Reply, ApiError> {
+    act(svc, id, Action::Start).await
+}
+
+/// Stops an instance: graceful first (SIGTERM, ACPI), hard at the timeout; `force`
+/// is hard at once. One that is stopped already is answered as it is.
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/stop",
+    params(("id" = String, Path, min_length = 1, description = "The instance's id")),
+    request_body(content = Option<StopRequest>, description = "Optional"),
+    operation_id = "stopInstance", tag = "lifecycle",
+    responses((status = 200, description = "The instance after the stop", body = Instance)),
+    security(("bearer" = [])))]
+pub async fn stop(
     svc: &Service,
     id: &str,
-    kind: ActionKind,
     body: &[u8],
     max_timeout: u64,
 ) -> Result<Reply, ApiError> {
-    let stop = || -> Result<StopRequest, ApiError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(StopRequest::default());
-        }
-        let req: StopRequest = parse_body(body)?;
-        if req.timeout.is_some_and(|t| t > max_timeout) {
-            return Err(ApiError::invalid(format!(
-                "timeout must be at most {max_timeout} seconds"
-            )));
-        }
-        Ok(req)
-    };
-    let action = match kind {
-        ActionKind::Start => Action::Start,
-        ActionKind::Stop => Action::Stop(stop()?.options()),
-        ActionKind::Restart => Action::Restart(stop()?.options()),
-        ActionKind::Pause => Action::Pause,
-        ActionKind::Unpause => Action::Unpause,
-    };
+    let options = stop_options(&stop_request(body, max_timeout)?, max_timeout);
+    act(svc, id, Action::Stop(options)).await
+}
+
+/// Restarts an instance (a stop as `stop` does it, then a start).
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/restart",
+    params(("id" = String, Path, min_length = 1, description = "The instance's id")),
+    request_body(content = Option<StopRequest>, description = "Optional: how to stop"),
+    operation_id = "restartInstance", tag = "lifecycle",
+    responses((status = 200, description = "The instance after the restart", body = Instance)),
+    security(("bearer" = [])))]
+pub async fn restart(
+    svc: &Service,
+    id: &str,
+    body: &[u8],
+    max_timeout: u64,
+) -> Result<Reply, ApiError> {
+    let options = stop_options(&stop_request(body, max_timeout)?, max_timeout);
+    act(svc, id, Action::Restart(options)).await
+}
+
+/// Pauses a running instance (a paused one is answered as it is).
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/pause",
+    params(("id" = String, Path, min_length = 1, description = "The instance's id")),
+    operation_id = "pauseInstance", tag = "lifecycle",
+    responses((status = 200, description = "The instance after the pause", body = Instance)),
+    security(("bearer" = [])))]
+pub async fn pause(svc: &Service, id: &str) -> Result<Reply, ApiError> {
+    act(svc, id, Action::Pause).await
+}
+
+/// Unpauses a paused instance (a running one is answered as it is).
+#[utoipa::path(put, path = "/api/v1/compute/instances/{id}/unpause",
+    params(("id" = String, Path, min_length = 1, description = "The instance's id")),
+    operation_id = "unpauseInstance", tag = "lifecycle",
+    responses((status = 200, description = "The instance after the unpause", body = Instance)),
+    security(("bearer" = [])))]
+pub async fn unpause(svc: &Service, id: &str) -> Result<Reply, ApiError> {
+    act(svc, id, Action::Unpause).await
+}
+
+async fn act(svc: &Service, id: &str, action: Action) -> Result<Reply, ApiError> {
     json(StatusCode::OK, &*svc.act(id, action).await?)
 }
 
+/// The optional body of stop and restart: empty (or blank) is the defaults.
+fn stop_request(body: &[u8], max_timeout: u64) -> Result<StopRequest, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(StopRequest::default());
+    }
+    // `null` is no body too (the document's optional body).
+    let req: StopRequest = parse_body::<Option<StopRequest>>(body)?.unwrap_or_default();
+    if req.timeout.is_some_and(|t| t > max_timeout) {
+        return Err(ApiError::invalid(format!(
+            "timeout must be at most {max_timeout} seconds"
+        )));
+    }
+    Ok(req)
+}
+
+/// The stop options of a request: the default timeout never beyond the configured
+/// maximum (a server whose maximum is below 30 s stops by its maximum).
+fn stop_options(req: &StopRequest, max_timeout: u64) -> unicompute_plugin_api::StopOptions {
+    let mut options = req.options();
+    options.timeout = options.timeout.min(max_timeout);
+    options
+}
+
 /// Resource usage now.
-#[utoipa::path(get, path = "/api/v1/compute/instances/{id}/usage", params(("id" = String, Path)),
-    responses((status = 200, body = Usage), (status = 404, body = ErrorEnvelope)),
+#[utoipa::path(get, path = "/api/v1/compute/instances/{id}/usage", params(("id" = String, Path, min_length = 1, description = "The instance's id")),
+    operation_id = "getInstanceUsage", tag = "instances",
+    responses((status = 200, description = "Usage now", body = Usage)),
     security(("bearer" = [])))]
 pub async fn usage(svc: &Service, id: &str) -> Result<Reply, ApiError> {
     json(StatusCode::OK, &svc.usage(id).await?)
 }
 
 /// Status of every enabled backend and the whole.
-#[utoipa::path(get, path = "/api/v1/compute/cluster/status",
-    responses((status = 200, body = ClusterStatus)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/compute/cluster/status", operation_id = "getClusterStatus", tag = "cluster",
+    responses((status = 200, description = "The enabled backends and the whole", body = ClusterStatus)), security(("bearer" = [])))]
 pub fn cluster_status(svc: &Service) -> Result<Reply, ApiError> {
     let view = svc.cluster();
     let backends = view
@@ -320,8 +383,8 @@ pub fn cluster_status(svc: &Service) -> Result<Reply, ApiError> {
 }
 
 /// Every configured backend with its status.
-#[utoipa::path(get, path = "/api/v1/compute/backends",
-    responses((status = 200, body = BackendList)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/compute/backends", operation_id = "listBackends", tag = "backends",
+    responses((status = 200, description = "Every configured backend", body = BackendList)), security(("bearer" = [])))]
 pub fn backends(svc: &Service) -> Result<Reply, ApiError> {
     let backends = svc
         .backends()
@@ -340,8 +403,9 @@ pub fn backends(svc: &Service) -> Result<Reply, ApiError> {
 }
 
 /// Versions, capabilities and health of one backend.
-#[utoipa::path(get, path = "/api/v1/compute/backends/{backend}/info", params(("backend" = String, Path)),
-    responses((status = 200, body = BackendInfo), (status = 400, body = ErrorEnvelope)),
+#[utoipa::path(get, path = "/api/v1/compute/backends/{backend}/info", params(("backend" = String, Path, description = "A configured backend's name")),
+    operation_id = "getBackendInfo", tag = "backends",
+    responses((status = 200, description = "The backend", body = BackendInfo)),
     security(("bearer" = [])))]
 pub async fn backend_info(svc: &Service, name: &str) -> Result<Reply, ApiError> {
     let detail = svc.backend_detail(name).await?;
@@ -376,8 +440,9 @@ pub async fn backend_info(svc: &Service, name: &str) -> Result<Reply, ApiError> 
 }
 
 /// Images or templates a backend can create from.
-#[utoipa::path(get, path = "/api/v1/compute/backends/{backend}/images", params(("backend" = String, Path)),
-    responses((status = 200, body = ImageList), (status = 503, body = ErrorEnvelope)),
+#[utoipa::path(get, path = "/api/v1/compute/backends/{backend}/images", params(("backend" = String, Path, description = "A configured backend's name")),
+    operation_id = "listBackendImages", tag = "backends",
+    responses((status = 200, description = "Images or templates", body = ImageList)),
     security(("bearer" = [])))]
 pub async fn backend_images(svc: &Service, name: &str) -> Result<Reply, ApiError> {
     let images = svc.images(name).await?;
@@ -392,8 +457,8 @@ pub async fn backend_images(svc: &Service, name: &str) -> Result<Reply, ApiError
 
 /// Re-reads the config and the plugin directories: new plugin files are loaded,
 /// changed ones loaded anew, backends enabled, disabled or changed, the rest untouched.
-#[utoipa::path(post, path = "/api/v1/compute/backends/reload",
-    responses((status = 200, body = ReloadAnswer), (status = 400, body = ErrorEnvelope)),
+#[utoipa::path(post, path = "/api/v1/compute/backends/reload", operation_id = "reloadBackends", tag = "backends",
+    responses((status = 200, description = "What the reload did", body = ReloadAnswer)),
     security(("bearer" = [])))]
 pub async fn reload(state: &crate::api::AppState) -> Result<Reply, ApiError> {
     let report = state.reload().await?;
@@ -401,8 +466,8 @@ pub async fn reload(state: &crate::api::AppState) -> Result<Reply, ApiError> {
 }
 
 /// The OpenAPI document, generated from the code.
-#[utoipa::path(get, path = "/api/v1/openapi.json",
-    responses((status = 200, description = "OpenAPI 3.1 document")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "getOpenApi", tag = "server",
+    responses((status = 200, description = "This OpenAPI 3.1 document", body = inline(Object))), security(("bearer" = [])))]
 pub fn openapi(doc: &Arc<Vec<u8>>) -> Result<Reply, ApiError> {
     Ok(Reply {
         status: StatusCode::OK,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod handlers;
+pub mod openapi;
 pub mod routes;
 pub mod server;
 
@@ -16,7 +17,6 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tracing::Instrument;
-use utoipa::OpenApi;
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
@@ -25,39 +25,8 @@ use crate::service::Service;
 use auth::Auth;
 use error::{ApiError, Code, RETRY_AFTER_SECS};
 use handlers::Reply;
-use routes::Route;
+use routes::{ActionKind, Route};
 use unicompute_plugin_api::sync::{read, write};
-
-/// The generated OpenAPI document.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "unicompute", description = "One API for KVM virtual machines and Docker containers, as compute instances."),
-    paths(
-        handlers::healthz, handlers::list, handlers::create, handlers::get, handlers::get_by_name,
-        handlers::update, handlers::delete, handlers::action, handlers::usage,
-        handlers::cluster_status, handlers::backends, handlers::backend_info,
-        handlers::backend_images, handlers::reload, handlers::openapi,
-    ),
-    components(schemas(
-        unicompute_plugin_api::Instance, unicompute_plugin_api::Usage, unicompute_plugin_api::Image,
-        error::ErrorEnvelope, error::ErrorBody,
-    )),
-    modifiers(&BearerAuth)
-)]
-pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 /// What every request handler shares.
 pub struct AppState {
@@ -66,20 +35,34 @@ pub struct AppState {
     /// The tokens, and the config they were read from: when a reload brings another
     /// config, the tokens are read again from it at the next request.
     auth: std::sync::RwLock<(Arc<Config>, Arc<Auth>)>,
-    /// The OpenAPI document, serialized once.
-    pub openapi: Arc<Vec<u8>>,
+    /// The OpenAPI document of the config in force, serialized once per config.
+    openapi: std::sync::RwLock<(Arc<Config>, Arc<Vec<u8>>)>,
 }
 
 impl AppState {
     /// State over a service.
     pub fn new(service: Arc<Service>, auth: Auth) -> Self {
-        let openapi = serde_json::to_vec_pretty(&ApiDoc::openapi()).unwrap_or_default();
         let config = service.config();
+        let openapi = Arc::new(openapi::served(&config));
         AppState {
             service,
-            auth: std::sync::RwLock::new((config, Arc::new(auth))),
-            openapi: Arc::new(openapi),
+            auth: std::sync::RwLock::new((Arc::clone(&config), Arc::new(auth))),
+            openapi: std::sync::RwLock::new((config, openapi)),
         }
+    }
+
+    /// The OpenAPI document of the config in force (its backends, its limits).
+    pub fn openapi(&self) -> Arc<Vec<u8>> {
+        let config = self.service.config();
+        {
+            let cached = read(&self.openapi);
+            if Arc::ptr_eq(&cached.0, &config) {
+                return Arc::clone(&cached.1);
+            }
+        }
+        let doc = Arc::new(openapi::served(&config));
+        *write(&self.openapi) = (config, Arc::clone(&doc));
+        doc
     }
 
     /// The tokens in force: those of the config in force.
@@ -286,7 +269,7 @@ where
     let limit = svc.config().server.max_body_bytes;
     match route {
         Route::Healthz => handlers::healthz(),
-        Route::OpenApi => handlers::openapi(&state.openapi),
+        Route::OpenApi => handlers::openapi(&state.openapi()),
         Route::ListInstances => handlers::list(svc, query),
         Route::CreateInstance => {
             let body = read_body(headers, body, limit).await?;
@@ -301,14 +284,14 @@ where
         Route::DeleteInstance(id) => handlers::delete(svc, id, query).await,
         Route::Action(id, kind) => {
             let body = read_body(headers, body, limit).await?;
-            handlers::action(
-                svc,
-                id,
-                kind,
-                &body,
-                svc.config().server.max_stop_timeout_secs,
-            )
-            .await
+            let max_timeout = svc.config().server.max_stop_timeout_secs;
+            match kind {
+                ActionKind::Start => handlers::start(svc, id).await,
+                ActionKind::Stop => handlers::stop(svc, id, &body, max_timeout).await,
+                ActionKind::Restart => handlers::restart(svc, id, &body, max_timeout).await,
+                ActionKind::Pause => handlers::pause(svc, id).await,
+                ActionKind::Unpause => handlers::unpause(svc, id).await,
+            }
         }
         Route::Usage(id) => handlers::usage(svc, id).await,
         Route::ClusterStatus => handlers::cluster_status(svc),

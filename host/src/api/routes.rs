@@ -3,7 +3,8 @@
 
 use crate::api::error::{ApiError, Code};
 
-/// Lifecycle actions reachable as `PUT /instances/:id/<action>`.
+/// Lifecycle actions reachable as `PUT /instances/:id/<action>`: one route inside the
+/// server, five operations in the document (each [`Endpoint`] of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionKind {
     /// `start`
@@ -16,6 +17,202 @@ pub enum ActionKind {
     Pause,
     /// `unpause`
     Unpause,
+}
+
+/// Every operation the server serves: its method, its path template and its
+/// OpenAPI operation id. [`route`] matches requests against [`Endpoint::ALL`] and
+/// nothing else, and the document lists the same operations (a test compares the
+/// two), so a route cannot be served undocumented or documented unserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `GET /healthz`
+    Healthz,
+    /// `GET /api/v1/openapi.json`
+    OpenApi,
+    /// `GET /api/v1/compute/instances`
+    ListInstances,
+    /// `POST /api/v1/compute/instances`
+    CreateInstance,
+    /// `GET /api/v1/compute/instances/{id}`
+    GetInstance,
+    /// `PUT /api/v1/compute/instances/{id}`
+    UpdateInstance,
+    /// `DELETE /api/v1/compute/instances/{id}`
+    DeleteInstance,
+    /// `GET /api/v1/compute/instances/name/{name}`
+    GetByName,
+    /// `PUT /api/v1/compute/instances/{id}/start`
+    Start,
+    /// `PUT /api/v1/compute/instances/{id}/stop`
+    Stop,
+    /// `PUT /api/v1/compute/instances/{id}/restart`
+    Restart,
+    /// `PUT /api/v1/compute/instances/{id}/pause`
+    Pause,
+    /// `PUT /api/v1/compute/instances/{id}/unpause`
+    Unpause,
+    /// `GET /api/v1/compute/instances/{id}/usage`
+    Usage,
+    /// `GET /api/v1/compute/cluster/status`
+    ClusterStatus,
+    /// `GET /api/v1/compute/backends`
+    Backends,
+    /// `POST /api/v1/compute/backends/reload`
+    Reload,
+    /// `GET /api/v1/compute/backends/{backend}/info`
+    BackendInfo,
+    /// `GET /api/v1/compute/backends/{backend}/images`
+    BackendImages,
+}
+
+impl Endpoint {
+    /// Every endpoint, in the order the router tries them (a literal segment wins
+    /// over a parameter at the first place they differ, whatever the order here).
+    pub const ALL: [Endpoint; 19] = [
+        Endpoint::Healthz,
+        Endpoint::OpenApi,
+        Endpoint::ListInstances,
+        Endpoint::CreateInstance,
+        Endpoint::GetInstance,
+        Endpoint::UpdateInstance,
+        Endpoint::DeleteInstance,
+        Endpoint::GetByName,
+        Endpoint::Start,
+        Endpoint::Stop,
+        Endpoint::Restart,
+        Endpoint::Pause,
+        Endpoint::Unpause,
+        Endpoint::Usage,
+        Endpoint::ClusterStatus,
+        Endpoint::Backends,
+        Endpoint::Reload,
+        Endpoint::BackendInfo,
+        Endpoint::BackendImages,
+    ];
+
+    /// The method (a `GET` endpoint also answers `HEAD`).
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::Healthz
+            | Endpoint::OpenApi
+            | Endpoint::ListInstances
+            | Endpoint::GetInstance
+            | Endpoint::GetByName
+            | Endpoint::Usage
+            | Endpoint::ClusterStatus
+            | Endpoint::Backends
+            | Endpoint::BackendInfo
+            | Endpoint::BackendImages => "GET",
+            Endpoint::CreateInstance | Endpoint::Reload => "POST",
+            Endpoint::UpdateInstance
+            | Endpoint::Start
+            | Endpoint::Stop
+            | Endpoint::Restart
+            | Endpoint::Pause
+            | Endpoint::Unpause => "PUT",
+            Endpoint::DeleteInstance => "DELETE",
+        }
+    }
+
+    /// The path template, as the document writes it (`{id}` is one segment).
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Healthz => "/healthz",
+            Endpoint::OpenApi => "/api/v1/openapi.json",
+            Endpoint::ListInstances | Endpoint::CreateInstance => "/api/v1/compute/instances",
+            Endpoint::GetInstance | Endpoint::UpdateInstance | Endpoint::DeleteInstance => {
+                "/api/v1/compute/instances/{id}"
+            }
+            Endpoint::GetByName => "/api/v1/compute/instances/name/{name}",
+            Endpoint::Start => "/api/v1/compute/instances/{id}/start",
+            Endpoint::Stop => "/api/v1/compute/instances/{id}/stop",
+            Endpoint::Restart => "/api/v1/compute/instances/{id}/restart",
+            Endpoint::Pause => "/api/v1/compute/instances/{id}/pause",
+            Endpoint::Unpause => "/api/v1/compute/instances/{id}/unpause",
+            Endpoint::Usage => "/api/v1/compute/instances/{id}/usage",
+            Endpoint::ClusterStatus => "/api/v1/compute/cluster/status",
+            Endpoint::Backends => "/api/v1/compute/backends",
+            Endpoint::Reload => "/api/v1/compute/backends/reload",
+            Endpoint::BackendInfo => "/api/v1/compute/backends/{backend}/info",
+            Endpoint::BackendImages => "/api/v1/compute/backends/{backend}/images",
+        }
+    }
+
+    /// The OpenAPI operation id (the name a generated client gives the call).
+    pub fn operation_id(self) -> &'static str {
+        match self {
+            Endpoint::Healthz => "healthz",
+            Endpoint::OpenApi => "getOpenApi",
+            Endpoint::ListInstances => "listInstances",
+            Endpoint::CreateInstance => "createInstance",
+            Endpoint::GetInstance => "getInstance",
+            Endpoint::UpdateInstance => "updateInstance",
+            Endpoint::DeleteInstance => "deleteInstance",
+            Endpoint::GetByName => "getInstanceByName",
+            Endpoint::Start => "startInstance",
+            Endpoint::Stop => "stopInstance",
+            Endpoint::Restart => "restartInstance",
+            Endpoint::Pause => "pauseInstance",
+            Endpoint::Unpause => "unpauseInstance",
+            Endpoint::Usage => "getInstanceUsage",
+            Endpoint::ClusterStatus => "getClusterStatus",
+            Endpoint::Backends => "listBackends",
+            Endpoint::Reload => "reloadBackends",
+            Endpoint::BackendInfo => "getBackendInfo",
+            Endpoint::BackendImages => "listBackendImages",
+        }
+    }
+
+    /// Whether the server reads a request body for it (and so may answer 413, 415).
+    pub fn reads_body(self) -> bool {
+        match self {
+            Endpoint::CreateInstance
+            | Endpoint::UpdateInstance
+            | Endpoint::Start
+            | Endpoint::Stop
+            | Endpoint::Restart
+            | Endpoint::Pause
+            | Endpoint::Unpause => true,
+            Endpoint::Healthz
+            | Endpoint::OpenApi
+            | Endpoint::ListInstances
+            | Endpoint::GetInstance
+            | Endpoint::DeleteInstance
+            | Endpoint::GetByName
+            | Endpoint::Usage
+            | Endpoint::ClusterStatus
+            | Endpoint::Backends
+            | Endpoint::Reload
+            | Endpoint::BackendInfo
+            | Endpoint::BackendImages => false,
+        }
+    }
+
+    /// The route of this endpoint with its path parameters (in template order).
+    fn route<'a>(self, params: &[&'a str]) -> Route<'a> {
+        let p = |i: usize| params.get(i).copied().unwrap_or("");
+        match self {
+            Endpoint::Healthz => Route::Healthz,
+            Endpoint::OpenApi => Route::OpenApi,
+            Endpoint::ListInstances => Route::ListInstances,
+            Endpoint::CreateInstance => Route::CreateInstance,
+            Endpoint::GetInstance => Route::GetInstance(p(0)),
+            Endpoint::UpdateInstance => Route::UpdateInstance(p(0)),
+            Endpoint::DeleteInstance => Route::DeleteInstance(p(0)),
+            Endpoint::GetByName => Route::GetByName(p(0)),
+            Endpoint::Start => Route::Action(p(0), ActionKind::Start),
+            Endpoint::Stop => Route::Action(p(0), ActionKind::Stop),
+            Endpoint::Restart => Route::Action(p(0), ActionKind::Restart),
+            Endpoint::Pause => Route::Action(p(0), ActionKind::Pause),
+            Endpoint::Unpause => Route::Action(p(0), ActionKind::Unpause),
+            Endpoint::Usage => Route::Usage(p(0)),
+            Endpoint::ClusterStatus => Route::ClusterStatus,
+            Endpoint::Backends => Route::Backends,
+            Endpoint::Reload => Route::Reload,
+            Endpoint::BackendInfo => Route::BackendInfo(p(0)),
+            Endpoint::BackendImages => Route::BackendImages(p(0)),
+        }
+    }
 }
 
 /// A matched route with its path parameters.
@@ -61,76 +258,57 @@ fn not_allowed(method: &str, allowed: &str) -> ApiError {
     .detail("allowed", allowed)
 }
 
-/// Matches a request. Errors are `NOT_FOUND` (unknown path) or `METHOD_NOT_ALLOWED`
-/// (known path, other method; `details.allowed` lists the methods).
+/// How a path matches a template: `None`, or for each segment whether it matched a
+/// literal (`true`) or a parameter, and the parameters.
+fn matches<'a>(template: &str, segs: &[&'a str]) -> Option<(Vec<bool>, Vec<&'a str>)> {
+    let tmpl: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+    if tmpl.len() != segs.len() {
+        return None;
+    }
+    let (mut literal, mut params) = (Vec::new(), Vec::new());
+    for (t, s) in tmpl.iter().zip(segs) {
+        if t.starts_with('{') {
+            if s.is_empty() {
+                return None;
+            }
+            literal.push(false);
+            params.push(*s);
+        } else if t == s {
+            literal.push(true);
+        } else {
+            return None;
+        }
+    }
+    Some((literal, params))
+}
+
+/// Matches a request against [`Endpoint::ALL`]. Of the templates a path matches, the
+/// most specific wins (a literal segment beats a parameter at the first place they
+/// differ: `/instances/name/x` is a get by name, not an action `x` on instance
+/// `name`); its methods are the path's. Errors are `NOT_FOUND` (unknown path) or
+/// `METHOD_NOT_ALLOWED` (known path, other method; `details.allowed` lists the
+/// methods). `HEAD` is answered wherever `GET` is.
 pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
     let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-    let m = method;
-    let r = match segs.as_slice() {
-        ["healthz"] => match m {
-            "GET" | "HEAD" => Route::Healthz,
-            _ => return Err(not_allowed(m, "GET")),
-        },
-        ["api", "v1", "openapi.json"] => match m {
-            "GET" | "HEAD" => Route::OpenApi,
-            _ => return Err(not_allowed(m, "GET")),
-        },
-        ["api", "v1", "compute", "instances"] => match m {
-            "GET" | "HEAD" => Route::ListInstances,
-            "POST" => Route::CreateInstance,
-            _ => return Err(not_allowed(m, "GET, POST")),
-        },
-        ["api", "v1", "compute", "instances", "name", name] if !name.is_empty() => match m {
-            "GET" | "HEAD" => Route::GetByName(name),
-            _ => return Err(not_allowed(m, "GET")),
-        },
-        ["api", "v1", "compute", "instances", id] if !id.is_empty() => match m {
-            "GET" | "HEAD" => Route::GetInstance(id),
-            "PUT" => Route::UpdateInstance(id),
-            "DELETE" => Route::DeleteInstance(id),
-            _ => return Err(not_allowed(m, "GET, PUT, DELETE")),
-        },
-        ["api", "v1", "compute", "instances", id, "usage"] if !id.is_empty() => match m {
-            "GET" | "HEAD" => Route::Usage(id),
-            _ => return Err(not_allowed(m, "GET")),
-        },
-        ["api", "v1", "compute", "instances", id, action] if !id.is_empty() => {
-            let kind = match *action {
-                "start" => ActionKind::Start,
-                "stop" => ActionKind::Stop,
-                "restart" => ActionKind::Restart,
-                "pause" => ActionKind::Pause,
-                "unpause" => ActionKind::Unpause,
-                _ => return Err(not_found(path)),
-            };
-            match m {
-                "PUT" => Route::Action(id, kind),
-                _ => return Err(not_allowed(m, "PUT")),
+    let mut best: Option<(Vec<bool>, &'static str)> = None;
+    for e in Endpoint::ALL {
+        if let Some((literal, _)) = matches(e.path(), &segs) {
+            if best.as_ref().is_none_or(|(b, _)| literal > *b) {
+                best = Some((literal, e.path()));
             }
         }
-        ["api", "v1", "compute", "cluster", "status"] => match m {
-            "GET" | "HEAD" => Route::ClusterStatus,
-            _ => return Err(not_allowed(m, "GET")),
-        },
-        ["api", "v1", "compute", "backends"] => match m {
-            "GET" | "HEAD" => Route::Backends,
-            _ => return Err(not_allowed(m, "GET")),
-        },
-        ["api", "v1", "compute", "backends", "reload"] => match m {
-            "POST" => Route::Reload,
-            _ => return Err(not_allowed(m, "POST")),
-        },
-        ["api", "v1", "compute", "backends", b, "info"] if !b.is_empty() => match m {
-            "GET" | "HEAD" => Route::BackendInfo(b),
-            _ => return Err(not_allowed(m, "GET")),
-        },
-        ["api", "v1", "compute", "backends", b, "images"] if !b.is_empty() => match m {
-            "GET" | "HEAD" => Route::BackendImages(b),
-            _ => return Err(not_allowed(m, "GET")),
-        },
-        _ => return Err(not_found(path)),
+    }
+    let Some((_, template)) = best else {
+        return Err(not_found(path));
     };
-    Ok(r)
+    let on_path = Endpoint::ALL.into_iter().filter(|e| e.path() == template);
+    let wanted = if method == "HEAD" { "GET" } else { method };
+    if let Some(e) = on_path.clone().find(|e| e.method() == wanted) {
+        let (_, params) = matches(template, &segs).ok_or_else(|| not_found(path))?;
+        return Ok(e.route(&params));
+    }
+    let allowed: Vec<&str> = on_path.map(Endpoint::method).collect();
+    Err(not_allowed(method, &allowed.join(", ")))
 }
 
 /// The path with each segment percent-decoded (`/instances/name/web%31` is
