@@ -120,7 +120,18 @@ pub fn filter(
                     .await;
                 let response = match result {
                     Ok(reply) => reply_response(reply),
-                    Err(e) => error_response(&e),
+                    Err(e) => {
+                        let mut r = error_response(&e);
+                        // An error may be answered before the body was read (401,
+                        // 404, 413...): the connection is not reused, so that the
+                        // unread rest is never taken for the next request and the
+                        // client does not send its next request on a closing socket.
+                        if declares_body(&headers) {
+                            r.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        r
+                    }
                 };
                 let _enter = span.enter();
                 tracing::debug!(
@@ -133,6 +144,16 @@ pub fn filter(
         )
         .or(warp::any().map(|| error_response(&ApiError::internal("request could not be read"))))
         .unify()
+}
+
+/// Whether the request says a body follows.
+fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
 }
 
 /// The bearer token. Two `Authorization` headers are refused rather than resolved one
