@@ -158,4 +158,25 @@ pub fn sweep_stale() {
             }
         }
     }
+    // The spec examples keep the backend name `docker` as the spec writes it; their
+    // instance (container) names carry the test process instead.
+    let (_, out) = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=io.unicompute.backend=docker",
+        "--format",
+        "{{.ID}} {{.Names}}",
+    ]);
+    for line in out.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(id), Some(name)) = (parts.next(), parts.next()) {
+            if crate::dead_owner(name, SPEC_EXAMPLE_NAME) {
+                let _ = docker(&["rm", "-f", "-v", id]);
+            }
+        }
+    }
 }
+
+/// The spec's Docker example's instance name, made unique with [`crate::owned`].
+pub const SPEC_EXAMPLE_NAME: &str = "nginx-web";

@@ -126,7 +126,17 @@ impl Default for KvmFixture {
 
 impl Drop for KvmFixture {
     fn drop(&mut self) {
-        for d in self.domains() {
+        // The test's own domains, and any other made on this fixture's pool (a
+        // `plugins check` run names its domain `uc-check-...`), also after a failure.
+        let storage = self.storage().to_string_lossy().into_owned();
+        let on_pool: Vec<String> = virsh(&["list", "--all", "--name"])
+            .1
+            .lines()
+            .filter(|d| !d.is_empty() && !d.starts_with(&self.prefix))
+            .filter(|d| virsh(&["dumpxml", d]).1.contains(&storage))
+            .map(str::to_owned)
+            .collect();
+        for d in self.domains().into_iter().chain(on_pool) {
             let _ = virsh(&["destroy", &d]);
             let _ = virsh(&["undefine", &d, "--nvram"]);
         }

@@ -397,6 +397,9 @@ impl Server {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        // Its own process group: what its plugins start (the example plugin's
+        // processes) is killed with it when the test ends, also on failure.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.spawn().expect("start unicompute");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -554,6 +557,12 @@ pub fn request(
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on the process group of our own running child.
+            unsafe {
+                libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {

@@ -103,6 +103,7 @@ fn the_spec_curl_examples_work_as_written() {
     assert!(examples.iter().all(|c| c.starts_with("curl ")));
 
     let _engine = FileLock::engine_shared();
+    unicompute_tests::docker::sweep_stale();
     let _tag = NginxTag::ensure();
     let kvm = KvmFixture::new();
     let s = Server::start_with(ServerOptions {
@@ -113,7 +114,7 @@ fn the_spec_curl_examples_work_as_written() {
         ),
         ..Default::default()
     });
-    let web = unique("nginx-web");
+    let web = owned(unicompute_tests::docker::SPEC_EXAMPLE_NAME);
     let _web_guard = ContainerGuard(web.clone());
     let vm = format!("{}-ubuntu-vm", kvm.prefix);
 
