@@ -12,11 +12,88 @@ use unicompute_plugin_api::{
     StorageResources,
 };
 
+/// Whole numbers as JSON Schema counts them: `2` and `2.0` alike (a client that
+/// sends every number as a float, as JavaScript's JSON does, is not refused).
+mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+
+    struct Whole;
+
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number of at least 0")
+        }
+
+        fn visit_u64<E: Error>(self, n: u64) -> Result<u64, E> {
+            Ok(n)
+        }
+
+        fn visit_i64<E: Error>(self, n: i64) -> Result<u64, E> {
+            u64::try_from(n).map_err(|_| {
+                E::custom(format!(
+                    "invalid value: {n}, expected {}",
+                    "a whole number of at least 0"
+                ))
+            })
+        }
+
+        fn visit_f64<E: Error>(self, f: f64) -> Result<u64, E> {
+            // 2^64 as a float is out of range (the cast would saturate).
+            if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Ok(f as u64)
+            } else {
+                Err(E::custom(format!(
+                    "invalid value: {f}, expected a whole number of at least 0"
+                )))
+            }
+        }
+    }
+
+    struct OptWhole;
+
+    impl<'de> Visitor<'de> for OptWhole {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number of at least 0, or null")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+            d.deserialize_any(Whole).map(Some)
+        }
+    }
+
+    /// An optional whole number of type `T`.
+    pub fn opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        match d.deserialize_option(OptWhole)? {
+            None => Ok(None),
+            Some(n) => T::try_from(n)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("invalid value: {n} is out of range"))),
+        }
+    }
+}
+
 /// `resources.cpu` in a request.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CpuRequest {
     /// Cores (vCPUs), at least 1.
+    #[serde(default, deserialize_with = "whole::opt")]
     pub cores: Option<u32>,
 }
 
@@ -25,6 +102,7 @@ pub struct CpuRequest {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MemoryRequest {
     /// Bytes, at least 4 MiB.
+    #[serde(default, deserialize_with = "whole::opt")]
     pub limit: Option<u64>,
 }
 
@@ -33,6 +111,7 @@ pub struct MemoryRequest {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StorageRequest {
     /// Bytes.
+    #[serde(default, deserialize_with = "whole::opt")]
     pub total_space: Option<u64>,
 }
 
@@ -176,6 +255,7 @@ pub struct StopRequest {
     #[serde(default)]
     pub force: bool,
     /// Seconds before a graceful stop turns hard (default 30).
+    #[serde(default, deserialize_with = "whole::opt")]
     pub timeout: Option<u64>,
 }
 
@@ -508,5 +588,36 @@ impl From<ReloadReport> for ReloadAnswer {
                 .collect(),
             backends: r.backends.into_iter().map(|(k, v)| (k, v.into())).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResourcesRequest;
+
+    #[test]
+    fn whole_numbers_may_come_as_floats() {
+        let r: ResourcesRequest = serde_json::from_str(
+            r#"{"cpu":{"cores":2.0},"memory":{"limit":536870912.0},"storage":{"totalSpace":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.cpu.unwrap().cores, Some(2));
+        assert_eq!(r.memory.unwrap().limit, Some(536_870_912));
+        for bad in [
+            r#"{"cpu":{"cores":1.5}}"#,
+            r#"{"cpu":{"cores":-1}}"#,
+            r#"{"cpu":{"cores":4294967296}}"#,
+            r#"{"memory":{"limit":18446744073709551616.0}}"#,
+            r#"{"cpu":{"cores":"2"}}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<ResourcesRequest>(bad).is_err(),
+                "{bad}"
+            );
+        }
+        let r: ResourcesRequest = serde_json::from_str(r#"{"cpu":{"cores":null}}"#).unwrap();
+        assert_eq!(r.cpu.unwrap().cores, None);
+        let r: ResourcesRequest = serde_json::from_str(r#"{"cpu":{}}"#).unwrap();
+        assert_eq!(r.cpu.unwrap().cores, None);
     }
 }
