@@ -584,3 +584,25 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A venv under the target directory with one pinned PyPI package (`name==version`),
+/// made once and reused; `bin` is a script the package installs, whose presence
+/// says the venv is complete.
+pub fn python_venv(pinned: &str, bin: &str) -> PathBuf {
+    let dir = target_dir().join(format!("pyvenv-{}", pinned.replace("==", "-")));
+    if dir.join("bin").join(bin).exists() {
+        return dir;
+    }
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .status()
+        .expect("python3");
+    assert!(ok.success(), "python3 -m venv {}", dir.display());
+    let ok = Command::new(dir.join("bin").join("pip"))
+        .args(["install", "-q", "--disable-pip-version-check", pinned])
+        .status()
+        .expect("pip");
+    assert!(ok.success(), "pip install {pinned}");
+    dir
+}

@@ -13,23 +13,7 @@ use unicompute_tests::*;
 const GENERATOR: &str = "openapi-python-client==0.29.1";
 
 fn venv() -> PathBuf {
-    let dir = target_dir().join("pyvenv-openapi-python-client-0.29.1");
-    let bin = dir.join("bin").join("openapi-python-client");
-    if bin.exists() {
-        return dir;
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&dir)
-        .status()
-        .expect("python3");
-    assert!(ok.success(), "python3 -m venv");
-    let ok = Command::new(dir.join("bin").join("pip"))
-        .args(["install", "-q", "--disable-pip-version-check", GENERATOR])
-        .status()
-        .expect("pip");
-    assert!(ok.success(), "pip install {GENERATOR}");
-    dir
+    python_venv(GENERATOR, "openapi-python-client")
 }
 
 const SCRIPT: &str = r#"

@@ -20,24 +20,7 @@ pub const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 /// The venv with Schemathesis, made once per target directory.
 fn venv() -> PathBuf {
-    let dir = target_dir().join("pyvenv-schemathesis-4.32.5");
-    let st = dir.join("bin").join("st");
-    if st.exists() {
-        return dir;
-    }
-    let ok = Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&dir)
-        .status()
-        .expect("python3");
-    assert!(ok.success(), "python3 -m venv");
-    let ok = Command::new(dir.join("bin").join("pip"))
-        .args(["install", "-q", "--disable-pip-version-check", SCHEMATHESIS])
-        .status()
-        .expect("pip");
-    assert!(ok.success(), "pip install {SCHEMATHESIS}");
-    dir
+    python_venv(SCHEMATHESIS, "st")
 }
 
 const HOOKS: &str = r#"
