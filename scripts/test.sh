@@ -4,8 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-env.sh
-# The tests' local image (imported from busybox-static, never pulled) goes at the end.
-cleanup() { docker rmi -f unicompute-test-busybox:latest >/dev/null 2>&1 || true; }
+# The tests' local image (imported from busybox-static, never pulled) goes at the end,
+# unless a test of another run still holds the engine (every test that uses the image
+# holds /tmp/unicompute-docker-engine.lock shared): removing it under that run would
+# make its next create try to pull it.
+cleanup() {
+    flock -n -x /tmp/unicompute-docker-engine.lock \
+        docker rmi -f unicompute-test-busybox:latest >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

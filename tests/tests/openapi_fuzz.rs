@@ -46,11 +46,32 @@ def before_call(context, case, kwargs):
             body["name"] = body["name"] + "-fz"
 "#;
 
-/// 501 `OPERATION_NOT_SUPPORTED` is the contract's answer of a backend that cannot do
-/// an operation (Docker cannot change the labels of a container).
+/// Every check but `positive_data_acceptance`, and `ensure_resource_availability` on
+/// every operation but `getInstanceByName`. 501 `OPERATION_NOT_SUPPORTED` is the
+/// contract's answer of a backend that cannot do an operation (Docker cannot change the
+/// labels of a container).
+///
+/// `positive_data_acceptance`: state- and host-dependent refusals of schema-valid bodies
+/// are 400 (a KVM disk never shrinks; a KVM disk below its template's size) and 422
+/// (beyond the host's capacity).
+///
+/// `ensure_resource_availability` on `getInstanceByName`: the stateful phase follows the
+/// create's links to `DELETE /instances/{id}` and then to `GET /instances/name/{name}`,
+/// and the check (Schemathesis 4.32.5, `resource_was_deleted`) counts a DELETE as
+/// removing a resource only when its path is a prefix of the read's: a delete by id does
+/// not explain, to it, the 404 of a read by name of the deleted instance. Every read by
+/// id is still checked. The checks are chosen here, not with `--checks all` on the
+/// command line, which would override the per-operation switch.
 const CONFIG: &str = r#"
 [checks.not_a_server_error]
 expected-statuses = ["2xx", "3xx", "4xx", "501"]
+
+[checks.positive_data_acceptance]
+enabled = false
+
+[[operations]]
+include-operation-id = "getInstanceByName"
+checks.ensure_resource_availability.enabled = false
 "#;
 
 /// Deletes every instance the server has, then sweeps what is left on the engines.
@@ -139,11 +160,6 @@ fn schemathesis_finds_nothing_against_the_real_backends() {
         .args(["--config-file", "schemathesis.toml", "run"])
         .arg(format!("{}/api/v1/openapi.json", s.base))
         .args(["-H", &format!("Authorization: Bearer {ADMIN}")])
-        .args(["--checks", "all"])
-        .args([
-            "--exclude-checks",
-            "positive_data_acceptance,ensure_resource_availability",
-        ])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .args(["--max-examples", "3", "--seed", "1", "--max-time", "200"])
         .args([
