@@ -103,14 +103,7 @@ async fn serve_connection<S>(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: tower_service::Service<
-            hyper::Request<Incoming>,
-            Response = warp::reply::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: WarpService,
 {
     let state = Arc::new(ConnState::default());
     let io = GuardedIo::new(TokioIo::new(stream), Arc::clone(&state), limits);
@@ -130,6 +123,31 @@ async fn serve_connection<S>(
         // A client that went away, a deadline, a malformed head: the client's doing.
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// What `warp::service(filter)` is: the service every connection serves.
+pub trait WarpService:
+    tower_service::Service<
+        hyper::Request<Incoming>,
+        Response = warp::reply::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> WarpService for S where
+    S: tower_service::Service<
+            hyper::Request<Incoming>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
 }
 
 /// What the service tells the socket about a connection.
@@ -172,14 +190,7 @@ struct ConnService<S> {
 
 impl<S> hyper::service::Service<hyper::Request<Incoming>> for ConnService<S>
 where
-    S: tower_service::Service<
-            hyper::Request<Incoming>,
-            Response = warp::reply::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: WarpService,
 {
     type Response = hyper::Response<GuardedBody<warp::hyper::body::Bytes>>;
     type Error = std::convert::Infallible;

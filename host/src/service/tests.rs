@@ -359,30 +359,37 @@ async fn delete_rules() {
 async fn a_resync_read_before_an_operation_ended_does_not_undo_it() {
     let (svc, rec) = service_with(serde_json::json!({}));
     let id = instance_in(&svc, "raced", InstanceState::Created).await;
-    let (entry, backend) = svc.backend("fake").expect("backend");
     // The resync reads the instance as created, then is held.
-    let (taken_tx, taken_rx) = std_mpsc::channel();
-    let (release_tx, release_rx) = std_mpsc::channel();
-    *lock(&rec.gate) = Some(Gate {
-        taken: taken_tx,
-        release: release_rx,
-    });
-    let resync = {
-        let svc = Arc::clone(&svc);
-        tokio::spawn(async move { svc.resync(&entry, &backend).await })
-    };
-    tokio::task::spawn_blocking(move || taken_rx.recv())
-        .await
-        .expect("join")
-        .expect("the resync has read");
+    let release = held_resync(&svc, &rec).await;
     // Meanwhile the instance is started through the service.
     let started = svc.act(&id, Action::Start).await.expect("start");
     assert_eq!(started.state, InstanceState::Running);
     // The stale list arrives: it must not bring back `created`.
-    release_tx.send(()).expect("release");
-    resync.await.expect("resync");
+    release.finish().await;
     assert_eq!(svc.get(&id).expect("known").state, InstanceState::Running);
     // A deleted instance is not brought back by a stale list either.
+    let release = held_resync(&svc, &rec).await;
+    svc.delete(&id, true).await.expect("delete");
+    release.finish().await;
+    assert!(matches!(svc.get(&id), Err(Error::NotFound { .. })));
+}
+
+/// A resync in flight whose list has been read and is held until [`HeldResync::finish`].
+struct HeldResync {
+    release: std_mpsc::Sender<()>,
+    resync: tokio::task::JoinHandle<()>,
+}
+
+impl HeldResync {
+    /// Lets the held list through and waits for the resync to apply it.
+    async fn finish(self) {
+        self.release.send(()).expect("release");
+        self.resync.await.expect("resync");
+    }
+}
+
+/// Starts a resync of `fake` and returns once its list has been read.
+async fn held_resync(svc: &Arc<Service>, rec: &Recorder) -> HeldResync {
     let (entry, backend) = svc.backend("fake").expect("backend");
     let (taken_tx, taken_rx) = std_mpsc::channel();
     let (release_tx, release_rx) = std_mpsc::channel();
@@ -391,17 +398,17 @@ async fn a_resync_read_before_an_operation_ended_does_not_undo_it() {
         release: release_rx,
     });
     let resync = {
-        let svc = Arc::clone(&svc);
+        let svc = Arc::clone(svc);
         tokio::spawn(async move { svc.resync(&entry, &backend).await })
     };
     tokio::task::spawn_blocking(move || taken_rx.recv())
         .await
         .expect("join")
         .expect("the resync has read");
-    svc.delete(&id, true).await.expect("delete");
-    release_tx.send(()).expect("release");
-    resync.await.expect("resync");
-    assert!(matches!(svc.get(&id), Err(Error::NotFound { .. })));
+    HeldResync {
+        release: release_tx,
+        resync,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
