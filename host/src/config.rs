@@ -62,6 +62,17 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     /// Seconds a connection may stay silent between requests before it is closed.
     pub idle_timeout_secs: u64,
+    /// Events kept for subscribers that resume (`Last-Event-ID`).
+    pub events_retained: usize,
+    /// Events a subscriber may fall behind before it is sent `reset` and closed
+    /// (read at start).
+    pub events_buffer: usize,
+    /// Seconds between heartbeat comments on an idle event stream.
+    pub events_heartbeat_secs: u64,
+    /// Seconds a finished operation stays readable.
+    pub operations_retained_secs: u64,
+    /// Longest `?wait=` on an operation, in seconds.
+    pub max_operation_wait_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +87,11 @@ impl Default for ServerConfig {
             max_connections: 512,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
+            events_retained: 10_000,
+            events_buffer: 1024,
+            events_heartbeat_secs: 15,
+            operations_retained_secs: 300,
+            max_operation_wait_secs: 300,
         }
     }
 }

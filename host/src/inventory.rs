@@ -13,6 +13,8 @@ use chrono::{DateTime, Utc};
 use unicompute_plugin_api::sync::{read, write};
 use unicompute_plugin_api::{Instance, InstanceState};
 
+use crate::events::{Hub, Source};
+
 type Key = (DateTime<Utc>, String);
 
 #[derive(Default)]
@@ -34,10 +36,12 @@ struct Inner {
 /// listed the backend before the removal, does not bring it back meanwhile.
 const GONE_FOR: Duration = Duration::from_secs(300);
 
-/// The inventory.
+/// The inventory. Every change it takes is published on its [`Hub`], under its lock,
+/// so that the events of one instance are in the order of its changes.
 #[derive(Default)]
 pub struct Inventory {
     inner: RwLock<Inner>,
+    hub: Arc<Hub>,
 }
 
 /// A filter for [`Inventory::list`].
@@ -74,7 +78,7 @@ impl NameReservation<'_> {
     /// Puts the created instance in the inventory; the name now belongs to it.
     pub fn commit(mut self, instance: Instance) -> Arc<Instance> {
         self.committed = true;
-        self.inventory.upsert(instance)
+        self.inventory.upsert(instance, Source::Api)
     }
 }
 
@@ -90,6 +94,19 @@ impl Drop for NameReservation<'_> {
 }
 
 impl Inventory {
+    /// An empty inventory publishing on `hub`.
+    pub fn with_hub(hub: Arc<Hub>) -> Self {
+        Inventory {
+            inner: RwLock::default(),
+            hub,
+        }
+    }
+
+    /// Where its changes are published.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
         // A poisoned lock means a panic while holding it; the data is plain maps that
         // every writer leaves consistent before anything can panic, so keep going.
@@ -115,10 +132,12 @@ impl Inventory {
         })
     }
 
-    /// Adds or replaces an instance. `updatedAt` never goes backwards.
-    pub fn upsert(&self, mut instance: Instance) -> Arc<Instance> {
+    /// Adds or replaces an instance. `updatedAt` never goes backwards. What changed
+    /// is published, as caused by `source`.
+    pub fn upsert(&self, mut instance: Instance, source: Source) -> Arc<Instance> {
         let mut inner = self.write();
-        if let Some(old) = inner.by_id.get(&instance.id).cloned() {
+        let before = inner.by_id.get(&instance.id).cloned();
+        if let Some(old) = before.clone() {
             if old.updated_at > instance.updated_at {
                 instance.updated_at = old.updated_at;
             }
@@ -135,6 +154,7 @@ impl Inventory {
         inner.names.insert(arc.name.clone(), arc.id.clone());
         inner.order.insert((arc.created_at, arc.id.clone()));
         inner.by_id.insert(arc.id.clone(), Arc::clone(&arc));
+        self.hub.instance_changed(before.as_deref(), &arc, source);
         arc
     }
 
@@ -149,7 +169,7 @@ impl Inventory {
         if recently_gone {
             return None;
         }
-        Some(self.upsert(instance))
+        Some(self.upsert(instance, Source::Backend))
     }
 
     /// The change counter now: pass it to [`Inventory::replace_backend`] for a list
@@ -158,8 +178,9 @@ impl Inventory {
         self.read().seq
     }
 
-    /// Removes an instance; returns it if it was there.
-    pub fn remove(&self, id: &str) -> Option<Arc<Instance>> {
+    /// Removes an instance; returns it if it was there. Its removal is published, as
+    /// caused by `source`.
+    pub fn remove(&self, id: &str, source: Source) -> Option<Arc<Instance>> {
         let mut inner = self.write();
         inner.seq += 1;
         let seq = inner.seq;
@@ -174,6 +195,7 @@ impl Inventory {
         if inner.names.get(&old.name).map(String::as_str) == Some(id) {
             inner.names.remove(&old.name);
         }
+        self.hub.instance_deleted(&old, source);
         Some(old)
     }
 
@@ -253,11 +275,11 @@ impl Inventory {
             .map(|i| i.id.clone())
             .collect();
         for id in stale {
-            self.remove(&id);
+            self.remove(&id, Source::Backend);
         }
         for inst in fresh {
             if !busy.contains(&inst.id) && !newer(&inst.id) {
-                self.upsert(inst);
+                self.upsert(inst, Source::Backend);
             }
         }
     }
@@ -315,12 +337,15 @@ mod tests {
     fn list_orders_pages_and_counts() {
         let inv = Inventory::default();
         for n in 0..10 {
-            inv.upsert(inst(
-                &format!("i{n}"),
-                &format!("n{n}"),
-                if n % 2 == 0 { "a" } else { "b" },
-                10 - n,
-            ));
+            inv.upsert(
+                inst(
+                    &format!("i{n}"),
+                    &format!("n{n}"),
+                    if n % 2 == 0 { "a" } else { "b" },
+                    10 - n,
+                ),
+                Source::Api,
+            );
         }
         let (page, total) = inv.list(&ListFilter::default(), 1, 3);
         assert_eq!(total, 10);
@@ -352,16 +377,16 @@ mod tests {
         r.commit(inst("i3", "web", "a", 0));
         assert!(inv.reserve_name("web", "i4").is_none());
         assert_eq!(inv.get_by_name("web").unwrap().id, "i3");
-        inv.remove("i3");
+        inv.remove("i3", Source::Api);
         assert!(inv.reserve_name("web", "i5").is_some());
     }
 
     #[test]
     fn resync_replaces_but_spares_busy_instances() {
         let inv = Inventory::default();
-        inv.upsert(inst("i1", "one", "a", 0));
-        inv.upsert(inst("i2", "two", "a", 1));
-        inv.upsert(inst("i3", "three", "b", 2));
+        inv.upsert(inst("i1", "one", "a", 0), Source::Api);
+        inv.upsert(inst("i2", "two", "a", 1), Source::Api);
+        inv.upsert(inst("i3", "three", "b", 2), Source::Api);
         let busy = BTreeSet::from(["i2".to_owned()]);
         let since = inv.seq();
         inv.replace_backend("a", vec![inst("i4", "four", "a", 3)], &busy, since);
@@ -375,11 +400,11 @@ mod tests {
     #[test]
     fn a_resync_does_not_undo_what_changed_while_it_listed() {
         let inv = Inventory::default();
-        inv.upsert(inst("old", "old", "a", 0));
+        inv.upsert(inst("old", "old", "a", 0), Source::Api);
         let since = inv.seq();
         // While the backend lists: a create and a delete finish.
-        inv.upsert(inst("new", "new", "a", 1));
-        inv.remove("old");
+        inv.upsert(inst("new", "new", "a", 1), Source::Api);
+        inv.remove("old", Source::Api);
         // The list was made before both: it has "old" and not "new".
         inv.replace_backend(
             "a",
@@ -398,8 +423,8 @@ mod tests {
     #[test]
     fn late_events_do_not_bring_back_a_removed_instance() {
         let inv = Inventory::default();
-        inv.upsert(inst("i1", "one", "a", 0));
-        inv.remove("i1");
+        inv.upsert(inst("i1", "one", "a", 0), Source::Api);
+        inv.remove("i1", Source::Api);
         assert!(inv.upsert_reported(inst("i1", "one", "a", 0)).is_none());
         assert!(inv.get("i1").is_none());
         assert!(inv.upsert_reported(inst("i2", "two", "a", 0)).is_some());
@@ -410,8 +435,8 @@ mod tests {
         let inv = Inventory::default();
         let mut a = inst("i1", "one", "a", 0);
         a.updated_at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        inv.upsert(a);
-        inv.upsert(inst("i1", "one", "a", 0));
+        inv.upsert(a, Source::Api);
+        inv.upsert(inst("i1", "one", "a", 0), Source::Api);
         assert_eq!(inv.get("i1").unwrap().updated_at.timestamp(), 1_800_000_000);
     }
 }

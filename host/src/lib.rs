@@ -5,6 +5,7 @@
 pub mod api;
 pub mod check;
 pub mod config;
+pub mod events;
 pub mod inventory;
 pub mod plugins;
 pub mod service;

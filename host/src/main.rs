@@ -230,6 +230,8 @@ async fn run(
     // Read now, so that a reload since the start counts.
     let grace = Duration::from_secs(service.config().server.shutdown_grace_secs);
     let _ = stop_tx.send(());
+    // Event streams never end by themselves: end them, so that their connections close.
+    service.hub.close();
     if tokio::time::timeout(grace, server).await.is_err() {
         tracing::warn!("requests still in flight after the grace period; exiting");
     }

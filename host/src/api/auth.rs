@@ -129,12 +129,16 @@ pub fn required_role(route: &Route<'_>) -> Role {
         | Route::ClusterStatus
         | Route::Backends
         | Route::BackendInfo(_)
-        | Route::BackendImages(_) => Role::Viewer,
+        | Route::BackendImages(_)
+        | Route::Events
+        | Route::ListOperations
+        | Route::GetOperation(_) => Role::Viewer,
         Route::Action(..) => Role::Operator,
         Route::CreateInstance
         | Route::UpdateInstance(_)
         | Route::DeleteInstance(_)
-        | Route::Reload => Role::Admin,
+        | Route::Reload
+        | Route::CancelOperation(_) => Role::Admin,
     }
 }
 

@@ -61,11 +61,21 @@ pub enum Code {
     BackendError,
     /// The backend's daemon cannot be reached (503).
     BackendUnavailable,
+    /// No operation of that id, or it ended too long ago (404).
+    OperationNotFound,
+    /// The operation was cancelled (409; the error of a cancelled operation).
+    OperationCancelled,
+    /// No image or template of that name (404).
+    ImageNotFound,
+    /// The image or template is used by an instance (409).
+    ImageInUse,
+    /// An image or template of that name exists (409).
+    ImageAlreadyExists,
 }
 
 impl Code {
     /// Every code, for tests and documentation.
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 21] = [
         Code::InvalidRequest,
         Code::InvalidBackend,
         Code::Unauthorized,
@@ -82,6 +92,11 @@ impl Code {
         Code::OperationNotSupported,
         Code::BackendError,
         Code::BackendUnavailable,
+        Code::OperationNotFound,
+        Code::OperationCancelled,
+        Code::ImageNotFound,
+        Code::ImageInUse,
+        Code::ImageAlreadyExists,
     ];
 
     /// The wire name (`INSTANCE_NOT_FOUND`).
@@ -103,6 +118,11 @@ impl Code {
             Code::OperationNotSupported => "OPERATION_NOT_SUPPORTED",
             Code::BackendError => "BACKEND_ERROR",
             Code::BackendUnavailable => "BACKEND_UNAVAILABLE",
+            Code::OperationNotFound => "OPERATION_NOT_FOUND",
+            Code::OperationCancelled => "OPERATION_CANCELLED",
+            Code::ImageNotFound => "IMAGE_NOT_FOUND",
+            Code::ImageInUse => "IMAGE_IN_USE",
+            Code::ImageAlreadyExists => "IMAGE_ALREADY_EXISTS",
         }
     }
 
@@ -112,9 +132,16 @@ impl Code {
             Code::InvalidRequest | Code::InvalidBackend => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
-            Code::InstanceNotFound | Code::NotFound => StatusCode::NOT_FOUND,
+            Code::InstanceNotFound
+            | Code::NotFound
+            | Code::OperationNotFound
+            | Code::ImageNotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::InstanceAlreadyExists | Code::InvalidState => StatusCode::CONFLICT,
+            Code::InstanceAlreadyExists
+            | Code::InvalidState
+            | Code::OperationCancelled
+            | Code::ImageInUse
+            | Code::ImageAlreadyExists => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::ResourceLimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
@@ -170,14 +197,14 @@ pub struct ApiError {
 }
 
 /// The error envelope: `{"error":{"code","message","details"}}`.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorEnvelope {
     /// The error.
     pub error: ErrorBody,
 }
 
 /// The error itself.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Error code, for example `INSTANCE_NOT_FOUND`.
     pub code: Code,
@@ -316,6 +343,13 @@ impl From<crate::service::Error> for ApiError {
             E::Unavailable { backend, reason } => ApiError::unavailable(&backend, &reason),
             E::Plugin { backend, error } => ApiError::from_plugin(&backend, error),
             E::ReloadRefused(_) => ApiError::invalid(message),
+            E::OperationNotFound(id) => {
+                ApiError::new(Code::OperationNotFound, message).detail("operation", id)
+            }
+            E::NotCancellable { id, .. } => {
+                ApiError::invalid_state(message).detail("operation", id)
+            }
+            E::Cancelled(_) => ApiError::new(Code::OperationCancelled, message),
             E::Internal(_) => ApiError::internal(message),
         }
     }
@@ -344,6 +378,11 @@ mod tests {
             ("OPERATION_NOT_SUPPORTED", 501),
             ("BACKEND_ERROR", 502),
             ("BACKEND_UNAVAILABLE", 503),
+            ("OPERATION_NOT_FOUND", 404),
+            ("OPERATION_CANCELLED", 409),
+            ("IMAGE_NOT_FOUND", 404),
+            ("IMAGE_IN_USE", 409),
+            ("IMAGE_ALREADY_EXISTS", 409),
         ];
         for (code, status) in table {
             let c = Code::ALL

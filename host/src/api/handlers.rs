@@ -12,10 +12,13 @@ use crate::api::dto::{
     ClusterStatus, CreateInstanceRequest, HealthCheck, ImageList, InstanceList, PluginInfo,
     ReloadAnswer, StopRequest, UpdateInstanceRequest, UsedTotal,
 };
+use crate::api::dto_events::OperationDto;
 use crate::api::error::ApiError;
 use crate::inventory::ListFilter;
 use crate::plugins::registry::BackendStatus;
-use crate::service::{Action, NewInstance, Service};
+use crate::service::{
+    new_instance_id, Action, Canceller, NewInstance, OpKind, OpResult, Operation, Service, Work,
+};
 
 /// A successful answer.
 #[derive(Debug)]
@@ -52,6 +55,68 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 
 fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+/// How a mutating call is answered: when done (as always), or at once with an
+/// operation (`?async=true`, or `Prefer: respond-async`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Answer when done.
+    Sync,
+    /// Answer 202 with the operation at once.
+    Async,
+}
+
+fn flag(name: &str, v: &str) -> Result<bool, ApiError> {
+    match v {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ApiError::invalid(format!("{name} must be true or false")).detail(name, v)),
+    }
+}
+
+/// The query of a mutating call: `async`, and the `extra` flags it takes (`force`
+/// for a delete). Anything else is 400.
+pub fn mutation_query(
+    query: &str,
+    headers: &warp::http::HeaderMap,
+    extra: &[&str],
+) -> Result<(Mode, Vec<(String, bool)>), ApiError> {
+    let prefer_async = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"));
+    let mut mode = if prefer_async {
+        Mode::Async
+    } else {
+        Mode::Sync
+    };
+    let mut flags = Vec::new();
+    for (k, v) in query_pairs(query) {
+        if k == "async" {
+            mode = if flag("async", &v)? {
+                Mode::Async
+            } else {
+                Mode::Sync
+            };
+        } else if extra.contains(&k.as_str()) {
+            let on = flag(&k, &v)?;
+            flags.push((k, on));
+        } else {
+            return Err(ApiError::invalid(format!("unknown query parameter {k}"))
+                .detail("parameter", k.as_str()));
+        }
+    }
+    Ok((mode, flags))
+}
+
+/// 202 with the operation and its `Location`.
+pub fn accepted(op: &Operation) -> Result<Reply, ApiError> {
+    let mut reply = json(StatusCode::ACCEPTED, &OperationDto::from(op))?;
+    reply.location = Some(format!("/api/v1/compute/operations/{}", op.id));
+    Ok(reply)
 }
 
 /// Parses the list query: `page`, `pageSize`, `backend`, `state`, `label=k=v`.
@@ -153,20 +218,36 @@ pub fn list(svc: &Service, query: &str) -> Result<Reply, ApiError> {
     responses((status = 201, description = "Created (stopped unless `start` was true)", body = Instance,
         headers(("Location" = String, description = "The instance's path")))),
     security(("bearer" = [])))]
-pub async fn create(svc: &Service, body: &[u8]) -> Result<Reply, ApiError> {
+pub async fn create(svc: &Arc<Service>, body: &[u8], mode: Mode) -> Result<Reply, ApiError> {
     let req: CreateInstanceRequest = parse_body(body)?;
     let resources = req.resources.validate().map_err(ApiError::invalid)?;
     validate_labels(&req.metadata.labels).map_err(ApiError::invalid)?;
-    let inst = svc
-        .create(NewInstance {
-            name: req.name,
-            backend: req.backend,
-            config: req.config,
-            resources,
-            labels: req.metadata.labels,
-            start: req.start,
-        })
-        .await?;
+    let new = NewInstance {
+        name: req.name,
+        backend: req.backend,
+        config: req.config,
+        resources,
+        labels: req.metadata.labels,
+        start: req.start,
+    };
+    if mode == Mode::Async {
+        // What can be refused at once is refused at once; the rest is the operation's.
+        if !crate::service::valid_name(&new.name) {
+            return Err(crate::service::Error::InvalidName(new.name).into());
+        }
+        svc.backend(&new.backend)?;
+        if svc.inventory.get_by_name(&new.name).is_some() {
+            return Err(crate::service::Error::NameTaken(new.name).into());
+        }
+        let (id, at) = new_instance_id();
+        let backend = new.backend.clone();
+        let s = Arc::clone(svc);
+        let work: Work =
+            Box::pin(async move { s.create_as(new, id, at).await.map(OpResult::Instance) });
+        let op = svc.spawn_operation(OpKind::Create, Some(backend), None, Canceller::None, work);
+        return accepted(&op);
+    }
+    let inst = svc.create(new).await?;
     let mut reply = json(StatusCode::CREATED, &*inst)?;
     reply.location = Some(format!("/api/v1/compute/instances/{}", inst.id));
     Ok(reply)
@@ -195,7 +276,12 @@ pub fn get_by_name(svc: &Service, name: &str) -> Result<Reply, ApiError> {
     request_body = UpdateInstanceRequest, operation_id = "updateInstance", tag = "instances",
     responses((status = 200, description = "The instance as updated", body = Instance)),
     security(("bearer" = [])))]
-pub async fn update(svc: &Service, id: &str, body: &[u8]) -> Result<Reply, ApiError> {
+pub async fn update(
+    svc: &Arc<Service>,
+    id: &str,
+    body: &[u8],
+    mode: Mode,
+) -> Result<Reply, ApiError> {
     let req: UpdateInstanceRequest = parse_body(body)?;
     let resources = req.resources.validate().map_err(ApiError::invalid)?;
     let labels = req.metadata.and_then(|m| m.labels);
@@ -207,7 +293,22 @@ pub async fn update(svc: &Service, id: &str, body: &[u8]) -> Result<Reply, ApiEr
             "nothing to update: give resources or metadata.labels",
         ));
     }
-    let inst = svc.update(id, UpdateRequest { resources, labels }).await?;
+    let request = UpdateRequest { resources, labels };
+    if mode == Mode::Async {
+        let known = svc.get(id)?;
+        let (s, owned) = (Arc::clone(svc), id.to_owned());
+        let work: Work =
+            Box::pin(async move { s.update(&owned, request).await.map(OpResult::Instance) });
+        let op = svc.spawn_operation(
+            OpKind::Update,
+            Some(known.backend.clone()),
+            Some(id.to_owned()),
+            Canceller::None,
+            work,
+        );
+        return accepted(&op);
+    }
+    let inst = svc.update(id, request).await?;
     json(StatusCode::OK, &*inst)
 }
 
@@ -218,22 +319,31 @@ pub async fn update(svc: &Service, id: &str, body: &[u8]) -> Result<Reply, ApiEr
     operation_id = "deleteInstance", tag = "instances",
     responses((status = 204, description = "Deleted, with everything it had")),
     security(("bearer" = [])))]
-pub async fn delete(svc: &Service, id: &str, query: &str) -> Result<Reply, ApiError> {
-    let mut force = false;
-    for (k, v) in query_pairs(query) {
-        match (k.as_str(), v.as_str()) {
-            ("force", "true" | "1" | "") => force = true,
-            ("force", "false" | "0") => force = false,
-            ("force", _) => {
-                return Err(ApiError::invalid("force must be true or false").detail("force", v))
-            }
-            (other, _) => {
-                return Err(
-                    ApiError::invalid(format!("unknown query parameter {other}"))
-                        .detail("parameter", other),
-                )
-            }
-        }
+pub async fn delete(
+    svc: &Arc<Service>,
+    id: &str,
+    query: &str,
+    headers: &warp::http::HeaderMap,
+) -> Result<Reply, ApiError> {
+    let (mode, flags) = mutation_query(query, headers, &["force"])?;
+    let force = flags
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "force")
+        .is_some_and(|(_, v)| *v);
+    if mode == Mode::Async {
+        let known = svc.get(id)?;
+        let (s, owned) = (Arc::clone(svc), id.to_owned());
+        let work: Work =
+            Box::pin(async move { s.delete(&owned, force).await.map(|()| OpResult::Nothing) });
+        let op = svc.spawn_operation(
+            OpKind::Delete,
+            Some(known.backend.clone()),
+            Some(id.to_owned()),
+            Canceller::None,
+            work,
+        );
+        return accepted(&op);
     }
     svc.delete(id, force).await?;
     Ok(Reply {
@@ -249,8 +359,8 @@ pub async fn delete(svc: &Service, id: &str, query: &str) -> Result<Reply, ApiEr
     operation_id = "startInstance", tag = "lifecycle",
     responses((status = 200, description = "The instance after the start", body = Instance)),
     security(("bearer" = [])))]
-pub async fn start(svc: &Service, id: &str) -> Result<Reply, ApiError> {
-    act(svc, id, Action::Start).await
+pub async fn start(svc: &Arc<Service>, id: &str, mode: Mode) -> Result<Reply, ApiError> {
+    act(svc, id, Action::Start, mode).await
 }
 
 /// Stops an instance: graceful first (SIGTERM, ACPI), hard at the timeout; `force`
@@ -262,13 +372,14 @@ pub async fn start(svc: &Service, id: &str) -> Result<Reply, ApiError> {
     responses((status = 200, description = "The instance after the stop", body = Instance)),
     security(("bearer" = [])))]
 pub async fn stop(
-    svc: &Service,
+    svc: &Arc<Service>,
     id: &str,
     body: &[u8],
     max_timeout: u64,
+    mode: Mode,
 ) -> Result<Reply, ApiError> {
     let options = stop_options(&stop_request(body, max_timeout)?, max_timeout);
-    act(svc, id, Action::Stop(options)).await
+    act(svc, id, Action::Stop(options), mode).await
 }
 
 /// Restarts an instance (a stop as `stop` does it, then a start).
@@ -279,13 +390,14 @@ pub async fn stop(
     responses((status = 200, description = "The instance after the restart", body = Instance)),
     security(("bearer" = [])))]
 pub async fn restart(
-    svc: &Service,
+    svc: &Arc<Service>,
     id: &str,
     body: &[u8],
     max_timeout: u64,
+    mode: Mode,
 ) -> Result<Reply, ApiError> {
     let options = stop_options(&stop_request(body, max_timeout)?, max_timeout);
-    act(svc, id, Action::Restart(options)).await
+    act(svc, id, Action::Restart(options), mode).await
 }
 
 /// Pauses a running instance (a paused one is answered as it is).
@@ -294,8 +406,8 @@ pub async fn restart(
     operation_id = "pauseInstance", tag = "lifecycle",
     responses((status = 200, description = "The instance after the pause", body = Instance)),
     security(("bearer" = [])))]
-pub async fn pause(svc: &Service, id: &str) -> Result<Reply, ApiError> {
-    act(svc, id, Action::Pause).await
+pub async fn pause(svc: &Arc<Service>, id: &str, mode: Mode) -> Result<Reply, ApiError> {
+    act(svc, id, Action::Pause, mode).await
 }
 
 /// Unpauses a paused instance (a running one is answered as it is).
@@ -304,11 +416,32 @@ pub async fn pause(svc: &Service, id: &str) -> Result<Reply, ApiError> {
     operation_id = "unpauseInstance", tag = "lifecycle",
     responses((status = 200, description = "The instance after the unpause", body = Instance)),
     security(("bearer" = [])))]
-pub async fn unpause(svc: &Service, id: &str) -> Result<Reply, ApiError> {
-    act(svc, id, Action::Unpause).await
+pub async fn unpause(svc: &Arc<Service>, id: &str, mode: Mode) -> Result<Reply, ApiError> {
+    act(svc, id, Action::Unpause, mode).await
 }
 
-async fn act(svc: &Service, id: &str, action: Action) -> Result<Reply, ApiError> {
+async fn act(svc: &Arc<Service>, id: &str, action: Action, mode: Mode) -> Result<Reply, ApiError> {
+    if mode == Mode::Async {
+        let known = svc.get(id)?;
+        let kind = match action {
+            Action::Start => OpKind::Start,
+            Action::Stop(_) => OpKind::Stop,
+            Action::Restart(_) => OpKind::Restart,
+            Action::Pause => OpKind::Pause,
+            Action::Unpause => OpKind::Unpause,
+        };
+        let (s, owned) = (Arc::clone(svc), id.to_owned());
+        let work: Work =
+            Box::pin(async move { s.act(&owned, action).await.map(OpResult::Instance) });
+        let op = svc.spawn_operation(
+            kind,
+            Some(known.backend.clone()),
+            Some(id.to_owned()),
+            Canceller::None,
+            work,
+        );
+        return accepted(&op);
+    }
     json(StatusCode::OK, &*svc.act(id, action).await?)
 }
 
@@ -474,6 +607,196 @@ pub fn openapi(doc: &Arc<Vec<u8>>) -> Result<Reply, ApiError> {
         body: Some(doc.to_vec()),
         location: None,
     })
+}
+
+/// Follow every change as Server-Sent Events: instances created, updated, state
+/// changed and deleted; backends available, unavailable and reloaded; plugins loaded,
+/// replaced and dropped; operations created, progressing and finished. Each message's
+/// `id:` is the event's id, `event:` its type, `data:` the event as JSON. Resume with
+/// `Last-Event-ID` (or `since`): the retained events after it come first; an id older
+/// than those gets one `reset` (list again, then follow from its id). A subscriber
+/// that falls too far behind gets `reset` and the stream ends. A comment line every 15
+/// seconds while quiet.
+#[utoipa::path(get, path = "/api/v1/compute/events", operation_id = "streamEvents", tag = "events",
+    params(
+        ("backend" = Option<Vec<String>>, Query, explode = true, description = "Only these backends (configured names); repeatable"),
+        ("instance" = Option<Vec<String>>, Query, explode = true, description = "Only these instance ids; repeatable"),
+        ("type" = Option<Vec<String>>, Query, explode = true, description = "Only these event types (`instance.state-changed`) or categories (`instance`, `backend`, `plugin`, `operation`); repeatable"),
+        ("since" = Option<u64>, Query, description = "Resume after this event id (as `Last-Event-ID`)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
+    ),
+    responses((status = 200, description = "The event stream (never ends by itself); each `data:` is an `EventDto`", content_type = "text/event-stream", body = String)),
+    security(("bearer" = [])))]
+pub fn events(
+    svc: &Arc<Service>,
+    query: &str,
+    headers: &warp::http::HeaderMap,
+) -> Result<warp::reply::Response, ApiError> {
+    let req = crate::api::sse::parse(svc, query, headers)?;
+    Ok(crate::api::sse::respond(svc, req))
+}
+
+/// List operations, running and recently ended, oldest first.
+#[utoipa::path(get, path = "/api/v1/compute/operations", operation_id = "listOperations", tag = "operations",
+    params(
+        ("status" = Option<crate::api::dto_events::OperationStatus>, Query, description = "Only this status"),
+        ("kind" = Option<crate::api::dto_events::OperationKind>, Query, description = "Only this kind"),
+        ("instance" = Option<String>, Query, description = "Only operations on this instance id"),
+        ("backend" = Option<String>, Query, description = "Only this backend"),
+        ("page" = Option<u64>, Query, minimum = 1, description = "From 1 (default 1)"),
+        ("pageSize" = Option<u64>, Query, minimum = 1, maximum = 100, description = "1 to 100 (default 50)"),
+    ),
+    responses((status = 200, description = "A page of operations", body = crate::api::dto_events::OperationList)),
+    security(("bearer" = [])))]
+pub fn list_operations(svc: &Service, query: &str) -> Result<Reply, ApiError> {
+    use crate::service::OpStatus;
+    let (mut status, mut kind, mut instance, mut backend) = (None, None, None, None);
+    let (mut page, mut page_size) = (1usize, 50usize);
+    let mut seen: Vec<String> = Vec::new();
+    for (k, v) in query_pairs(query) {
+        if seen.contains(&k) {
+            return Err(
+                ApiError::invalid(format!("query parameter {k} is given twice"))
+                    .detail("parameter", k.as_str()),
+            );
+        }
+        seen.push(k.clone());
+        match k.as_str() {
+            "status" => {
+                status = Some(OpStatus::parse(&v).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "status must be one of {}",
+                        OpStatus::ALL.map(|s| s.as_str()).join(", ")
+                    ))
+                    .detail("status", v.as_str())
+                })?)
+            }
+            "kind" => {
+                kind = Some(OpKind::parse(&v).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "kind must be one of {}",
+                        OpKind::ALL.map(|s| s.as_str()).join(", ")
+                    ))
+                    .detail("kind", v.as_str())
+                })?)
+            }
+            "instance" => instance = Some(v),
+            "backend" => {
+                if svc.registry().get(&v).is_none() {
+                    return Err(ApiError::invalid_backend(&v));
+                }
+                backend = Some(v)
+            }
+            "page" => {
+                page = v.parse().ok().filter(|p| *p >= 1).ok_or_else(|| {
+                    ApiError::invalid("page must be an integer >= 1").detail("page", v.as_str())
+                })?
+            }
+            "pageSize" => {
+                page_size = v
+                    .parse()
+                    .ok()
+                    .filter(|p| (1..=100).contains(p))
+                    .ok_or_else(|| {
+                        ApiError::invalid("pageSize must be an integer from 1 to 100")
+                            .detail("pageSize", v.as_str())
+                    })?
+            }
+            other => {
+                return Err(
+                    ApiError::invalid(format!("unknown query parameter {other}"))
+                        .detail("parameter", other),
+                )
+            }
+        }
+    }
+    let all = svc.operations(|o| {
+        status.is_none_or(|s| o.status == s)
+            && kind.is_none_or(|k| o.kind == k)
+            && instance
+                .as_deref()
+                .is_none_or(|i| o.instance_id.as_deref() == Some(i))
+            && backend
+                .as_deref()
+                .is_none_or(|b| o.backend.as_deref() == Some(b))
+    });
+    let total = all.len();
+    let skip = (page - 1).saturating_mul(page_size);
+    json(
+        StatusCode::OK,
+        &crate::api::dto_events::OperationList {
+            operations: all
+                .iter()
+                .skip(skip)
+                .take(page_size)
+                .map(|o| OperationDto::from(&**o))
+                .collect(),
+            total,
+            page,
+            page_size,
+        },
+    )
+}
+
+/// Get an operation; with `wait`, once it has ended or `wait` seconds have passed.
+#[utoipa::path(get, path = "/api/v1/compute/operations/{id}", operation_id = "getOperation", tag = "operations",
+    params(("id" = String, Path, min_length = 1, description = "The operation's id"),
+        ("wait" = Option<u64>, Query, minimum = 0, maximum = 300, description = "Seconds to wait for the operation to end (0 to `server.max_operation_wait_secs`, default 0)")),
+    responses((status = 200, description = "The operation", body = OperationDto)),
+    security(("bearer" = [])))]
+pub async fn get_operation(svc: &Service, id: &str, query: &str) -> Result<Reply, ApiError> {
+    let max = svc.config().server.max_operation_wait_secs;
+    let mut wait = None;
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "wait" if wait.is_none() => {
+                wait = Some(v.parse::<u64>().ok().filter(|w| *w <= max).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "wait must be a whole number of seconds from 0 to {max}"
+                    ))
+                    .detail("wait", v.as_str())
+                })?)
+            }
+            "wait" => return Err(ApiError::invalid("query parameter wait is given twice")),
+            other => {
+                return Err(
+                    ApiError::invalid(format!("unknown query parameter {other}"))
+                        .detail("parameter", other),
+                )
+            }
+        }
+    }
+    let op = match wait {
+        Some(w) if w > 0 => {
+            svc.wait_operation(id, std::time::Duration::from_secs(w))
+                .await?
+        }
+        _ => svc.operation(id)?,
+    };
+    json(StatusCode::OK, &OperationDto::from(&*op))
+}
+
+/// Cancel a running operation where its work can be stopped (an image pull, a disk
+/// copy, an upload); 409 for one that has ended or cannot be stopped. Answers the
+/// operation once it has ended (200), or after 10 seconds while it is still ending
+/// (202).
+#[utoipa::path(delete, path = "/api/v1/compute/operations/{id}", operation_id = "cancelOperation", tag = "operations",
+    params(("id" = String, Path, min_length = 1, description = "The operation's id")),
+    responses(
+        (status = 200, description = "Cancelled: the operation as it ended", body = OperationDto),
+        (status = 202, description = "Asked to stop, still ending", body = OperationDto)),
+    security(("bearer" = [])))]
+pub async fn cancel_operation(svc: &Service, id: &str) -> Result<Reply, ApiError> {
+    svc.cancel_operation(id).await?;
+    let op = svc
+        .wait_operation(id, std::time::Duration::from_secs(10))
+        .await?;
+    let status = if op.status.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    json(status, &OperationDto::from(&*op))
 }
 
 #[cfg(test)]

@@ -4,11 +4,13 @@
 
 pub mod auth;
 pub mod dto;
+pub mod dto_events;
 pub mod error;
 pub mod handlers;
 pub mod openapi;
 pub mod routes;
 pub mod server;
+pub mod sse;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -119,7 +121,8 @@ pub fn filter(
                     .instrument(span.clone())
                     .await;
                 let response = match result {
-                    Ok(reply) => reply_response(reply),
+                    Ok(Answer::Reply(reply)) => reply_response(reply),
+                    Ok(Answer::Raw(r)) => r,
                     Err(e) => {
                         let mut r = error_response(&e);
                         // An error may be answered before the body was read (401,
@@ -239,6 +242,12 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     .detail("contentType", declared))
 }
 
+/// A handler's answer: a JSON reply, or a response of its own (a stream).
+enum Answer {
+    Reply(Reply),
+    Raw(warp::reply::Response),
+}
+
 async fn handle<S, B>(
     state: &AppState,
     method: &Method,
@@ -246,7 +255,7 @@ async fn handle<S, B>(
     query: &str,
     headers: &HeaderMap,
     body: S,
-) -> Result<Reply, ApiError>
+) -> Result<Answer, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -286,32 +295,37 @@ where
             .detail("required", role_name(needed)));
         }
     }
-    let svc = &*state.service;
+    let arc = &state.service;
+    let svc = &**arc;
     let limit = svc.config().server.max_body_bytes;
-    match route {
+    let mutation = |extra: &[&str]| handlers::mutation_query(query, headers, extra);
+    let reply = match route {
         Route::Healthz => handlers::healthz(),
         Route::OpenApi => handlers::openapi(&state.openapi()),
         Route::ListInstances => handlers::list(svc, query),
         Route::CreateInstance => {
+            let (mode, _) = mutation(&[])?;
             let body = read_body(headers, body, limit).await?;
-            handlers::create(svc, &body).await
+            handlers::create(arc, &body, mode).await
         }
         Route::GetInstance(id) => handlers::get(svc, id),
         Route::GetByName(name) => handlers::get_by_name(svc, name),
         Route::UpdateInstance(id) => {
+            let (mode, _) = mutation(&[])?;
             let body = read_body(headers, body, limit).await?;
-            handlers::update(svc, id, &body).await
+            handlers::update(arc, id, &body, mode).await
         }
-        Route::DeleteInstance(id) => handlers::delete(svc, id, query).await,
+        Route::DeleteInstance(id) => handlers::delete(arc, id, query, headers).await,
         Route::Action(id, kind) => {
+            let (mode, _) = mutation(&[])?;
             let body = read_body(headers, body, limit).await?;
             let max_timeout = svc.config().server.max_stop_timeout_secs;
             match kind {
-                ActionKind::Start => handlers::start(svc, id).await,
-                ActionKind::Stop => handlers::stop(svc, id, &body, max_timeout).await,
-                ActionKind::Restart => handlers::restart(svc, id, &body, max_timeout).await,
-                ActionKind::Pause => handlers::pause(svc, id).await,
-                ActionKind::Unpause => handlers::unpause(svc, id).await,
+                ActionKind::Start => handlers::start(arc, id, mode).await,
+                ActionKind::Stop => handlers::stop(arc, id, &body, max_timeout, mode).await,
+                ActionKind::Restart => handlers::restart(arc, id, &body, max_timeout, mode).await,
+                ActionKind::Pause => handlers::pause(arc, id, mode).await,
+                ActionKind::Unpause => handlers::unpause(arc, id, mode).await,
             }
         }
         Route::Usage(id) => handlers::usage(svc, id).await,
@@ -320,7 +334,12 @@ where
         Route::BackendInfo(b) => handlers::backend_info(svc, b).await,
         Route::BackendImages(b) => handlers::backend_images(svc, b).await,
         Route::Reload => handlers::reload(state).await,
-    }
+        Route::Events => return handlers::events(arc, query, headers).map(Answer::Raw),
+        Route::ListOperations => handlers::list_operations(svc, query),
+        Route::GetOperation(id) => handlers::get_operation(svc, id, query).await,
+        Route::CancelOperation(id) => handlers::cancel_operation(svc, id).await,
+    };
+    reply.map(Answer::Reply)
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");

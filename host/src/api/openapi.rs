@@ -14,7 +14,7 @@ use warp::http::StatusCode;
 use crate::api::dto::{MIN_MEMORY, RESERVED_LABEL_PREFIX};
 use crate::api::error::Code;
 use crate::api::routes::Endpoint;
-use crate::api::{auth, dto, error, handlers, routes};
+use crate::api::{auth, dto, dto_events, error, handlers, routes};
 use crate::config::{Config, Role};
 use unicompute_plugin_api::ErrorCode;
 
@@ -28,16 +28,21 @@ use unicompute_plugin_api::ErrorCode;
         handlers::pause, handlers::unpause, handlers::usage,
         handlers::cluster_status, handlers::backends, handlers::backend_info,
         handlers::backend_images, handlers::reload, handlers::openapi,
+        handlers::events, handlers::list_operations, handlers::get_operation,
+        handlers::cancel_operation,
     ),
     components(schemas(
         unicompute_plugin_api::Instance, unicompute_plugin_api::Usage, unicompute_plugin_api::Image,
         error::ErrorEnvelope, error::ErrorBody, dto::StopRequest,
+        dto_events::EventDto, dto_events::OperationDto,
     )),
     tags(
         (name = "instances", description = "Compute instances: containers and VMs"),
         (name = "lifecycle", description = "Start, stop, restart, pause, unpause"),
         (name = "cluster", description = "The whole"),
         (name = "backends", description = "Configured backends and their plugins"),
+        (name = "events", description = "Every change, as it happens (Server-Sent Events)"),
+        (name = "operations", description = "Work run in the background (`?async=true`), its progress and result"),
         (name = "server", description = "The server itself"),
     ),
     modifiers(&BearerAuth)
@@ -117,6 +122,9 @@ pub fn error_codes(e: Endpoint) -> Vec<Code> {
         | Endpoint::Unpause
         | Endpoint::Usage => (true, &[InstanceNotFound, InvalidState]),
         Endpoint::BackendInfo | Endpoint::BackendImages => (true, &[InvalidBackend]),
+        Endpoint::Events | Endpoint::ListOperations => (false, &[InvalidRequest, InvalidBackend]),
+        Endpoint::GetOperation => (false, &[InvalidRequest, OperationNotFound]),
+        Endpoint::CancelOperation => (false, &[OperationNotFound, InvalidState]),
     };
     codes.extend_from_slice(more);
     if plugin {
@@ -243,6 +251,30 @@ fn complete(doc: &mut Value, config: &Config) {
             }
         }
     }
+    for e in Endpoint::ALL.into_iter().filter(|e| e.can_be_async()) {
+        let Some(op) = doc.pointer_mut(&format!(
+            "/paths/{}/{}",
+            escape(e.path()),
+            e.method().to_ascii_lowercase()
+        )) else {
+            continue;
+        };
+        let params = op["parameters"].as_array_mut().map(std::mem::take);
+        let mut params = params.unwrap_or_default();
+        params.push(json!({"name": "async", "in": "query", "required": false,
+            "description": "Answer 202 with an operation at once instead of waiting (also `Prefer: respond-async`)",
+            "schema": {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["1", "0", ""]}], "default": false}}));
+        op["parameters"] = Value::Array(params);
+        op["responses"]["202"] = json!({
+            "description": "Accepted (`?async=true` or `Prefer: respond-async`): the operation, to follow at its `Location`, with `GET /operations/{id}?wait=` or on the event stream",
+            "headers": {"Location": {"description": "The operation's path", "required": true, "schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OperationDto"}}},
+            "links": {
+                "getOperation": {"operationId": "getOperation", "parameters": {"id": "$response.body#/id"}},
+                "cancelOperation": {"operationId": "cancelOperation", "parameters": {"id": "$response.body#/id"}},
+            },
+        });
+    }
     let create = "/paths/~1api~1v1~1compute~1instances/post";
     if let Some(op) = doc.pointer_mut(create) {
         op["responses"]["201"]["links"] = links();
@@ -314,6 +346,7 @@ fn links() -> Value {
     let mut links = serde_json::Map::new();
     for e in Endpoint::ALL {
         let param = match e.path() {
+            p if !p.starts_with("/api/v1/compute/instances/") => continue,
             p if p.contains("{id}") => ("id", "$response.body#/id"),
             p if p.contains("{name}") => ("name", "$response.body#/name"),
             _ => continue,

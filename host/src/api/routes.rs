@@ -63,12 +63,20 @@ pub enum Endpoint {
     BackendInfo,
     /// `GET /api/v1/compute/backends/{backend}/images`
     BackendImages,
+    /// `GET /api/v1/compute/events`
+    Events,
+    /// `GET /api/v1/compute/operations`
+    ListOperations,
+    /// `GET /api/v1/compute/operations/{id}`
+    GetOperation,
+    /// `DELETE /api/v1/compute/operations/{id}`
+    CancelOperation,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order the router tries them (a literal segment wins
     /// over a parameter at the first place they differ, whatever the order here).
-    pub const ALL: [Endpoint; 19] = [
+    pub const ALL: [Endpoint; 23] = [
         Endpoint::Healthz,
         Endpoint::OpenApi,
         Endpoint::ListInstances,
@@ -88,6 +96,10 @@ impl Endpoint {
         Endpoint::Reload,
         Endpoint::BackendInfo,
         Endpoint::BackendImages,
+        Endpoint::Events,
+        Endpoint::ListOperations,
+        Endpoint::GetOperation,
+        Endpoint::CancelOperation,
     ];
 
     /// The method (a `GET` endpoint also answers `HEAD`).
@@ -102,7 +114,10 @@ impl Endpoint {
             | Endpoint::ClusterStatus
             | Endpoint::Backends
             | Endpoint::BackendInfo
-            | Endpoint::BackendImages => "GET",
+            | Endpoint::BackendImages
+            | Endpoint::Events
+            | Endpoint::ListOperations
+            | Endpoint::GetOperation => "GET",
             Endpoint::CreateInstance | Endpoint::Reload => "POST",
             Endpoint::UpdateInstance
             | Endpoint::Start
@@ -110,7 +125,7 @@ impl Endpoint {
             | Endpoint::Restart
             | Endpoint::Pause
             | Endpoint::Unpause => "PUT",
-            Endpoint::DeleteInstance => "DELETE",
+            Endpoint::DeleteInstance | Endpoint::CancelOperation => "DELETE",
         }
     }
 
@@ -135,6 +150,9 @@ impl Endpoint {
             Endpoint::Reload => "/api/v1/compute/backends/reload",
             Endpoint::BackendInfo => "/api/v1/compute/backends/{backend}/info",
             Endpoint::BackendImages => "/api/v1/compute/backends/{backend}/images",
+            Endpoint::Events => "/api/v1/compute/events",
+            Endpoint::ListOperations => "/api/v1/compute/operations",
+            Endpoint::GetOperation | Endpoint::CancelOperation => "/api/v1/compute/operations/{id}",
         }
     }
 
@@ -160,6 +178,10 @@ impl Endpoint {
             Endpoint::Reload => "reloadBackends",
             Endpoint::BackendInfo => "getBackendInfo",
             Endpoint::BackendImages => "listBackendImages",
+            Endpoint::Events => "streamEvents",
+            Endpoint::ListOperations => "listOperations",
+            Endpoint::GetOperation => "getOperation",
+            Endpoint::CancelOperation => "cancelOperation",
         }
     }
 
@@ -184,7 +206,40 @@ impl Endpoint {
             | Endpoint::Backends
             | Endpoint::Reload
             | Endpoint::BackendInfo
-            | Endpoint::BackendImages => false,
+            | Endpoint::BackendImages
+            | Endpoint::Events
+            | Endpoint::ListOperations
+            | Endpoint::GetOperation
+            | Endpoint::CancelOperation => false,
+        }
+    }
+
+    /// Whether it takes `?async=true` (a mutating call that may become an operation).
+    pub fn can_be_async(self) -> bool {
+        match self {
+            Endpoint::CreateInstance
+            | Endpoint::UpdateInstance
+            | Endpoint::DeleteInstance
+            | Endpoint::Start
+            | Endpoint::Stop
+            | Endpoint::Restart
+            | Endpoint::Pause
+            | Endpoint::Unpause => true,
+            Endpoint::Healthz
+            | Endpoint::OpenApi
+            | Endpoint::ListInstances
+            | Endpoint::GetInstance
+            | Endpoint::GetByName
+            | Endpoint::Usage
+            | Endpoint::ClusterStatus
+            | Endpoint::Backends
+            | Endpoint::Reload
+            | Endpoint::BackendInfo
+            | Endpoint::BackendImages
+            | Endpoint::Events
+            | Endpoint::ListOperations
+            | Endpoint::GetOperation
+            | Endpoint::CancelOperation => false,
         }
     }
 
@@ -211,6 +266,10 @@ impl Endpoint {
             Endpoint::Reload => Route::Reload,
             Endpoint::BackendInfo => Route::BackendInfo(p(0)),
             Endpoint::BackendImages => Route::BackendImages(p(0)),
+            Endpoint::Events => Route::Events,
+            Endpoint::ListOperations => Route::ListOperations,
+            Endpoint::GetOperation => Route::GetOperation(p(0)),
+            Endpoint::CancelOperation => Route::CancelOperation(p(0)),
         }
     }
 }
@@ -248,6 +307,14 @@ pub enum Route<'a> {
     Reload,
     /// `GET /api/v1/compute/backends/:backend/images`
     BackendImages(&'a str),
+    /// `GET /api/v1/compute/events`
+    Events,
+    /// `GET /api/v1/compute/operations`
+    ListOperations,
+    /// `GET /api/v1/compute/operations/:id`
+    GetOperation(&'a str),
+    /// `DELETE /api/v1/compute/operations/:id`
+    CancelOperation(&'a str),
 }
 
 fn not_allowed(method: &str, allowed: &str) -> ApiError {

@@ -69,6 +69,20 @@ pub enum Error {
     /// A reload was refused; the running config is kept.
     #[error("reload refused, nothing changed: {0}")]
     ReloadRefused(String),
+    /// No operation of that id (or it ended too long ago).
+    #[error("operation {0} not found")]
+    OperationNotFound(String),
+    /// A cancel of an operation that has ended or cannot be stopped.
+    #[error("operation {id} cannot be cancelled: {why}")]
+    NotCancellable {
+        /// The operation.
+        id: String,
+        /// Why not.
+        why: String,
+    },
+    /// The work was stopped on request.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// The server itself failed (a task that could not run).
     #[error("{0}")]
     Internal(String),

@@ -13,6 +13,7 @@ use unicompute_plugin_api::{
 
 use super::ids::{new_id, valid_name};
 use super::{call, Error, Lookup, Service};
+use crate::events::Source;
 use crate::inventory::ListFilter;
 use crate::plugins::registry::BackendEntry;
 
@@ -86,6 +87,12 @@ pub fn delete_needs_force(state: InstanceState) -> bool {
     state.is_active()
 }
 
+/// A new instance id and its creation time (milliseconds).
+pub fn new_instance_id() -> (String, chrono::DateTime<Utc>) {
+    let created_at = Utc::now().trunc_subsecs(3);
+    (new_id(created_at.timestamp_millis()), created_at)
+}
+
 /// A create, validated by the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct NewInstance {
@@ -136,12 +143,22 @@ impl Service {
 
     /// Creates an instance.
     pub async fn create(&self, new: NewInstance) -> Result<Arc<Instance>, Error> {
+        let (id, created_at) = new_instance_id();
+        self.create_as(new, id, created_at).await
+    }
+
+    /// Creates an instance with an id made beforehand by [`new_instance_id`] (an
+    /// asynchronous create answers the id before the work begins).
+    pub async fn create_as(
+        &self,
+        new: NewInstance,
+        id: String,
+        created_at: chrono::DateTime<Utc>,
+    ) -> Result<Arc<Instance>, Error> {
         if !valid_name(&new.name) {
             return Err(Error::InvalidName(new.name));
         }
         let (entry, backend) = self.backend(&new.backend)?;
-        let created_at = Utc::now().trunc_subsecs(3);
-        let id = new_id(created_at.timestamp_millis());
         let reservation = self
             .inventory
             .reserve_name(&new.name, &id)
@@ -176,11 +193,11 @@ impl Service {
         match call(backend, move |b| b.get(&owned)).await {
             Ok(inst) => {
                 let inst = self.adopt(entry, inst);
-                self.inventory.upsert(inst.clone());
+                self.inventory.upsert(inst.clone(), Source::Backend);
                 Ok(inst)
             }
             Err(e) if e.code == ErrorCode::InstanceNotFound => {
-                self.inventory.remove(id);
+                self.inventory.remove(id, Source::Backend);
                 Err(Error::no_id(id))
             }
             Err(e) => Err(self.fail(entry, e)),
@@ -196,7 +213,7 @@ impl Service {
         let current = self.fresh(&entry, &backend, id).await?;
         let state = current.state;
         match rule(action, state) {
-            Rule::Unchanged => return Ok(self.inventory.upsert(current)),
+            Rule::Unchanged => return Ok(self.inventory.upsert(current, Source::Backend)),
             Rule::Refused => {
                 return Err(Error::InvalidState {
                     message: format!(
@@ -221,7 +238,7 @@ impl Service {
         .await
         .map_err(|e| self.fail(&entry, e))?;
         let after = self.adopt(&entry, after);
-        Ok(self.inventory.upsert(after))
+        Ok(self.inventory.upsert(after, Source::Api))
     }
 
     /// Changes resources or labels.
@@ -236,7 +253,7 @@ impl Service {
             .map_err(|e| self.fail(&entry, e))?;
         let after = self.adopt(&entry, after);
         tracing::info!(instance = %id, "updated");
-        Ok(self.inventory.upsert(after))
+        Ok(self.inventory.upsert(after, Source::Api))
     }
 
     /// Deletes an instance.
@@ -261,7 +278,7 @@ impl Service {
             Err(e) if e.code == ErrorCode::InstanceNotFound => {}
             Err(e) => return Err(self.fail(&entry, e)),
         }
-        self.inventory.remove(id);
+        self.inventory.remove(id, Source::Api);
         drop(guard);
         self.forget_lock(id);
         tracing::info!(instance = %id, "deleted");
@@ -276,7 +293,7 @@ impl Service {
         match call(&backend, move |b| b.usage(&owned)).await {
             Ok(u) => Ok(u),
             Err(e) if e.code == ErrorCode::InstanceNotFound => {
-                self.inventory.remove(id);
+                self.inventory.remove(id, Source::Backend);
                 Err(Error::no_id(id))
             }
             Err(e) => Err(self.fail(&entry, e)),

@@ -15,6 +15,7 @@
 mod error;
 mod ids;
 mod instances;
+mod operations;
 mod reload;
 mod sync;
 mod views;
@@ -33,11 +34,16 @@ use unicompute_plugin_api::{Backend, ErrorCode, Event, Instance, PluginError};
 
 pub use error::{Error, Lookup};
 pub use ids::valid_name;
-pub use instances::{delete_needs_force, rule, Action, NewInstance, Rule};
+pub use instances::{delete_needs_force, new_instance_id, rule, Action, NewInstance, Rule};
+pub use operations::{
+    current as current_operation, Canceller, OpKind, OpResult, OpStatus, Operation, Operations,
+    Progress, Work,
+};
 pub use reload::{PluginFileReport, ReloadReport, Verdict};
 pub use views::{BackendDetail, BackendView, ClusterBackendView, ClusterHealth, ClusterView};
 
 use crate::config::Config;
+use crate::events::{Hub, Kind, Source, Subject};
 use crate::inventory::Inventory;
 use crate::plugins::loader::{self, ScanEntry};
 use crate::plugins::registry::{BackendEntry, Registry};
@@ -52,6 +58,10 @@ pub struct Service {
     reload_lock: tokio::sync::Mutex<()>,
     /// What is known of every instance.
     pub inventory: Inventory,
+    /// Every change, for the event stream (the inventory publishes on it too).
+    pub hub: Arc<Hub>,
+    /// Operations running or recently ended.
+    pub operations: Operations,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     busy: Mutex<BTreeMap<String, usize>>,
 }
@@ -141,14 +151,20 @@ impl Service {
         scanned: Vec<ScanEntry>,
         events: mpsc::UnboundedSender<(String, Event)>,
     ) -> Arc<Service> {
+        let hub = Arc::new(Hub::new(
+            config.server.events_retained,
+            config.server.events_buffer,
+        ));
         Arc::new(Service {
+            inventory: Inventory::with_hub(Arc::clone(&hub)),
+            hub,
+            operations: Operations::default(),
             config: RwLock::new(Arc::new(config)),
             registry: RwLock::new(Arc::new(registry)),
             scanned: Mutex::new(scanned),
             config_path,
             events,
             reload_lock: tokio::sync::Mutex::new(()),
-            inventory: Inventory::default(),
             locks: Mutex::default(),
             busy: Mutex::default(),
         })
@@ -209,15 +225,30 @@ impl Service {
     fn fail(&self, entry: &BackendEntry, e: PluginError) -> Error {
         if e.code == ErrorCode::BackendUnavailable {
             let reason = e.message.clone();
+            let was = entry.health().available;
             entry.set_health(|h| {
                 h.available = false;
-                h.reason = Some(reason);
+                h.reason = Some(reason.clone());
             });
+            if was {
+                self.backend_event(Kind::BackendUnavailable, &entry.name, Some(reason));
+            }
         }
         Error::Plugin {
             backend: entry.name.clone(),
             error: e,
         }
+    }
+
+    /// Publishes an event about a backend.
+    fn backend_event(&self, kind: Kind, backend: &str, reason: Option<String>) {
+        self.hub.publish(
+            kind,
+            Some(backend),
+            None,
+            Source::Backend,
+            Subject::Backend { reason },
+        );
     }
 
     /// Makes a backend's instance ours: its backend name, timestamps in milliseconds

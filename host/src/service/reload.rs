@@ -10,6 +10,7 @@ use unicompute_plugin_api::sync::{lock, write};
 
 use super::{Error, Service, StartError};
 use crate::config::Config;
+use crate::events::{Kind, Source, Subject};
 use crate::plugins::loader;
 use crate::plugins::registry::Registry;
 
@@ -32,6 +33,18 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Kept => "kept",
+            Verdict::Started => "started",
+            Verdict::Restarted => "restarted",
+            Verdict::Stopped => "stopped",
+            Verdict::Disabled => "disabled",
+            Verdict::Removed => "removed",
+        }
+    }
+
     /// The verdict for a backend that was enabled or not (`None`: not configured)
     /// before and after, `kept` when the same live object carries on.
     pub fn of(before: Option<bool>, after: Option<bool>, kept: bool) -> Verdict {
@@ -68,6 +81,56 @@ pub struct PluginFileReport {
 }
 
 impl Service {
+    /// Publishes what a rescan did to each plugin file, against the `previous` scan.
+    fn plugin_events(&self, previous: &[loader::ScanEntry]) {
+        let now = lock(&self.scanned).clone();
+        let name = |e: &loader::ScanEntry| {
+            e.outcome
+                .as_ref()
+                .ok()
+                .map(|p| format!("{} {}", p.handshake.name, p.handshake.version))
+        };
+        for e in &now {
+            let before = previous.iter().find(|p| p.path == e.path);
+            let loaded_before = before.is_some_and(|b| b.outcome.is_ok());
+            let kind = match (&e.outcome, before) {
+                (Ok(_), None) => Kind::PluginLoaded,
+                (Ok(_), Some(b)) if b.load_id != e.load_id => match loaded_before {
+                    true => Kind::PluginReplaced,
+                    false => Kind::PluginLoaded,
+                },
+                (Err(_), Some(_)) if loaded_before => Kind::PluginDropped,
+                _ => continue,
+            };
+            self.hub.publish(
+                kind,
+                None,
+                None,
+                Source::Backend,
+                Subject::Plugin {
+                    file: e.path.display().to_string(),
+                    plugin: name(e),
+                    reason: e.outcome.as_ref().err().cloned(),
+                },
+            );
+        }
+        for b in previous {
+            if b.outcome.is_ok() && !now.iter().any(|e| e.path == b.path) {
+                self.hub.publish(
+                    Kind::PluginDropped,
+                    None,
+                    None,
+                    Source::Backend,
+                    Subject::Plugin {
+                        file: b.path.display().to_string(),
+                        plugin: name(b),
+                        reason: Some("the file is gone".into()),
+                    },
+                );
+            }
+        }
+    }
+
     /// Re-reads the config file (and environment), loads new or changed plugin files,
     /// and swaps in the new set of backends. Backends whose settings and plugin are
     /// unchanged are kept as they are; requests in flight finish on the backend they
@@ -189,7 +252,9 @@ impl Service {
                 "server.listen changed: it takes effect at the next start"
             );
         }
-        *lock(&self.scanned) = scanned;
+        let previous = std::mem::replace(&mut *lock(&self.scanned), scanned);
+        self.plugin_events(&previous);
+        self.hub.set_retained(new_config.server.events_retained);
         *write(&self.config) = Arc::new(new_config);
         *write(&self.registry) = Arc::clone(&new_registry);
 
@@ -226,7 +291,7 @@ impl Service {
                 .is_some_and(|n| n.backend.is_some());
             if !still_served {
                 for i in self.inventory.of_backend(&o.name) {
-                    self.inventory.remove(&i.id);
+                    self.inventory.remove(&i.id, Source::Backend);
                 }
             }
         }
@@ -235,6 +300,15 @@ impl Service {
                 && self.check(entry, backend).await
             {
                 self.resync(entry, backend).await;
+            }
+        }
+        for (name, verdict) in &report.backends {
+            if *verdict != Verdict::Kept {
+                self.backend_event(
+                    Kind::BackendReloaded,
+                    name,
+                    Some(verdict.as_str().to_owned()),
+                );
             }
         }
         tracing::info!(backends = ?report.backends, "reloaded");

@@ -11,6 +11,7 @@ use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{Backend, Event, EventSink, Instance};
 
 use super::{call, Service};
+use crate::events::{Kind, Source};
 use crate::plugins::registry::BackendEntry;
 
 impl Service {
@@ -51,12 +52,18 @@ impl Service {
                 });
                 if !was.available {
                     tracing::info!(backend = %entry.name, "backend available");
+                    self.backend_event(Kind::BackendAvailable, &entry.name, None);
                 }
                 true
             }
             Err(e) => {
                 if was.available || was.last_check.is_none() {
                     tracing::warn!(backend = %entry.name, reason = %e.message, "backend unavailable");
+                    self.backend_event(
+                        Kind::BackendUnavailable,
+                        &entry.name,
+                        Some(e.message.clone()),
+                    );
                 }
                 entry.set_health(|h| {
                     h.available = false;
@@ -127,7 +134,7 @@ impl Service {
                         .is_some_and(|i| i.backend == backend)
                     {
                         tracing::info!(backend = %backend, instance = %id, "event: vanished");
-                        self.inventory.remove(&id);
+                        self.inventory.remove(&id, Source::Backend);
                     }
                 }
                 Event::Resync => {

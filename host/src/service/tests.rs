@@ -431,3 +431,209 @@ async fn an_unavailable_backend_is_noted_and_said() {
     assert_eq!(view.health, ClusterHealth::Unhealthy);
     assert_eq!(view.backends.len(), 1);
 }
+
+/// The events published after `since`, as `(type, source, from, to)`.
+fn events_after(
+    svc: &Service,
+    since: u64,
+) -> Vec<(String, &'static str, Option<InstanceState>, InstanceState)> {
+    let crate::events::Start::Backlog(b) = svc.hub.subscribe(Some(since)).start else {
+        panic!("reset")
+    };
+    b.iter()
+        .filter_map(|e| match &e.subject {
+            crate::events::Subject::Instance { instance, from } => Some((
+                e.kind.as_str().to_owned(),
+                e.source.as_str(),
+                *from,
+                instance.state,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_through_the_service_is_one_event_in_order() {
+    use InstanceState::*;
+    let (svc, _rec) = service_with(serde_json::json!({}));
+    let since = svc.hub.last_id();
+    let id = svc.create(new_instance("ev")).await.unwrap().id.clone();
+    svc.act(&id, Action::Start).await.unwrap();
+    // Unchanged by the table: no event.
+    svc.act(&id, Action::Start).await.unwrap();
+    svc.update(
+        &id,
+        UpdateRequest {
+            labels: Some(BTreeMap::from([("a".into(), "b".into())])),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    svc.act(&id, Action::Stop(STOP)).await.unwrap();
+    svc.delete(&id, false).await.unwrap();
+    let got = events_after(&svc, since);
+    let want = vec![
+        ("instance.created".to_owned(), "api", None, Created),
+        (
+            "instance.state-changed".to_owned(),
+            "api",
+            Some(Created),
+            Running,
+        ),
+        ("instance.updated".to_owned(), "api", None, Running),
+        (
+            "instance.state-changed".to_owned(),
+            "api",
+            Some(Running),
+            Stopped,
+        ),
+        ("instance.deleted".to_owned(), "api", None, Stopped),
+    ];
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_news_is_an_event_of_the_backend_and_a_quiet_resync_is_none() {
+    use InstanceState::*;
+    let recorder = Recorder::new(serde_json::json!({}));
+    let backend: Arc<dyn Backend> = Arc::clone(&recorder) as Arc<dyn Backend>;
+    let (svc, tx, rx) = Service::in_process(Config::default(), vec![("fake".into(), backend)]);
+    tokio::spawn(Arc::clone(&svc).run_events(rx));
+    let id = svc.create(new_instance("bk")).await.unwrap().id.clone();
+    let (entry, b) = svc.backend("fake").unwrap();
+    let since = svc.hub.last_id();
+    // A resync that finds nothing new publishes nothing.
+    svc.resync(&entry, &b).await;
+    assert_eq!(events_after(&svc, since), vec![]);
+    // The backend says the instance runs (as a `docker start` outside the API would).
+    let mut running = (*svc.get(&id).unwrap()).clone();
+    running.state = Running;
+    let sink = Service::event_sink(tx)("fake");
+    sink.emit(&Event::Changed {
+        instance: Box::new(running),
+    });
+    sink.emit(&Event::Vanished { id: id.clone() });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while events_after(&svc, since).len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        events_after(&svc, since),
+        vec![
+            (
+                "instance.state-changed".to_owned(),
+                "backend",
+                Some(Created),
+                Running
+            ),
+            ("instance.deleted".to_owned(), "backend", None, Running),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_runs_the_same_work_and_keeps_its_result() {
+    let (svc, _rec) = service_with(serde_json::json!({}));
+    let since = svc.hub.last_id();
+    let (id, at) = new_instance_id();
+    let s = Arc::clone(&svc);
+    let created_id = id.clone();
+    let op = svc.spawn_operation(
+        OpKind::Create,
+        Some("fake".into()),
+        None,
+        Canceller::None,
+        Box::pin(async move {
+            s.create_as(new_instance("op"), created_id, at)
+                .await
+                .map(OpResult::Instance)
+        }),
+    );
+    assert_eq!(op.status, OpStatus::Pending);
+    let done = svc
+        .wait_operation(&op.id, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.status, OpStatus::Succeeded);
+    assert_eq!(done.instance_id.as_deref(), Some(id.as_str()));
+    let Some(OpResult::Instance(inst)) = &done.result else {
+        panic!("no instance in {done:?}")
+    };
+    assert_eq!(inst.name, "op");
+    assert!(svc.get(&id).is_ok());
+    // Not cancellable once ended, nor a work that cannot be stopped.
+    assert!(matches!(
+        svc.cancel_operation(&op.id).await,
+        Err(E::NotCancellable { .. })
+    ));
+    assert!(matches!(
+        svc.cancel_operation("op-nope").await,
+        Err(E::OperationNotFound(_))
+    ));
+    // created, running, finished: in order, about the same operation.
+    let crate::events::Start::Backlog(b) = svc.hub.subscribe(Some(since)).start else {
+        panic!("reset")
+    };
+    let ops: Vec<(&str, OpStatus)> = b
+        .iter()
+        .filter_map(|e| match &e.subject {
+            crate::events::Subject::Operation(o) => Some((e.kind.as_str(), o.status)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("operation.created", OpStatus::Pending),
+            ("operation.progress", OpStatus::Running),
+            ("operation.finished", OpStatus::Succeeded),
+        ]
+    );
+    // A failed operation keeps its error.
+    let s = Arc::clone(&svc);
+    let op = svc.spawn_operation(
+        OpKind::Start,
+        Some("fake".into()),
+        Some("i-missing".into()),
+        Canceller::None,
+        Box::pin(async move {
+            s.act("i-missing", Action::Start)
+                .await
+                .map(OpResult::Instance)
+        }),
+    );
+    let done = svc
+        .wait_operation(&op.id, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.status, OpStatus::Failed);
+    assert!(matches!(done.error, Some(E::NotFound { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_raises_the_flag_and_the_work_ends_cancelled() {
+    let (svc, _rec) = service_with(serde_json::json!({}));
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::clone(&flag);
+    let op = svc.spawn_operation(
+        OpKind::ImageUpload,
+        Some("fake".into()),
+        None,
+        Canceller::Flag(flag),
+        Box::pin(async move {
+            while !seen.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(E::Cancelled("upload stopped".into()))
+        }),
+    );
+    svc.cancel_operation(&op.id).await.unwrap();
+    let done = svc
+        .wait_operation(&op.id, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.status, OpStatus::Cancelled);
+    assert_eq!(svc.operations(|o| o.id == op.id).len(), 1);
+}

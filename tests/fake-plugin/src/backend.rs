@@ -254,6 +254,42 @@ impl Backend for FakeBackend {
                 events.emit(&Event::Vanished { id });
             });
         }
+        if let Some((count, every)) = inst
+            .metadata
+            .labels
+            .get("fake/flap")
+            .and_then(|v| v.split_once(':'))
+            .and_then(|(n, us)| Some((n.parse::<u64>().ok()?, us.parse::<u64>().ok()?)))
+        {
+            // `COUNT:MICROS`: the instance flips between running and stopped COUNT
+            // times, every MICROS, each time reported as an event (as a busy engine's
+            // events would be), on a steady clock so that the rate holds.
+            let instances = Arc::clone(&self.instances);
+            let events = self.events.clone();
+            let id = inst.id.clone();
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                for n in 1..=count {
+                    let due = start + Duration::from_micros(every * n);
+                    if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let now = {
+                        let mut map = lock(&instances);
+                        let Some(i) = map.get_mut(&id) else { return };
+                        i.state = match i.state {
+                            InstanceState::Running => InstanceState::Stopped,
+                            _ => InstanceState::Running,
+                        };
+                        i.updated_at = Utc::now();
+                        i.clone()
+                    };
+                    events.emit(&Event::Changed {
+                        instance: Box::new(now),
+                    });
+                }
+            });
+        }
         Ok(inst)
     }
 
