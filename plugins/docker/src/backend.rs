@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CreateRequest, EventSink, HostResources, Image,
-    Instance, PluginError, StopOptions, UpdateRequest, Usage,
+    Instance, PluginError, PullRequest, StopOptions, UpdateRequest, UploadRequest, UploadTarget,
+    Usage,
 };
 
 use crate::client::{self, Engine};
@@ -109,6 +110,14 @@ impl DockerBackend {
             .instrument(span),
         )
     }
+}
+
+/// Docker images come from registries: an upload is `OPERATION_NOT_SUPPORTED`.
+fn upload_not_supported(op: &str) -> PluginError {
+    PluginError::not_supported(op).with_detail(
+        "hint",
+        "docker images are pulled from a registry (pull_image), not uploaded",
+    )
 }
 
 impl Drop for DockerBackend {
@@ -212,6 +221,30 @@ impl Backend for DockerBackend {
         }
         let id = id.to_owned();
         self.run("usage", id.clone(), |s| async move { s.usage(&id).await })
+    }
+
+    fn pull_image(&self, _request: PullRequest) -> Result<Image> {
+        Err(PluginError::not_supported("pull_image"))
+    }
+
+    fn delete_image(&self, _name: &str) -> Result<()> {
+        Err(PluginError::not_supported("delete_image"))
+    }
+
+    fn upload_begin(&self, _request: UploadRequest) -> Result<UploadTarget> {
+        Err(upload_not_supported("upload_begin"))
+    }
+
+    fn upload_commit(&self, _request: UploadRequest) -> Result<Image> {
+        Err(upload_not_supported("upload_commit"))
+    }
+
+    fn upload_abort(&self, _request: UploadRequest) -> Result<()> {
+        Err(upload_not_supported("upload_abort"))
+    }
+
+    fn cancel(&self, _operation: &str) -> Result<bool> {
+        Ok(false)
     }
 
     fn shutdown(&self) {
