@@ -15,6 +15,7 @@ pub use serde_json::{json, Value};
 
 pub mod docker;
 pub mod kvm;
+pub mod registry;
 
 pub use docker::FileLock;
 

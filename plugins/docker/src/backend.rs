@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) abandoned: Mutex<HashMap<String, Instant>>,
     /// Instance ids whose create is under way.
     pub(crate) creating: Mutex<HashSet<String>>,
+    /// The pulls under way, by operation token, for `cancel`.
+    pub(crate) pulls: crate::ops::Pulls,
 }
 
 impl DockerBackend {
@@ -82,6 +84,7 @@ impl DockerBackend {
             expected: Mutex::default(),
             abandoned: Mutex::default(),
             creating: Mutex::default(),
+            pulls: Default::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         rt.spawn(crate::events::run(Arc::clone(&shared), rx));
@@ -223,12 +226,17 @@ impl Backend for DockerBackend {
         self.run("usage", id.clone(), |s| async move { s.usage(&id).await })
     }
 
-    fn pull_image(&self, _request: PullRequest) -> Result<Image> {
-        Err(PluginError::not_supported("pull_image"))
+    fn pull_image(&self, request: PullRequest) -> Result<Image> {
+        self.run("pull_image", String::new(), |s| async move {
+            s.pull_image(request).await
+        })
     }
 
-    fn delete_image(&self, _name: &str) -> Result<()> {
-        Err(PluginError::not_supported("delete_image"))
+    fn delete_image(&self, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.run("delete_image", String::new(), |s| async move {
+            s.delete_image(&name).await
+        })
     }
 
     fn upload_begin(&self, _request: UploadRequest) -> Result<UploadTarget> {
@@ -243,8 +251,9 @@ impl Backend for DockerBackend {
         Err(upload_not_supported("upload_abort"))
     }
 
-    fn cancel(&self, _operation: &str) -> Result<bool> {
-        Ok(false)
+    fn cancel(&self, operation: &str) -> Result<bool> {
+        // Pulls are the only long work that stops half-way without leaving a trace.
+        Ok(self.shared.pulls.cancel(operation))
     }
 
     fn shutdown(&self) {
