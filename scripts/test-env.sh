@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need on Debian 12: a Docker engine, libvirtd with
-# QEMU/KVM, qemu-img, busybox-static and curl. Idempotent: does only what is missing.
+# QEMU/KVM, qemu-img, busybox-static, curl and docker-registry. Idempotent: does only what is missing.
 set -euo pipefail
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
@@ -22,6 +22,9 @@ fi
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl) # the README's examples are run with it
+# A private registry that the image-pull tests start on 127.0.0.1 themselves (its
+# service is never enabled: the tests run `docker-registry serve` with their own config).
+command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need_pkgs+=(python3-venv) # the OpenAPI fuzz (Schemathesis) runs in a venv
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -40,7 +43,7 @@ fi
 # Every command the tests and the server need, after any install: a clear failure
 # naming what is missing rather than a server whose KVM creates all fail later.
 missing=()
-for cmd in docker dockerd virsh libvirtd qemu-system-x86_64 qemu-img pkg-config curl; do
+for cmd in docker dockerd docker-registry virsh libvirtd qemu-system-x86_64 qemu-img pkg-config curl; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ ${#missing[@]} -gt 0 ]; then

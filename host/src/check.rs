@@ -241,6 +241,7 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
                 labels: Default::default(),
                 start: false,
                 created_at: Utc::now().trunc_subsecs(3),
+                operation: None,
             });
             match res {
                 Ok(_) => {
@@ -273,6 +274,7 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
                 labels,
                 start: false,
                 created_at: Utc::now().trunc_subsecs(3),
+                operation: None,
             })
             .map_err(|e| code(&e))?;
         if i.id != id || i.name != name {

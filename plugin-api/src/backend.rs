@@ -2,8 +2,8 @@
 
 use crate::error::PluginError;
 use crate::model::{
-    BackendDescription, CreateRequest, Event, HostResources, Image, Instance, StopOptions,
-    UpdateRequest, Usage,
+    BackendDescription, CreateRequest, Event, HostResources, Image, Instance, PullRequest,
+    StopOptions, UpdateRequest, UploadRequest, UploadTarget, Usage,
 };
 
 /// The result of a backend operation.
@@ -76,6 +76,34 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Resource usage now.
     fn usage(&self, id: &str) -> Result<Usage>;
+
+    /// Pulls an image (1.2) and answers it as [`Backend::images`] lists it. Blocks
+    /// until the pull ends; reports [`Event::Progress`] for `request.operation`
+    /// through the backend's [`EventSink`] as it goes, and fails with `CANCELLED`
+    /// when [`Backend::cancel`] stops it (leaving no image). A backend without
+    /// pulls answers `Err(PluginError::not_supported("pull_image"))`.
+    fn pull_image(&self, request: PullRequest) -> Result<Image>;
+
+    /// Removes an image or template (1.2): `IMAGE_NOT_FOUND` when there is none,
+    /// `IMAGE_IN_USE` while an instance of this backend uses it.
+    fn delete_image(&self, name: &str) -> Result<()>;
+
+    /// Starts an upload (1.2): checks the name (`IMAGE_ALREADY_EXISTS` when taken)
+    /// and answers where the host writes the bytes (a new file it creates with
+    /// `O_EXCL`, invisible to [`Backend::images`]) and how many it may write.
+    fn upload_begin(&self, request: UploadRequest) -> Result<UploadTarget>;
+
+    /// Ends an upload (1.2): validates the staged file and makes it an image
+    /// atomically, never replacing one; on any error removes the staged file.
+    fn upload_commit(&self, request: UploadRequest) -> Result<Image>;
+
+    /// Drops an upload (1.2): removes the staged file. Idempotent.
+    fn upload_abort(&self, request: UploadRequest) -> Result<()>;
+
+    /// Stops the running work of an operation token (1.2): `true` when work ran under
+    /// it and was told to stop (that call then fails with `CANCELLED`), `false` when
+    /// nothing cancellable runs under it.
+    fn cancel(&self, operation: &str) -> Result<bool>;
 
     /// Called once when the host drops the backend (config reload, shutdown). Stop
     /// background work here.

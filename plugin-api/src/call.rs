@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::PluginError;
-use crate::model::{CreateRequest, StopOptions, UpdateRequest};
+use crate::model::{CreateRequest, PullRequest, StopOptions, UpdateRequest, UploadRequest};
 
 /// One operation with its arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,43 @@ pub enum Call {
     Unpause(Target),
     /// [`Backend::usage`]
     Usage(Target),
+    /// [`Backend::pull_image`] (1.2)
+    PullImage(PullArgs),
+    /// [`Backend::delete_image`] (1.2)
+    DeleteImage(ImageArgs),
+    /// [`Backend::upload_begin`] (1.2)
+    UploadBegin(UploadArgs),
+    /// [`Backend::upload_commit`] (1.2)
+    UploadCommit(UploadArgs),
+    /// [`Backend::upload_abort`] (1.2)
+    UploadAbort(UploadArgs),
+    /// [`Backend::cancel`] (1.2)
+    Cancel(CancelArgs),
+}
+
+/// [`Call::PullImage`]'s arguments: the [`PullRequest`] itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PullArgs(pub PullRequest);
+
+/// [`Call::DeleteImage`]'s arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageArgs {
+    /// The image's name, as [`Backend::images`] lists it.
+    pub name: String,
+}
+
+/// The arguments of [`Call::UploadBegin`], [`Call::UploadCommit`] and
+/// [`Call::UploadAbort`]: the [`UploadRequest`] itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UploadArgs(pub UploadRequest);
+
+/// [`Call::Cancel`]'s arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelArgs {
+    /// The host's operation token.
+    pub operation: String,
 }
 
 /// The arguments of an operation on one instance that takes nothing else.
@@ -149,6 +186,12 @@ impl Call {
             Call::Pause(_) => "pause",
             Call::Unpause(_) => "unpause",
             Call::Usage(_) => "usage",
+            Call::PullImage(_) => "pull_image",
+            Call::DeleteImage(_) => "delete_image",
+            Call::UploadBegin(_) => "upload_begin",
+            Call::UploadCommit(_) => "upload_commit",
+            Call::UploadAbort(_) => "upload_abort",
+            Call::Cancel(_) => "cancel",
         }
     }
 
@@ -166,6 +209,12 @@ impl Call {
             Call::Update(a) => serde_json::to_string(a),
             Call::Delete(a) => serde_json::to_string(a),
             Call::Stop(a) | Call::Restart(a) => serde_json::to_string(a),
+            Call::PullImage(a) => serde_json::to_string(a),
+            Call::DeleteImage(a) => serde_json::to_string(a),
+            Call::UploadBegin(a) | Call::UploadCommit(a) | Call::UploadAbort(a) => {
+                serde_json::to_string(a)
+            }
+            Call::Cancel(a) => serde_json::to_string(a),
         }
         .map_err(|e| {
             PluginError::internal(format!("cannot encode {} arguments: {e}", self.op()))
@@ -213,6 +262,12 @@ impl Call {
             Call::Pause(t) => json(backend.pause(&t.id)?),
             Call::Unpause(t) => json(backend.unpause(&t.id)?),
             Call::Usage(t) => json(backend.usage(&t.id)?),
+            Call::PullImage(a) => json(backend.pull_image(a.0)?),
+            Call::DeleteImage(a) => json(backend.delete_image(&a.name)?),
+            Call::UploadBegin(a) => json(backend.upload_begin(a.0)?),
+            Call::UploadCommit(a) => json(backend.upload_commit(a.0)?),
+            Call::UploadAbort(a) => json(backend.upload_abort(a.0)?),
+            Call::Cancel(a) => json(backend.cancel(&a.operation)?),
         }
     }
 }
@@ -296,6 +351,103 @@ mod tests {
             assert_eq!((o, a.as_str()), (op, args), "{call:?}");
             assert_eq!(Call::decode(op, args).expect("decode"), call, "{op}");
         }
+    }
+
+    /// What the host sends for the operations of interface 1.2, byte for byte.
+    #[test]
+    fn the_wire_of_1_2() {
+        use crate::model::RegistryAuth;
+        let upload = UploadRequest {
+            name: "debian-12".into(),
+            operation: "op-7".into(),
+            size: Some(1024),
+        };
+        let cases: Vec<(Call, &str, &str)> = vec![
+            (
+                Call::PullImage(PullArgs(PullRequest {
+                    reference: "127.0.0.1:5000/x:1".into(),
+                    auth: None,
+                    operation: Some("op-1".into()),
+                })),
+                "pull_image",
+                r#"{"reference":"127.0.0.1:5000/x:1","operation":"op-1"}"#,
+            ),
+            (
+                Call::PullImage(PullArgs(PullRequest {
+                    reference: "r:1".into(),
+                    auth: Some(RegistryAuth {
+                        username: Some("u".into()),
+                        password: Some("p".into()),
+                        identity_token: None,
+                        server_address: Some("reg:5000".into()),
+                    }),
+                    operation: None,
+                })),
+                "pull_image",
+                r#"{"reference":"r:1","auth":{"username":"u","password":"p","serverAddress":"reg:5000"}}"#,
+            ),
+            (
+                Call::DeleteImage(ImageArgs {
+                    name: "busybox:1".into(),
+                }),
+                "delete_image",
+                r#"{"name":"busybox:1"}"#,
+            ),
+            (
+                Call::UploadBegin(UploadArgs(upload.clone())),
+                "upload_begin",
+                r#"{"name":"debian-12","operation":"op-7","size":1024}"#,
+            ),
+            (
+                Call::UploadCommit(UploadArgs(UploadRequest {
+                    size: None,
+                    ..upload.clone()
+                })),
+                "upload_commit",
+                r#"{"name":"debian-12","operation":"op-7"}"#,
+            ),
+            (
+                Call::UploadAbort(UploadArgs(upload)),
+                "upload_abort",
+                r#"{"name":"debian-12","operation":"op-7","size":1024}"#,
+            ),
+            (
+                Call::Cancel(CancelArgs {
+                    operation: "op-1".into(),
+                }),
+                "cancel",
+                r#"{"operation":"op-1"}"#,
+            ),
+        ];
+        for (call, op, args) in cases {
+            let (o, a) = call.encode().expect("encode");
+            assert_eq!((o, a.as_str()), (op, args), "{call:?}");
+            assert_eq!(Call::decode(op, args).expect("decode"), call, "{op}");
+        }
+        // A create carries the operation token only when there is one: without it,
+        // the bytes are those of 1.0.
+        let at = chrono::DateTime::parse_from_rfc3339("2024-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let mut create = CreateRequest {
+            id: "i-1".into(),
+            name: "n".into(),
+            config: Default::default(),
+            resources: Resources::default(),
+            labels: Default::default(),
+            start: false,
+            created_at: at,
+            operation: None,
+        };
+        let (_, a) = Call::Create(create.clone()).encode().unwrap();
+        assert_eq!(
+            a,
+            r#"{"id":"i-1","name":"n","config":{},"resources":{},"labels":{},"start":false,"createdAt":"2024-01-02T03:04:05Z"}"#
+        );
+        create.operation = Some("op-9".into());
+        let (_, a) = Call::Create(create.clone()).encode().unwrap();
+        assert!(a.ends_with(r#","operation":"op-9"}"#), "{a}");
+        assert_eq!(Call::decode("create", &a).unwrap(), Call::Create(create));
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub enum ErrorCode {
     BackendUnavailable,
     /// The plugin's own configuration is wrong (fails start-up).
     InvalidConfig,
+    /// No such image or template (404; 1.2).
+    ImageNotFound,
+    /// An instance of the backend uses the image (409; 1.2).
+    ImageInUse,
+    /// An image or template of that name exists (409; 1.2).
+    ImageAlreadyExists,
+    /// The operation was cancelled ([`crate::Backend::cancel`]; 1.2).
+    Cancelled,
     /// A bug in the plugin, a panic included (500).
     #[serde(other)]
     InternalError,
@@ -48,6 +56,10 @@ impl ErrorCode {
             ErrorCode::BackendError => "BACKEND_ERROR",
             ErrorCode::BackendUnavailable => "BACKEND_UNAVAILABLE",
             ErrorCode::InvalidConfig => "INVALID_CONFIG",
+            ErrorCode::ImageNotFound => "IMAGE_NOT_FOUND",
+            ErrorCode::ImageInUse => "IMAGE_IN_USE",
+            ErrorCode::ImageAlreadyExists => "IMAGE_ALREADY_EXISTS",
+            ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::InternalError => "INTERNAL_ERROR",
         }
     }
@@ -120,6 +132,19 @@ impl PluginError {
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidConfig, message)
     }
+    /// `IMAGE_NOT_FOUND` for an image name.
+    pub fn image_not_found(name: &str) -> Self {
+        Self::new(ErrorCode::ImageNotFound, format!("image {name} not found"))
+            .with_detail("image", name)
+    }
+    /// `CANCELLED` for an operation token.
+    pub fn cancelled(operation: &str) -> Self {
+        Self::new(
+            ErrorCode::Cancelled,
+            format!("operation {operation} was cancelled"),
+        )
+        .with_detail("operation", operation)
+    }
     /// `INTERNAL_ERROR`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InternalError, message)
@@ -171,6 +196,10 @@ mod tests {
             ErrorCode::BackendError,
             ErrorCode::BackendUnavailable,
             ErrorCode::InvalidConfig,
+            ErrorCode::ImageNotFound,
+            ErrorCode::ImageInUse,
+            ErrorCode::ImageAlreadyExists,
+            ErrorCode::Cancelled,
             ErrorCode::InternalError,
         ] {
             let s = serde_json::to_string(&code).unwrap();

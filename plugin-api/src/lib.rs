@@ -49,7 +49,13 @@ use serde::{Deserialize, Serialize};
 ///   start, stop, restart, pause, unpause, usage.
 /// - 1.1: `pendingResources`, `resources.storage.enforced`, labels in updates, the
 ///   `resync` event. A 1.0 plugin never sends them; the host reads their defaults.
-pub const INTERFACE_VERSION: &str = "1.1";
+/// - 1.2: images and long work: operations pull_image, delete_image, upload_begin,
+///   upload_commit, upload_abort and cancel; the operation token in
+///   `CreateRequest.operation` and `PullRequest.operation`; the `progress` event;
+///   error codes IMAGE_NOT_FOUND, IMAGE_IN_USE, IMAGE_ALREADY_EXISTS, CANCELLED. A 1.0
+///   or 1.1 plugin answers the new operations OPERATION_NOT_SUPPORTED and reports no
+///   progress.
+pub const INTERFACE_VERSION: &str = "1.2";
 
 /// What a plugin says of itself at load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,14 +12,16 @@ use abi_stable::{
 use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, EventSink, Result};
-use crate::call::{Call, DeleteArgs, StopArgs, Target, UpdateArgs};
+use crate::call::{
+    Call, CancelArgs, DeleteArgs, ImageArgs, PullArgs, StopArgs, Target, UpdateArgs, UploadArgs,
+};
 use crate::error::PluginError;
 use crate::ffi::{
     BackendFfiBox, EventSinkFfi, EventSinkFfi_TO, HostLoggerFfi, HostLoggerFfi_TO, PluginModRef,
 };
 use crate::model::{
-    BackendDescription, CreateRequest, Event, HostResources, Image, Instance, StopOptions,
-    UpdateRequest, Usage,
+    BackendDescription, CreateRequest, Event, HostResources, Image, Instance, PullRequest,
+    StopOptions, UpdateRequest, UploadRequest, UploadTarget, Usage,
 };
 use crate::Handshake;
 
@@ -216,6 +218,28 @@ impl Backend for RemoteBackend {
     }
     fn usage(&self, id: &str) -> Result<Usage> {
         self.send(Call::Usage(Target::new(id)))
+    }
+    fn pull_image(&self, request: PullRequest) -> Result<Image> {
+        self.send(Call::PullImage(PullArgs(request)))
+    }
+    fn delete_image(&self, name: &str) -> Result<()> {
+        self.send(Call::DeleteImage(ImageArgs {
+            name: name.to_owned(),
+        }))
+    }
+    fn upload_begin(&self, request: UploadRequest) -> Result<UploadTarget> {
+        self.send(Call::UploadBegin(UploadArgs(request)))
+    }
+    fn upload_commit(&self, request: UploadRequest) -> Result<Image> {
+        self.send(Call::UploadCommit(UploadArgs(request)))
+    }
+    fn upload_abort(&self, request: UploadRequest) -> Result<()> {
+        self.send(Call::UploadAbort(UploadArgs(request)))
+    }
+    fn cancel(&self, operation: &str) -> Result<bool> {
+        self.send(Call::Cancel(CancelArgs {
+            operation: operation.to_owned(),
+        }))
     }
     fn shutdown(&self) {
         self.ffi.shutdown()

@@ -257,6 +257,11 @@ pub struct CreateRequest {
     pub start: bool,
     /// Creation time the backend stores.
     pub created_at: DateTime<Utc>,
+    /// The host's operation token (1.2): progress of this create (a disk copy) is
+    /// reported as [`Event::Progress`] for it, and [`crate::Backend::cancel`] with it
+    /// stops the create where the backend can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 /// What the host asks a backend to change.
@@ -423,6 +428,110 @@ pub struct Image {
     pub created_at: Option<DateTime<Utc>>,
 }
 
+/// What the host asks a backend to pull (1.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullRequest {
+    /// The image reference (`registry/repo:tag`, `repo@sha256:...`).
+    pub reference: String,
+    /// Registry credentials, when the registry needs them. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RegistryAuth>,
+    /// The host's operation token: progress goes out as [`Event::Progress`] for it,
+    /// and [`crate::Backend::cancel`] with it stops the pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+}
+
+/// Credentials for a registry (1.2). Its `Debug` hides the password and the token;
+/// a backend never logs it.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryAuth {
+    /// User name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// An identity (refresh) token, instead of a user name and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_token: Option<String>,
+    /// The registry these credentials are for (`registry.example.com:5000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_address: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("identity_token", &hidden(&self.identity_token))
+            .field("server_address", &self.server_address)
+            .finish()
+    }
+}
+
+/// An upload of an image or template (1.2): the host streams the bytes to the
+/// [`UploadTarget`] that [`crate::Backend::upload_begin`] answers, then commits or
+/// aborts with the same request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadRequest {
+    /// The name the image will have (what `config.image` names).
+    pub name: String,
+    /// The host's operation token; it names the staged file.
+    pub operation: String,
+    /// The size announced by the client, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// Where the host writes an upload's bytes (1.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadTarget {
+    /// An absolute path the host creates (`O_CREAT | O_EXCL`) and writes.
+    pub path: String,
+    /// The most bytes the backend accepts; the host stops the upload past it.
+    pub max_bytes: u64,
+}
+
+/// How far an operation got (1.2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// What it does now (`downloading`, `extracting`, `copying`...).
+    pub stage: String,
+    /// 0-100, when the total is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Bytes done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<u64>,
+    /// Bytes in all, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+}
+
+impl Progress {
+    /// `done` of `total` bytes (when known) at `stage`, with the percent (one
+    /// decimal, at most 100) when the total is known and not zero.
+    pub fn bytes(stage: &str, done: u64, total: Option<u64>) -> Self {
+        let percent = total
+            .filter(|t| *t > 0)
+            .map(|t| ((done as f64 * 1000.0 / t as f64).round() / 10.0).min(100.0));
+        Progress {
+            stage: stage.to_owned(),
+            percent,
+            bytes_done: Some(done),
+            bytes_total: total,
+        }
+    }
+}
+
 /// What happened to an instance outside the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
@@ -439,6 +548,14 @@ pub enum Event {
     },
     /// Something changed that the plugin cannot describe precisely: resync everything.
     Resync,
+    /// An operation of the host moved on (1.2): `operation` is the token the call
+    /// carried. A host before 1.2 reads it as unknown and resyncs.
+    Progress {
+        /// The host's operation token.
+        operation: String,
+        /// Where it is.
+        progress: Progress,
+    },
 }
 
 #[cfg(test)]
@@ -484,6 +601,68 @@ mod tests {
         let r: Resources =
             serde_json::from_str(r#"{"cpu":{"cores":2,"shares":9},"gpu":{}}"#).unwrap();
         assert_eq!(r.cores(), Some(2));
+    }
+
+    #[test]
+    fn progress_events_round_trip_without_unknowns() {
+        let ev = Event::Progress {
+            operation: "op-1".into(),
+            progress: Progress::bytes("downloading", 25, Some(100)),
+        };
+        let json = serde_json::to_string(&ev).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"progress","operation":"op-1","progress":{"stage":"downloading","percent":25.0,"bytesDone":25,"bytesTotal":100}}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), ev);
+        let bare = Event::Progress {
+            operation: "op-2".into(),
+            progress: Progress {
+                stage: "extracting".into(),
+                ..Default::default()
+            },
+        };
+        let json = serde_json::to_string(&bare).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"progress","operation":"op-2","progress":{"stage":"extracting"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), bare);
+        assert_eq!(Progress::bytes("x", 7, Some(0)).percent, None);
+        assert_eq!(Progress::bytes("x", 9, Some(3)).percent, Some(100.0));
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug() {
+        let auth = RegistryAuth {
+            username: Some("alice".into()),
+            password: Some("s3cret-pw".into()),
+            identity_token: Some("tok-abc".into()),
+            server_address: Some("127.0.0.1:5000".into()),
+        };
+        let pull = PullRequest {
+            reference: "127.0.0.1:5000/x:1".into(),
+            auth: Some(auth),
+            operation: Some("op".into()),
+        };
+        let shown = format!("{pull:?} {pull:#?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(!shown.contains("tok-abc"), "{shown}");
+        assert!(
+            shown.contains("alice") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        // A request without credentials or token is the bare reference.
+        let v = serde_json::to_string(&PullRequest {
+            reference: "r".into(),
+            auth: None,
+            operation: None,
+        })
+        .unwrap();
+        assert_eq!(v, r#"{"reference":"r"}"#);
+        let back: PullRequest =
+            serde_json::from_str(r#"{"reference":"r","auth":{"identityToken":"t"}}"#).unwrap();
+        assert_eq!(back.auth.unwrap().identity_token.as_deref(), Some("t"));
     }
 
     #[test]

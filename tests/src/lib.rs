@@ -16,6 +16,7 @@ pub use serde_json::{json, Value};
 pub mod docker;
 pub mod kvm;
 pub mod sse;
+pub mod registry;
 
 pub use docker::FileLock;
 

@@ -750,7 +750,7 @@ fn backend_info_images_cluster_and_openapi() {
     }
     assert_eq!(r.json["type"], "fake");
     assert_eq!(r.json["plugin"]["name"], "fake");
-    assert_eq!(r.json["plugin"]["interfaceVersion"], "1.1");
+    assert_eq!(r.json["plugin"]["interfaceVersion"], "1.2");
     assert!(r.json["plugin"]["file"]
         .as_str()
         .is_some_and(|f| f.ends_with("libunicompute_fake.so")));

@@ -11,7 +11,7 @@ use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, EventSink, HostResources,
     Image, Instance, InstanceState, InstanceType, MemoryUsage, Metadata, NetworkUsage, PluginError,
-    StopOptions, StorageUsage, UpdateRequest, Usage,
+    PullRequest, StopOptions, StorageUsage, UpdateRequest, UploadRequest, UploadTarget, Usage,
 };
 
 /// The backend's settings. `deny_unknown_fields`: a mistyped key fails the server's
@@ -396,6 +396,36 @@ impl Backend for ProcessBackend {
                 network: NetworkUsage::default(),
             })
         })
+    }
+
+    // Images (interface 1.2): programs are the config's allowlist, not images, so
+    // there is nothing to pull, upload or delete, and no long work to cancel. Every
+    // operation still has its method: answering OPERATION_NOT_SUPPORTED is the
+    // minimum (the server answers 501).
+
+    fn pull_image(&self, _request: PullRequest) -> Result<Image, PluginError> {
+        Err(PluginError::not_supported("pull_image"))
+    }
+
+    fn delete_image(&self, _name: &str) -> Result<(), PluginError> {
+        Err(PluginError::not_supported("delete_image"))
+    }
+
+    fn upload_begin(&self, _request: UploadRequest) -> Result<UploadTarget, PluginError> {
+        Err(PluginError::not_supported("upload_begin"))
+    }
+
+    fn upload_commit(&self, _request: UploadRequest) -> Result<Image, PluginError> {
+        Err(PluginError::not_supported("upload_commit"))
+    }
+
+    fn upload_abort(&self, _request: UploadRequest) -> Result<(), PluginError> {
+        Err(PluginError::not_supported("upload_abort"))
+    }
+
+    fn cancel(&self, _operation: &str) -> Result<bool, PluginError> {
+        // Nothing here runs long enough to cancel (as a 1.0 or 1.1 plugin answers).
+        Err(PluginError::not_supported("cancel"))
     }
 
     fn shutdown(&self) {

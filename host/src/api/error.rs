@@ -180,6 +180,11 @@ impl From<ErrorCode> for Code {
             // A plugin's config error at request time is the plugin's bug.
             ErrorCode::InvalidConfig => Code::InternalError,
             ErrorCode::InternalError => Code::InternalError,
+            // Interface 1.2's image and operation codes, until the API has codes of
+            // its own for them: the nearest status (404 as a bad name, 409, 502).
+            ErrorCode::ImageNotFound => Code::InvalidRequest,
+            ErrorCode::ImageInUse | ErrorCode::ImageAlreadyExists => Code::InvalidState,
+            ErrorCode::Cancelled => Code::BackendError,
         }
     }
 }

@@ -172,6 +172,7 @@ impl Service {
             labels: new.labels,
             start: new.start,
             created_at,
+            operation: None,
         };
         tracing::info!(instance = %id, name = %new.name, backend = %entry.name, "creating");
         let created = call(&backend, move |b| b.create(request))

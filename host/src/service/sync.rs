@@ -145,6 +145,8 @@ impl Service {
                         }
                     }
                 }
+                // Progress of an operation: nothing for the inventory.
+                Event::Progress { .. } => {}
             }
         }
     }

@@ -8,8 +8,8 @@ use unicompute_fake::FakeBackend;
 use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CreateRequest, ErrorCode, EventSink,
-    HostResources, Image, Instance, InstanceState, JsonMap, Resources, StopOptions, UpdateRequest,
-    Usage,
+    HostResources, Image, Instance, InstanceState, JsonMap, PullRequest, Resources, StopOptions,
+    UpdateRequest, UploadRequest, UploadTarget, Usage,
 };
 
 use super::*;
@@ -122,6 +122,30 @@ impl Backend for Recorder {
     fn usage(&self, id: &str) -> unicompute_plugin_api::Result<Usage> {
         self.note("usage");
         self.inner.usage(id)
+    }
+    fn pull_image(&self, r: PullRequest) -> unicompute_plugin_api::Result<Image> {
+        self.note("pull_image");
+        self.inner.pull_image(r)
+    }
+    fn delete_image(&self, name: &str) -> unicompute_plugin_api::Result<()> {
+        self.note("delete_image");
+        self.inner.delete_image(name)
+    }
+    fn upload_begin(&self, r: UploadRequest) -> unicompute_plugin_api::Result<UploadTarget> {
+        self.note("upload_begin");
+        self.inner.upload_begin(r)
+    }
+    fn upload_commit(&self, r: UploadRequest) -> unicompute_plugin_api::Result<Image> {
+        self.note("upload_commit");
+        self.inner.upload_commit(r)
+    }
+    fn upload_abort(&self, r: UploadRequest) -> unicompute_plugin_api::Result<()> {
+        self.note("upload_abort");
+        self.inner.upload_abort(r)
+    }
+    fn cancel(&self, operation: &str) -> unicompute_plugin_api::Result<bool> {
+        self.note("cancel");
+        self.inner.cancel(operation)
     }
 }
 

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CreateRequest, EventSink, HostResources, Image,
-    Instance, PluginError, StopOptions, UpdateRequest, Usage,
+    Instance, PluginError, PullRequest, StopOptions, UpdateRequest, UploadRequest, UploadTarget,
+    Usage,
 };
 
 use crate::client::{self, Engine};
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) abandoned: Mutex<HashMap<String, Instant>>,
     /// Instance ids whose create is under way.
     pub(crate) creating: Mutex<HashSet<String>>,
+    /// The pulls under way, by operation token, for `cancel`.
+    pub(crate) pulls: crate::ops::Pulls,
 }
 
 impl DockerBackend {
@@ -81,6 +84,7 @@ impl DockerBackend {
             expected: Mutex::default(),
             abandoned: Mutex::default(),
             creating: Mutex::default(),
+            pulls: Default::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         rt.spawn(crate::events::run(Arc::clone(&shared), rx));
@@ -109,6 +113,14 @@ impl DockerBackend {
             .instrument(span),
         )
     }
+}
+
+/// Docker images come from registries: an upload is `OPERATION_NOT_SUPPORTED`.
+fn upload_not_supported(op: &str) -> PluginError {
+    PluginError::not_supported(op).with_detail(
+        "hint",
+        "docker images are pulled from a registry (pull_image), not uploaded",
+    )
 }
 
 impl Drop for DockerBackend {
@@ -212,6 +224,36 @@ impl Backend for DockerBackend {
         }
         let id = id.to_owned();
         self.run("usage", id.clone(), |s| async move { s.usage(&id).await })
+    }
+
+    fn pull_image(&self, request: PullRequest) -> Result<Image> {
+        self.run("pull_image", String::new(), |s| async move {
+            s.pull_image(request).await
+        })
+    }
+
+    fn delete_image(&self, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.run("delete_image", String::new(), |s| async move {
+            s.delete_image(&name).await
+        })
+    }
+
+    fn upload_begin(&self, _request: UploadRequest) -> Result<UploadTarget> {
+        Err(upload_not_supported("upload_begin"))
+    }
+
+    fn upload_commit(&self, _request: UploadRequest) -> Result<Image> {
+        Err(upload_not_supported("upload_commit"))
+    }
+
+    fn upload_abort(&self, _request: UploadRequest) -> Result<()> {
+        Err(upload_not_supported("upload_abort"))
+    }
+
+    fn cancel(&self, operation: &str) -> Result<bool> {
+        // Pulls are the only long work that stops half-way without leaving a trace.
+        Ok(self.shared.pulls.cancel(operation))
     }
 
     fn shutdown(&self) {

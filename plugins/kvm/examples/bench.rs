@@ -99,6 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             labels: Default::default(),
             start: true,
             created_at: chrono::Utc::now(),
+            operation: None,
         };
         let t = Instant::now();
         let r = backend.create(req).and_then(|_| backend.delete(&id, true));

@@ -8,14 +8,15 @@ use std::sync::{mpsc, Arc};
 
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CreateRequest, EventSink, HostResources, Image,
-    Instance, PluginError, StopOptions, UpdateRequest, Usage,
+    Instance, PluginError, PullRequest, StopOptions, UpdateRequest, UploadRequest, UploadTarget,
+    Usage,
 };
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 
 use crate::client::Connection;
 use crate::error::Result;
-use crate::ops::Creating;
+use crate::ops::{Cancels, Creating};
 use crate::record::Ids;
 use crate::settings::KvmConfig;
 use crate::stats::CpuSamples;
@@ -41,6 +42,8 @@ pub(crate) struct Inner {
     /// Ids whose create runs now in this process: the orphan sweep leaves their
     /// files alone.
     pub creating: Creating,
+    /// The cancel flags of raw disk copies under an operation token.
+    pub(crate) cancels: Cancels,
     pub stopping: AtomicBool,
 }
 
@@ -61,6 +64,7 @@ impl KvmBackend {
             cpu: CpuSamples::default(),
             known_pool: KnownPool::default(),
             creating: Creating::default(),
+            cancels: Cancels::default(),
             stopping: AtomicBool::new(false),
         });
         crate::events::spawn_worker(Arc::downgrade(&inner), rx).map_err(|e| {
@@ -179,6 +183,45 @@ impl Backend for KvmBackend {
     fn usage(&self, id: &str) -> std::result::Result<Usage, PluginError> {
         let _span = self.span("usage", id);
         Ok(self.inner.usage(id)?)
+    }
+
+    fn pull_image(&self, _request: PullRequest) -> std::result::Result<Image, PluginError> {
+        // Templates come by upload: there is no registry to pull from.
+        Err(PluginError::not_supported("pull_image").with_detail(
+            "hint",
+            "kvm templates are uploaded (upload_begin, upload_commit), not pulled",
+        ))
+    }
+
+    fn delete_image(&self, name: &str) -> std::result::Result<(), PluginError> {
+        let _span = tracing::info_span!("kvm", backend = %self.inner.name, op = "delete_image", template = %name).entered();
+        Ok(self.inner.delete_image(name)?)
+    }
+
+    fn upload_begin(
+        &self,
+        request: UploadRequest,
+    ) -> std::result::Result<UploadTarget, PluginError> {
+        let _span = tracing::info_span!("kvm", backend = %self.inner.name, op = "upload_begin", template = %request.name).entered();
+        Ok(self.inner.upload_begin(&request)?)
+    }
+
+    fn upload_commit(&self, request: UploadRequest) -> std::result::Result<Image, PluginError> {
+        let _span = tracing::info_span!("kvm", backend = %self.inner.name, op = "upload_commit", template = %request.name).entered();
+        Ok(self.inner.upload_commit(&request)?)
+    }
+
+    fn upload_abort(&self, request: UploadRequest) -> std::result::Result<(), PluginError> {
+        let _span = tracing::info_span!("kvm", backend = %self.inner.name, op = "upload_abort", template = %request.name).entered();
+        Ok(self.inner.upload_abort(&request)?)
+    }
+
+    fn cancel(&self, operation: &str) -> std::result::Result<bool, PluginError> {
+        let cancelled = self.inner.cancels.cancel(operation);
+        if cancelled {
+            tracing::info!(backend = %self.inner.name, operation, "disk copy cancelled");
+        }
+        Ok(cancelled)
     }
 
     fn shutdown(&self) {

@@ -94,6 +94,23 @@ pub enum KvmError {
     /// XML could not be written or read.
     #[error("domain xml: {0}")]
     Xml(String),
+    /// No template of that name (delete_image).
+    #[error("template {0} does not exist")]
+    ImageNotFound(String),
+    /// Instances of this backend use the template.
+    #[error("template {name} is used by {} instance(s)", .instances.len())]
+    ImageInUse {
+        /// The template.
+        name: String,
+        /// The ids of the instances using it.
+        instances: Vec<String>,
+    },
+    /// A template of that name exists.
+    #[error("a template named {0} exists")]
+    ImageExists(String),
+    /// The operation was cancelled.
+    #[error("operation {0} was cancelled")]
+    Cancelled(String),
 }
 
 /// What we asked libvirt to do, when a libvirt call fails: named in the message
@@ -335,6 +352,10 @@ impl KvmError {
             KvmError::ResourceLimit { .. } => ErrorCode::ResourceLimitExceeded,
             KvmError::Io { .. } | KvmError::Tool { .. } => ErrorCode::BackendError,
             KvmError::Xml(_) => ErrorCode::InternalError,
+            KvmError::ImageNotFound(_) => ErrorCode::ImageNotFound,
+            KvmError::ImageInUse { .. } => ErrorCode::ImageInUse,
+            KvmError::ImageExists(_) => ErrorCode::ImageAlreadyExists,
+            KvmError::Cancelled(_) => ErrorCode::Cancelled,
         }
     }
 }
@@ -404,6 +425,15 @@ impl From<KvmError> for PluginError {
                     .with_detail("available", available);
             }
             KvmError::NotFound(id) => out = out.with_detail("id", id),
+            KvmError::ImageNotFound(name) | KvmError::ImageExists(name) => {
+                out = out.with_detail("image", name)
+            }
+            KvmError::ImageInUse { name, instances } => {
+                out = out
+                    .with_detail("image", name)
+                    .with_detail("instances", instances)
+            }
+            KvmError::Cancelled(op) => out = out.with_detail("operation", op),
             KvmError::ResourceLimit {
                 field,
                 requested,
@@ -454,6 +484,22 @@ mod tests {
                 ErrorCode::InvalidRequest,
             ),
             (KvmError::NotFound("i".into()), ErrorCode::InstanceNotFound),
+            (
+                KvmError::ImageNotFound("t".into()),
+                ErrorCode::ImageNotFound,
+            ),
+            (
+                KvmError::ImageInUse {
+                    name: "t".into(),
+                    instances: vec!["i".into()],
+                },
+                ErrorCode::ImageInUse,
+            ),
+            (
+                KvmError::ImageExists("t".into()),
+                ErrorCode::ImageAlreadyExists,
+            ),
+            (KvmError::Cancelled("op".into()), ErrorCode::Cancelled),
             (
                 KvmError::NameTaken("n".into()),
                 ErrorCode::InstanceAlreadyExists,

@@ -40,6 +40,9 @@ pub struct KvmConfig {
     /// leftover of a create or delete that a killed server did not finish.
     #[serde(default = "default_orphan_grace_secs")]
     pub orphan_grace_secs: u64,
+    /// The largest template an upload may write, in bytes (64 GiB by default).
+    #[serde(default = "default_max_template_bytes")]
+    pub max_template_bytes: u64,
 }
 
 /// `<cpu mode="...">`.
@@ -83,6 +86,9 @@ fn default_network() -> String {
 fn default_orphan_grace_secs() -> u64 {
     600
 }
+fn default_max_template_bytes() -> u64 {
+    64 << 30
+}
 
 impl Default for KvmConfig {
     fn default() -> Self {
@@ -95,6 +101,7 @@ impl Default for KvmConfig {
             default_network: default_network(),
             cpu_mode: None,
             orphan_grace_secs: default_orphan_grace_secs(),
+            max_template_bytes: default_max_template_bytes(),
         }
     }
 }
@@ -106,6 +113,13 @@ impl KvmConfig {
         if self.storage_pool.is_empty() || self.storage_pool.contains('/') {
             return Err(PluginError::config(format!(
                 "backend {backend}: storage_pool must be a plain name"
+            )));
+        }
+        // At least one sector; at most what a file offset holds.
+        if self.max_template_bytes < 512 || self.max_template_bytes > i64::MAX as u64 {
+            return Err(PluginError::config(format!(
+                "backend {backend}: max_template_bytes must be between 512 and {}",
+                i64::MAX
             )));
         }
         for (key, dir) in [
@@ -158,6 +172,7 @@ mod tests {
         let c: KvmConfig = serde_json::from_value(json!({})).unwrap();
         assert_eq!(c.uri, "qemu:///system");
         assert_eq!(c.storage_pool, "unicompute");
+        assert_eq!(c.max_template_bytes, 64 << 30);
         assert!(serde_json::from_value::<KvmConfig>(json!({"urii": "x"})).is_err());
         let t = KvmConfig {
             uri: "test:///default".into(),
@@ -189,6 +204,10 @@ mod tests {
             },
             KvmConfig {
                 storage_dir: "./instances".into(),
+                ..Default::default()
+            },
+            KvmConfig {
+                max_template_bytes: 0,
                 ..Default::default()
             },
         ] {

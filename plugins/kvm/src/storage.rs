@@ -4,8 +4,10 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use unicompute_plugin_api::sync::lock;
@@ -259,7 +261,133 @@ pub(crate) fn volume_path(vol: &StorageVol, op: LibvirtOp) -> Result<String, Kvm
     })
 }
 
-/// Makes an instance's disk volume from a template: a qcow2 overlay or a raw copy.
+/// What a raw copy reports to and listens to: a create with an operation token.
+pub struct CopyWatch<'a> {
+    /// The operation token, for the error when cancelled.
+    pub operation: &'a str,
+    /// Called with bytes done and bytes in all, at most every
+    /// [`PROGRESS_EVERY`] and once at the end.
+    pub progress: &'a (dyn Fn(u64, u64) + Sync),
+    /// Set by `cancel`: the copy stops and the create fails with `CANCELLED`.
+    pub cancel: &'a AtomicBool,
+}
+
+/// The least time between two progress reports of a copy.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// The percentage in a line of `qemu-img convert -p`'s output (`    (42.17/100%)`).
+pub fn parse_progress(line: &str) -> Option<f64> {
+    let inner = line.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
+    inner
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=100.0).contains(p))
+}
+
+/// `qemu-img convert` of `template` into the raw file `dest`; with a watch, with
+/// `-p`, its percentage turned into bytes of the template's virtual size, and
+/// killed when the watch's cancel flag is set.
+fn convert(
+    template: &Template,
+    dest: &Path,
+    watch: Option<&CopyWatch<'_>>,
+) -> Result<(), KvmError> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.arg("convert");
+    if watch.is_some() {
+        cmd.arg("-p");
+    }
+    cmd.args(["-f", template.format, "-O", "raw"])
+        .arg(&template.path)
+        .arg(dest);
+    let Some(watch) = watch else {
+        return run(&mut cmd);
+    };
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| KvmError::Io {
+            what: "running qemu-img",
+            source,
+        })?;
+    let (tx, rx) = mpsc::channel::<f64>();
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let Some(out) = stdout.as_mut() else { return };
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while let Ok(1) = out.read(&mut byte) {
+            if byte[0] == b'\r' || byte[0] == b'\n' {
+                if let Some(p) = parse_progress(&String::from_utf8_lossy(&line)) {
+                    let _ = tx.send(p);
+                }
+                line.clear();
+            } else {
+                line.push(byte[0]);
+            }
+        }
+    });
+    let mut stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let total = template.virtual_size;
+    let mut last: Option<Instant> = None;
+    let mut latest = 0.0f64;
+    let status = loop {
+        if watch.cancel.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            let _ = errors.join();
+            return Err(KvmError::Cancelled(watch.operation.to_owned()));
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(p) => latest = p,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+        }
+        if last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) && latest > 0.0 && latest < 100.0 {
+            (watch.progress)((latest / 100.0 * total as f64) as u64, total);
+            last = Some(Instant::now());
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(KvmError::Io {
+                    what: "waiting for qemu-img",
+                    source,
+                });
+            }
+        }
+    };
+    let _ = reader.join();
+    let message = errors.join().unwrap_or_default();
+    if status.success() {
+        (watch.progress)(total, total);
+        Ok(())
+    } else {
+        Err(KvmError::Tool {
+            tool: "qemu-img",
+            message: message.trim().to_owned(),
+        })
+    }
+}
+
+/// Makes an instance's disk volume from a template: a qcow2 overlay or a raw copy
+/// (reporting to `watch`, and stopped by it, when there is one).
 pub fn create_disk(
     pool: &StoragePool,
     pool_dir: &Path,
@@ -267,6 +395,7 @@ pub fn create_disk(
     template: &Template,
     format: &str,
     size: u64,
+    watch: Option<&CopyWatch<'_>>,
 ) -> Result<StorageVol, KvmError> {
     if format == "qcow2" {
         let path = template.path.to_string_lossy();
@@ -277,15 +406,7 @@ pub fn create_disk(
     }
     let dest = pool_dir.join(vol_name);
     let result = (|| {
-        run(Command::new("qemu-img").args([
-            "convert".as_ref(),
-            "-f".as_ref(),
-            template.format.as_ref(),
-            "-O".as_ref(),
-            "raw".as_ref(),
-            template.path.as_os_str(),
-            dest.as_os_str(),
-        ]))?;
+        convert(template, &dest, watch)?;
         run(Command::new("qemu-img")
             .args(["resize", "-f", "raw"])
             .arg(&dest)
@@ -427,6 +548,15 @@ mod tests {
         assert!(uri_is_local("qemu+unix:///session?socket=/x"));
         assert!(!uri_is_local("qemu+ssh://root@host/system"));
         assert!(!uri_is_local("qemu+tls://host/system"));
+    }
+
+    #[test]
+    fn qemu_img_progress_lines() {
+        assert_eq!(parse_progress("    (42.17/100%)"), Some(42.17));
+        assert_eq!(parse_progress("(100.00/100%)"), Some(100.0));
+        assert_eq!(parse_progress("(0.00/100%)"), Some(0.0));
+        assert_eq!(parse_progress("qemu-img: error"), None);
+        assert_eq!(parse_progress("(300.00/100%)"), None);
     }
 
     #[test]

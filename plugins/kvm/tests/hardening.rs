@@ -32,6 +32,7 @@ fn request(id: &str, name: &str, config: serde_json::Value) -> CreateRequest {
         labels: BTreeMap::new(),
         start: false,
         created_at: Utc::now(),
+        operation: None,
     }
 }
 

@@ -234,6 +234,7 @@ fn run(
         labels: Default::default(),
         start: true,
         created_at: chrono::Utc::now(),
+        operation: None,
     };
     let b = &h.backend;
     assert_eq!(b.create(req).expect("create").state, InstanceState::Running);

@@ -66,6 +66,7 @@ fn the_shared_library_loads_and_serves() {
             labels: Default::default(),
             start: true,
             created_at: chrono::Utc::now(),
+            operation: None,
         })
         .expect("create");
     assert_eq!(inst.state, InstanceState::Running);

@@ -34,6 +34,7 @@ fn request(
         labels: BTreeMap::from([("suite".to_string(), "kvm-real".to_string())]),
         start: false,
         created_at: chrono::Utc::now(),
+        operation: None,
     }
 }
 

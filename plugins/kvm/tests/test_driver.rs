@@ -77,6 +77,7 @@ fn request(id: &str, name: &str, config: serde_json::Value) -> CreateRequest {
         labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
         start: false,
         created_at: chrono::Utc::now(),
+        operation: None,
     }
 }
 

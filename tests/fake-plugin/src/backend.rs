@@ -1,6 +1,8 @@
 //! The in-memory backend.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,9 +10,10 @@ use chrono::Utc;
 use serde::Deserialize;
 use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{
-    Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, Event, EventSink,
-    HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, Metadata,
-    NetworkUsage, PluginError, Resources, StopOptions, StorageUsage, UpdateRequest, Usage,
+    Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, ErrorCode, Event,
+    EventSink, HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, Metadata,
+    NetworkUsage, PluginError, Progress, PullRequest, Resources, StopOptions, StorageUsage,
+    UpdateRequest, UploadRequest, UploadTarget, Usage,
 };
 
 #[cfg(not(feature = "v2"))]
@@ -31,9 +34,27 @@ pub struct FakeConfig {
     /// Host memory to report, bytes.
     #[serde(default = "default_memory")]
     pub memory: u64,
-    /// Images to offer; `config.image` must name one of them.
+    /// Images to offer at start; `config.image` must name one of them. Pulls and
+    /// uploads add to them, `delete_image` removes.
     #[serde(default = "default_images")]
     pub images: Vec<String>,
+    /// Progress events a pull emits (one per step; a reference starting with
+    /// `missing` is `IMAGE_NOT_FOUND` instead).
+    #[serde(default = "default_pull_steps")]
+    pub pull_steps: u32,
+    /// Pause between two steps of a pull, in milliseconds.
+    #[serde(default = "default_pull_step_ms")]
+    pub pull_step_ms: u64,
+    /// Bytes one step of a pull pretends to download.
+    #[serde(default = "default_pull_step_bytes")]
+    pub pull_step_bytes: u64,
+    /// Where uploads are staged and kept (`.upload-<operation>.part`, then
+    /// `<name>.img`); a directory under the system's temp dir when absent.
+    #[serde(default)]
+    pub upload_dir: Option<PathBuf>,
+    /// The most bytes an upload may have.
+    #[serde(default = "default_max_upload_bytes")]
+    pub max_upload_bytes: u64,
 }
 
 fn yes() -> bool {
@@ -48,6 +69,26 @@ fn default_memory() -> u64 {
 fn default_images() -> Vec<String> {
     vec!["busybox".into(), "alpine".into()]
 }
+fn default_pull_steps() -> u32 {
+    5
+}
+fn default_pull_step_ms() -> u64 {
+    20
+}
+fn default_pull_step_bytes() -> u64 {
+    1 << 20
+}
+fn default_max_upload_bytes() -> u64 {
+    1 << 30
+}
+
+/// A plain name: 1-63 of `[a-zA-Z0-9_.-]`, starting with a letter or digit.
+fn plain_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
 
 /// The in-memory backend.
 pub struct FakeBackend {
@@ -55,6 +96,11 @@ pub struct FakeBackend {
     config: FakeConfig,
     instances: Arc<Mutex<HashMap<String, Instance>>>,
     events: EventSink,
+    /// The images on offer: name to size (when known).
+    images: Mutex<Vec<(String, Option<u64>)>>,
+    /// The cancel flags of the pulls under way, by operation token.
+    running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    upload_dir: PathBuf,
 }
 
 impl FakeBackend {
@@ -62,12 +108,47 @@ impl FakeBackend {
     pub fn new(ctx: BackendContext) -> Result<Self, PluginError> {
         let config: FakeConfig = ctx.parse_config()?;
         tracing::info!(backend = %ctx.name, "fake backend ready");
+        let upload_dir = config.upload_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "unicompute-fake-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ))
+        });
         Ok(FakeBackend {
+            images: Mutex::new(config.images.iter().map(|n| (n.clone(), None)).collect()),
             name: ctx.name,
             config,
             instances: Arc::default(),
             events: ctx.events,
+            running: Mutex::default(),
+            upload_dir,
         })
+    }
+
+    fn has_image(&self, name: &str) -> bool {
+        lock(&self.images).iter().any(|(n, _)| n == name)
+    }
+
+    fn image_names(&self) -> Vec<String> {
+        lock(&self.images).iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn staged(&self, request: &UploadRequest) -> Result<PathBuf, PluginError> {
+        if !plain_name(&request.name) {
+            return Err(PluginError::invalid(format!(
+                "image name {:?} is not a plain name",
+                request.name
+            )));
+        }
+        if !plain_name(&request.operation) {
+            return Err(PluginError::invalid(
+                "the operation token is not a plain name",
+            ));
+        }
+        Ok(self
+            .upload_dir
+            .join(format!(".upload-{}.part", request.operation)))
     }
 
     fn check(&self) -> Result<(), PluginError> {
@@ -150,13 +231,12 @@ impl Backend for FakeBackend {
 
     fn images(&self) -> Result<Vec<Image>, PluginError> {
         self.check()?;
-        Ok(self
-            .config
-            .images
+        Ok(lock(&self.images)
             .iter()
-            .map(|n| Image {
+            .map(|(n, size)| Image {
                 name: n.clone(),
                 format: Some("fake".into()),
+                size: *size,
                 ..Default::default()
             })
             .collect())
@@ -179,11 +259,11 @@ impl Backend for FakeBackend {
             .get("image")
             .and_then(|v| v.as_str())
             .ok_or_else(|| PluginError::invalid("config.image is required"))?;
-        if !self.config.images.iter().any(|i| i == image) {
+        if !self.has_image(image) {
             return Err(
                 PluginError::invalid(format!("image {image} does not exist"))
                     .with_detail("image", image)
-                    .with_detail("available", self.config.images.clone()),
+                    .with_detail("available", self.image_names()),
             );
         }
         if req.resources.cores().unwrap_or(1) > self.config.cpus {
@@ -419,6 +499,181 @@ impl Backend for FakeBackend {
                 },
                 network: NetworkUsage::default(),
             })
+        })
+    }
+
+    fn pull_image(&self, request: PullRequest) -> Result<Image, PluginError> {
+        self.check()?;
+        let reference = request.reference.trim();
+        if reference.is_empty() {
+            return Err(PluginError::invalid("the image reference is empty"));
+        }
+        if reference.starts_with("missing") {
+            return Err(PluginError::image_not_found(reference));
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        if let Some(op) = &request.operation {
+            lock(&self.running).insert(op.clone(), Arc::clone(&cancel));
+        }
+        let steps = u64::from(self.config.pull_steps);
+        let total = steps * self.config.pull_step_bytes;
+        let mut outcome = Ok(());
+        for step in 1..=steps {
+            std::thread::sleep(Duration::from_millis(self.config.pull_step_ms));
+            if cancel.load(Ordering::SeqCst) {
+                outcome = Err(PluginError::cancelled(
+                    request.operation.as_deref().unwrap_or_default(),
+                ));
+                break;
+            }
+            if let Some(op) = &request.operation {
+                self.events.emit(&Event::Progress {
+                    operation: op.clone(),
+                    progress: Progress::bytes(
+                        "downloading",
+                        step * self.config.pull_step_bytes,
+                        Some(total),
+                    ),
+                });
+            }
+        }
+        if let Some(op) = &request.operation {
+            lock(&self.running).remove(op);
+        }
+        outcome?;
+        let mut images = lock(&self.images);
+        match images.iter_mut().find(|(n, _)| n == reference) {
+            Some(entry) => entry.1 = Some(total),
+            None => images.push((reference.to_owned(), Some(total))),
+        }
+        Ok(Image {
+            name: reference.to_owned(),
+            size: Some(total),
+            format: Some("fake".into()),
+            ..Default::default()
+        })
+    }
+
+    fn delete_image(&self, name: &str) -> Result<(), PluginError> {
+        self.check()?;
+        if !self.has_image(name) {
+            return Err(PluginError::image_not_found(name));
+        }
+        let users: Vec<String> = lock(&self.instances)
+            .values()
+            .filter(|i| i.config.get("image").and_then(|v| v.as_str()) == Some(name))
+            .map(|i| i.id.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(PluginError::new(
+                ErrorCode::ImageInUse,
+                format!("image {name} is used by {} instance(s)", users.len()),
+            )
+            .with_detail("image", name)
+            .with_detail("instances", users));
+        }
+        lock(&self.images).retain(|(n, _)| n != name);
+        if plain_name(name) {
+            let _ = std::fs::remove_file(self.upload_dir.join(format!("{name}.img")));
+        }
+        Ok(())
+    }
+
+    fn upload_begin(&self, request: UploadRequest) -> Result<UploadTarget, PluginError> {
+        self.check()?;
+        let staged = self.staged(&request)?;
+        if self.has_image(&request.name) {
+            return Err(PluginError::new(
+                ErrorCode::ImageAlreadyExists,
+                format!("image {} exists", request.name),
+            )
+            .with_detail("image", request.name.as_str()));
+        }
+        if request
+            .size
+            .is_some_and(|s| s > self.config.max_upload_bytes)
+        {
+            return Err(PluginError::new(
+                ErrorCode::ResourceLimitExceeded,
+                format!(
+                    "the upload is larger than the limit of {} bytes",
+                    self.config.max_upload_bytes
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&self.upload_dir)
+            .map_err(|e| PluginError::backend(format!("cannot make the upload dir: {e}")))?;
+        Ok(UploadTarget {
+            path: staged.to_string_lossy().into_owned(),
+            max_bytes: self.config.max_upload_bytes,
+        })
+    }
+
+    fn upload_commit(&self, request: UploadRequest) -> Result<Image, PluginError> {
+        self.check()?;
+        let staged = self.staged(&request)?;
+        let result = (|| {
+            let meta = std::fs::metadata(&staged)
+                .map_err(|_| PluginError::invalid("no upload is staged for this operation"))?;
+            let head = std::fs::read(&staged)
+                .map(|b| b.into_iter().take(12).collect::<Vec<u8>>())
+                .map_err(|e| PluginError::backend(format!("cannot read the upload: {e}")))?;
+            // The fake's "disk image" check: not empty, and not marked as garbage.
+            if meta.len() == 0 || head.starts_with(b"not an image") {
+                return Err(PluginError::invalid(
+                    "the upload is not a disk image of a supported format",
+                ));
+            }
+            if meta.len() > self.config.max_upload_bytes {
+                return Err(PluginError::new(
+                    ErrorCode::ResourceLimitExceeded,
+                    "the upload is larger than the limit",
+                ));
+            }
+            let mut images = lock(&self.images);
+            if images.iter().any(|(n, _)| *n == request.name) {
+                return Err(PluginError::new(
+                    ErrorCode::ImageAlreadyExists,
+                    format!("image {} exists", request.name),
+                ));
+            }
+            std::fs::rename(
+                &staged,
+                self.upload_dir.join(format!("{}.img", request.name)),
+            )
+            .map_err(|e| PluginError::backend(format!("cannot keep the upload: {e}")))?;
+            images.push((request.name.clone(), Some(meta.len())));
+            Ok(Image {
+                name: request.name.clone(),
+                size: Some(meta.len()),
+                format: Some("fake".into()),
+                ..Default::default()
+            })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
+        result
+    }
+
+    fn upload_abort(&self, request: UploadRequest) -> Result<(), PluginError> {
+        let staged = self.staged(&request)?;
+        match std::fs::remove_file(&staged) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PluginError::backend(format!(
+                "cannot remove the staged upload: {e}"
+            ))),
+        }
+    }
+
+    fn cancel(&self, operation: &str) -> Result<bool, PluginError> {
+        Ok(match lock(&self.running).get(operation) {
+            Some(flag) => {
+                flag.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
         })
     }
 }

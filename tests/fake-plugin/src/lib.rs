@@ -6,6 +6,15 @@
 //! - `fake/ignore-sigterm=true`: a graceful stop waits for the whole timeout;
 //! - `fake/vanish-after-ms=<n>`: the instance disappears by itself after n ms, and
 //!   the plugin pushes a `vanished` event.
+//!
+//! Images (interface 1.2), in memory: `pull_image` emits `pull_steps` progress events
+//! (`pull_step_bytes` each, `pull_step_ms` apart) for its operation token and stops
+//! with `CANCELLED` when `cancel` comes; a reference starting with `missing` is
+//! `IMAGE_NOT_FOUND`. Uploads are staged in `upload_dir` (a temp dir when unset) as
+//! `.upload-<operation>.part` (the token must be a plain name), limited to
+//! `max_upload_bytes`; a commit refuses an empty file or one starting with
+//! `not an image` (`INVALID_REQUEST`) and removes it. `delete_image` is `IMAGE_IN_USE`
+//! while an instance's `config.image` names the image.
 
 mod backend;
 

@@ -32,7 +32,7 @@ impl Drop for Creating<'_> {
 }
 
 /// Splits an image reference into repository and tag for a pull.
-fn split_image(image: &str) -> (String, Option<String>) {
+pub(crate) fn split_image(image: &str) -> (String, Option<String>) {
     if image.contains('@') {
         return (image.to_owned(), None);
     }

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::record::{self, LABEL_BACKEND, LABEL_ID};
 
 mod create;
+mod images;
 mod info;
 mod lifecycle;
 mod limits;
@@ -25,6 +26,8 @@ mod list;
 mod pins;
 mod update;
 mod usage;
+
+pub(crate) use images::Pulls;
 
 pub(crate) type Result<T> = std::result::Result<T, PluginError>;
 

@@ -110,6 +110,7 @@ pub fn request(name: &str, config: serde_json::Value) -> CreateRequest {
         labels: Default::default(),
         start: false,
         created_at: chrono::Utc::now(),
+        operation: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use unicompute_plugin_api::sync::lock;
-use unicompute_plugin_api::{CreateRequest, Instance};
+use unicompute_plugin_api::{CreateRequest, Event, Instance, Progress};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
@@ -104,16 +104,43 @@ impl Inner {
             volumes: Vec::new(),
             armed: true,
         };
-        let volume = storage::create_disk(
+        // A raw copy with an operation token reports its bytes and can be cancelled.
+        let copy = req
+            .operation
+            .as_deref()
+            .filter(|_| format == "raw")
+            .map(|op| (op, self.cancels.register(op)));
+        let sink = self.sink.clone();
+        let report = |done: u64, total: u64| {
+            if let Some((op, _)) = &copy {
+                sink.emit(&Event::Progress {
+                    operation: (*op).to_owned(),
+                    progress: Progress::bytes("copying", done, Some(total)),
+                });
+            }
+        };
+        let watch = copy.as_ref().map(|(op, c)| storage::CopyWatch {
+            operation: op,
+            progress: &report,
+            cancel: &c.flag,
+        });
+        let made = storage::create_disk(
             &pool,
             &pool_dir,
             &format!("{}.{format}", req.id),
             &plan.template,
             format,
             plan.size,
-        )?;
+            watch.as_ref(),
+        );
+        let volume = made?;
         let disk = storage::volume_path(&volume, LibvirtOp::ReadDiskVolumePath)?;
         rollback.volumes.push(disk.clone());
+        // A cancel that came as the copy ended still fails the create (the rollback
+        // removes the disk): a `true` answer to cancel always means `CANCELLED`.
+        if let Some((_, c)) = copy {
+            c.finish()?;
+        }
         let seed = match &plan.config.cloud_init {
             Some(ci) => {
                 let files = cloud_init::seed_files(ci, &req.id, &req.name);

@@ -3,6 +3,7 @@
 //! and delete share.
 
 mod create;
+mod images;
 mod info;
 mod lifecycle;
 mod limits;
@@ -11,6 +12,7 @@ mod update;
 mod usage;
 
 pub(crate) use create::Creating;
+pub(crate) use images::Cancels;
 
 use virt::domain::Domain;
 use virt::sys;
