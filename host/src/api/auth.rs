@@ -138,7 +138,9 @@ pub fn required_role(route: &Route<'_>) -> Role {
         | Route::UpdateInstance(_)
         | Route::DeleteInstance(_)
         | Route::Reload
-        | Route::CancelOperation(_) => Role::Admin,
+        | Route::CancelOperation(_)
+        | Route::AddImage(_)
+        | Route::DeleteImage(..) => Role::Admin,
     }
 }
 

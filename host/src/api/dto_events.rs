@@ -387,3 +387,53 @@ pub struct OperationList {
     /// The page size.
     pub page_size: usize,
 }
+
+/// `POST /api/v1/compute/backends/{backend}/images` as JSON: pull an image (Docker).
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PullImageRequest {
+    /// The image reference (`nginx:alpine`, `registry.example:5000/team/app:1.2`).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub reference: String,
+    /// Registry credentials; passed to the backend only, never logged or kept.
+    #[serde(default)]
+    pub auth: Option<RegistryAuthRequest>,
+}
+
+/// Registry credentials of a pull.
+#[derive(Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryAuthRequest {
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// An identity (refresh) token, instead of a user name and password.
+    #[serde(default)]
+    pub identity_token: Option<String>,
+    /// The registry the credentials are for.
+    #[serde(default)]
+    pub server_address: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuthRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuthRequest")
+            .field("username", &self.username)
+            .field("server_address", &self.server_address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<RegistryAuthRequest> for unicompute_plugin_api::RegistryAuth {
+    fn from(a: RegistryAuthRequest) -> Self {
+        unicompute_plugin_api::RegistryAuth {
+            username: a.username,
+            password: a.password,
+            identity_token: a.identity_token,
+            server_address: a.server_address,
+        }
+    }
+}

@@ -180,11 +180,10 @@ impl From<ErrorCode> for Code {
             // A plugin's config error at request time is the plugin's bug.
             ErrorCode::InvalidConfig => Code::InternalError,
             ErrorCode::InternalError => Code::InternalError,
-            // Interface 1.2's image and operation codes, until the API has codes of
-            // its own for them: the nearest status (404 as a bad name, 409, 502).
-            ErrorCode::ImageNotFound => Code::InvalidRequest,
-            ErrorCode::ImageInUse | ErrorCode::ImageAlreadyExists => Code::InvalidState,
-            ErrorCode::Cancelled => Code::BackendError,
+            ErrorCode::ImageNotFound => Code::ImageNotFound,
+            ErrorCode::ImageInUse => Code::ImageInUse,
+            ErrorCode::ImageAlreadyExists => Code::ImageAlreadyExists,
+            ErrorCode::Cancelled => Code::OperationCancelled,
         }
     }
 }
@@ -355,6 +354,10 @@ impl From<crate::service::Error> for ApiError {
                 ApiError::invalid_state(message).detail("operation", id)
             }
             E::Cancelled(_) => ApiError::new(Code::OperationCancelled, message),
+            E::Invalid(_) => ApiError::invalid(message),
+            E::TooLarge { limit, .. } => {
+                ApiError::new(Code::PayloadTooLarge, message).detail("limit", limit)
+            }
             E::Internal(_) => ApiError::internal(message),
         }
     }

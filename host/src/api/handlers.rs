@@ -799,6 +799,118 @@ pub async fn cancel_operation(svc: &Service, id: &str) -> Result<Reply, ApiError
     json(status, &OperationDto::from(&*op))
 }
 
+/// Add an image or template to a backend. As JSON (`{"reference": ...}`), a pull
+/// (Docker); as `application/octet-stream` with `?name=`, an upload of a disk image
+/// (KVM: qcow2 or raw, checked before it becomes visible; at most the backend's
+/// `max_template_bytes`). Either runs as an operation with progress, and can be
+/// cancelled; without `async` the answer waits for its end. An async upload is
+/// answered once its bytes are received.
+#[utoipa::path(post, path = "/api/v1/compute/backends/{backend}/images", operation_id = "addBackendImage", tag = "images",
+    params(("backend" = String, Path, description = "A configured backend's name"),
+        ("name" = Option<String>, Query, description = "The template's name (uploads)")),
+    request_body(content(
+        (crate::api::dto_events::PullImageRequest = "application/json"),
+        (Vec<u8> = "application/octet-stream"))),
+    responses((status = 201, description = "The image, pulled or uploaded", body = unicompute_plugin_api::Image)),
+    security(("bearer" = [])))]
+pub async fn add_image(
+    svc: &Arc<Service>,
+    backend: &str,
+    request: ImageRequest,
+    mode: Mode,
+) -> Result<Reply, ApiError> {
+    let (op, received) = match request {
+        ImageRequest::Pull(body) => {
+            let req: crate::api::dto_events::PullImageRequest = parse_body(&body)?;
+            if req.reference.trim().is_empty() || req.reference.len() > 1024 {
+                return Err(ApiError::invalid("reference must be 1 to 1024 characters"));
+            }
+            let op = svc.pull_image(backend, req.reference, req.auth.map(Into::into))?;
+            (op, None)
+        }
+        ImageRequest::Upload {
+            name,
+            declared,
+            body,
+        } => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let op = svc.upload_image(backend, name, declared, body, tx)?;
+            (op, Some(rx))
+        }
+    };
+    if mode == Mode::Async {
+        if let Some(rx) = received {
+            let _ = rx.await;
+        }
+        let now = svc.operation(&op.id).unwrap_or(op);
+        return accepted(&now);
+    }
+    let done = svc
+        .wait_operation(&op.id, std::time::Duration::from_secs(u64::MAX >> 2))
+        .await?;
+    match (&done.result, &done.error) {
+        (Some(OpResult::Image(image)), _) => json(StatusCode::CREATED, image),
+        (_, Some(e)) => Err(e.clone().into()),
+        _ => Err(ApiError::internal("the operation ended without a result")),
+    }
+}
+
+/// What an image request carries.
+pub enum ImageRequest {
+    /// A pull: the JSON body.
+    Pull(Vec<u8>),
+    /// An upload: its name, announced size and bytes.
+    Upload {
+        /// `?name=`
+        name: String,
+        /// `Content-Length`, when sent.
+        declared: Option<u64>,
+        /// The bytes.
+        body: std::pin::Pin<
+            Box<
+                dyn futures_util::Stream<Item = Result<bytes::Bytes, crate::service::BodyError>>
+                    + Send,
+            >,
+        >,
+    },
+}
+
+/// Delete an image or template; refused (409 `IMAGE_IN_USE`) while an instance uses
+/// it. A name holding `/` is sent with `%2F`.
+#[utoipa::path(delete, path = "/api/v1/compute/backends/{backend}/images/{name}", operation_id = "deleteBackendImage", tag = "images",
+    params(("backend" = String, Path, description = "A configured backend's name"),
+        ("name" = String, Path, min_length = 1, description = "The image or template, as listed (`/` as `%2F`)")),
+    responses((status = 204, description = "Deleted")),
+    security(("bearer" = [])))]
+pub async fn delete_image(
+    svc: &Arc<Service>,
+    backend: &str,
+    name: &str,
+    mode: Mode,
+) -> Result<Reply, ApiError> {
+    let name = name.replace("%2F", "/");
+    if mode == Mode::Async {
+        svc.backend(backend)?;
+        let (s, b) = (Arc::clone(svc), backend.to_owned());
+        let work: Work =
+            Box::pin(async move { s.delete_image(&b, &name).await.map(|()| OpResult::Nothing) });
+        let op = svc.spawn_operation(
+            OpKind::ImageDelete,
+            Some(backend.to_owned()),
+            None,
+            Canceller::None,
+            work,
+        );
+        return accepted(&op);
+    }
+    svc.delete_image(backend, &name).await?;
+    Ok(Reply {
+        status: StatusCode::NO_CONTENT,
+        body: None,
+        location: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,52 @@ where
     Ok(buf.to_vec())
 }
 
+/// An image request: `application/octet-stream` with `?name=` is an upload, streamed;
+/// anything else is a pull's JSON body (415 for other media types).
+async fn image_request<S, B>(
+    headers: &HeaderMap,
+    query: &str,
+    body: S,
+    limit: usize,
+) -> Result<handlers::ImageRequest, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
+{
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if media.as_deref() != Some("application/octet-stream") {
+        let body = read_body(headers, body, limit).await?;
+        if body.is_empty() {
+            return Err(ApiError::invalid(
+                "a JSON body {\"reference\": ...} (a pull), or application/octet-stream with ?name= (an upload)",
+            ));
+        }
+        return Ok(handlers::ImageRequest::Pull(body));
+    }
+    let name = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| ApiError::invalid("an upload needs ?name= (the template's name)"))?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body = body.map(|chunk| {
+        chunk
+            .map(|mut b| b.copy_to_bytes(b.remaining()))
+            .map_err(|e| crate::service::BodyError::Broken(e.to_string()))
+    });
+    Ok(handlers::ImageRequest::Upload {
+        name,
+        declared,
+        body: Box::pin(body),
+    })
+}
+
 /// A body declared as something other than JSON is 415; no `Content-Type` at all is
 /// taken as JSON (as curl's `-d` users and most scripts expect).
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -257,8 +303,8 @@ async fn handle<S, B>(
     body: S,
 ) -> Result<Answer, ApiError>
 where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
 {
     // Who first (401), then what (404, 405), then whether they may (403). The path is
     // decoded before anything looks at it: `/%61pi/...` is `/api/...` and needs a
@@ -338,6 +384,15 @@ where
         Route::ListOperations => handlers::list_operations(svc, query),
         Route::GetOperation(id) => handlers::get_operation(svc, id, query).await,
         Route::CancelOperation(id) => handlers::cancel_operation(svc, id).await,
+        Route::AddImage(b) => {
+            let (mode, _) = mutation(&["name"])?;
+            let request = image_request(headers, query, body, limit).await?;
+            handlers::add_image(arc, b, request, mode).await
+        }
+        Route::DeleteImage(b, name) => {
+            let (mode, _) = mutation(&[])?;
+            handlers::delete_image(arc, b, name, mode).await
+        }
     };
     reply.map(Answer::Reply)
 }

@@ -29,7 +29,7 @@ use unicompute_plugin_api::ErrorCode;
         handlers::cluster_status, handlers::backends, handlers::backend_info,
         handlers::backend_images, handlers::reload, handlers::openapi,
         handlers::events, handlers::list_operations, handlers::get_operation,
-        handlers::cancel_operation,
+        handlers::cancel_operation, handlers::add_image, handlers::delete_image,
     ),
     components(schemas(
         unicompute_plugin_api::Instance, unicompute_plugin_api::Usage, unicompute_plugin_api::Image,
@@ -42,6 +42,7 @@ use unicompute_plugin_api::ErrorCode;
         (name = "cluster", description = "The whole"),
         (name = "backends", description = "Configured backends and their plugins"),
         (name = "events", description = "Every change, as it happens (Server-Sent Events)"),
+        (name = "images", description = "Pull, upload and delete images and templates"),
         (name = "operations", description = "Work run in the background (`?async=true`), its progress and result"),
         (name = "server", description = "The server itself"),
     ),
@@ -76,6 +77,10 @@ fn plugin_codes() -> Vec<Code> {
         ErrorCode::BackendUnavailable,
         ErrorCode::InvalidConfig,
         ErrorCode::InternalError,
+        ErrorCode::ImageNotFound,
+        ErrorCode::ImageInUse,
+        ErrorCode::ImageAlreadyExists,
+        ErrorCode::Cancelled,
     ]
     .into_iter()
     .map(Code::from)
@@ -125,6 +130,16 @@ pub fn error_codes(e: Endpoint) -> Vec<Code> {
         Endpoint::Events | Endpoint::ListOperations => (false, &[InvalidRequest, InvalidBackend]),
         Endpoint::GetOperation => (false, &[InvalidRequest, OperationNotFound]),
         Endpoint::CancelOperation => (false, &[OperationNotFound, InvalidState]),
+        Endpoint::AddImage => (
+            true,
+            &[
+                InvalidBackend,
+                InvalidRequest,
+                PayloadTooLarge,
+                OperationCancelled,
+            ],
+        ),
+        Endpoint::DeleteImage => (true, &[InvalidBackend, ImageNotFound, ImageInUse]),
     };
     codes.extend_from_slice(more);
     if plugin {

@@ -71,12 +71,16 @@ pub enum Endpoint {
     GetOperation,
     /// `DELETE /api/v1/compute/operations/{id}`
     CancelOperation,
+    /// `POST /api/v1/compute/backends/{backend}/images`
+    AddImage,
+    /// `DELETE /api/v1/compute/backends/{backend}/images/{name}`
+    DeleteImage,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order the router tries them (a literal segment wins
     /// over a parameter at the first place they differ, whatever the order here).
-    pub const ALL: [Endpoint; 23] = [
+    pub const ALL: [Endpoint; 25] = [
         Endpoint::Healthz,
         Endpoint::OpenApi,
         Endpoint::ListInstances,
@@ -100,6 +104,8 @@ impl Endpoint {
         Endpoint::ListOperations,
         Endpoint::GetOperation,
         Endpoint::CancelOperation,
+        Endpoint::AddImage,
+        Endpoint::DeleteImage,
     ];
 
     /// The method (a `GET` endpoint also answers `HEAD`).
@@ -118,14 +124,16 @@ impl Endpoint {
             | Endpoint::Events
             | Endpoint::ListOperations
             | Endpoint::GetOperation => "GET",
-            Endpoint::CreateInstance | Endpoint::Reload => "POST",
+            Endpoint::CreateInstance | Endpoint::Reload | Endpoint::AddImage => "POST",
             Endpoint::UpdateInstance
             | Endpoint::Start
             | Endpoint::Stop
             | Endpoint::Restart
             | Endpoint::Pause
             | Endpoint::Unpause => "PUT",
-            Endpoint::DeleteInstance | Endpoint::CancelOperation => "DELETE",
+            Endpoint::DeleteInstance | Endpoint::CancelOperation | Endpoint::DeleteImage => {
+                "DELETE"
+            }
         }
     }
 
@@ -149,7 +157,10 @@ impl Endpoint {
             Endpoint::Backends => "/api/v1/compute/backends",
             Endpoint::Reload => "/api/v1/compute/backends/reload",
             Endpoint::BackendInfo => "/api/v1/compute/backends/{backend}/info",
-            Endpoint::BackendImages => "/api/v1/compute/backends/{backend}/images",
+            Endpoint::BackendImages | Endpoint::AddImage => {
+                "/api/v1/compute/backends/{backend}/images"
+            }
+            Endpoint::DeleteImage => "/api/v1/compute/backends/{backend}/images/{name}",
             Endpoint::Events => "/api/v1/compute/events",
             Endpoint::ListOperations => "/api/v1/compute/operations",
             Endpoint::GetOperation | Endpoint::CancelOperation => "/api/v1/compute/operations/{id}",
@@ -182,6 +193,8 @@ impl Endpoint {
             Endpoint::ListOperations => "listOperations",
             Endpoint::GetOperation => "getOperation",
             Endpoint::CancelOperation => "cancelOperation",
+            Endpoint::AddImage => "addBackendImage",
+            Endpoint::DeleteImage => "deleteBackendImage",
         }
     }
 
@@ -194,12 +207,14 @@ impl Endpoint {
             | Endpoint::Stop
             | Endpoint::Restart
             | Endpoint::Pause
-            | Endpoint::Unpause => true,
+            | Endpoint::Unpause
+            | Endpoint::AddImage => true,
             Endpoint::Healthz
             | Endpoint::OpenApi
             | Endpoint::ListInstances
             | Endpoint::GetInstance
             | Endpoint::DeleteInstance
+            | Endpoint::DeleteImage
             | Endpoint::GetByName
             | Endpoint::Usage
             | Endpoint::ClusterStatus
@@ -224,7 +239,9 @@ impl Endpoint {
             | Endpoint::Stop
             | Endpoint::Restart
             | Endpoint::Pause
-            | Endpoint::Unpause => true,
+            | Endpoint::Unpause
+            | Endpoint::AddImage
+            | Endpoint::DeleteImage => true,
             Endpoint::Healthz
             | Endpoint::OpenApi
             | Endpoint::ListInstances
@@ -270,6 +287,8 @@ impl Endpoint {
             Endpoint::ListOperations => Route::ListOperations,
             Endpoint::GetOperation => Route::GetOperation(p(0)),
             Endpoint::CancelOperation => Route::CancelOperation(p(0)),
+            Endpoint::AddImage => Route::AddImage(p(0)),
+            Endpoint::DeleteImage => Route::DeleteImage(p(0), p(1)),
         }
     }
 }
@@ -315,6 +334,11 @@ pub enum Route<'a> {
     GetOperation(&'a str),
     /// `DELETE /api/v1/compute/operations/:id`
     CancelOperation(&'a str),
+    /// `POST /api/v1/compute/backends/:backend/images`
+    AddImage(&'a str),
+    /// `DELETE /api/v1/compute/backends/:backend/images/:name` (the name may hold
+    /// `/`, sent as `%2F`)
+    DeleteImage(&'a str, &'a str),
 }
 
 fn not_allowed(method: &str, allowed: &str) -> ApiError {
@@ -372,6 +396,15 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
     let wanted = if method == "HEAD" { "GET" } else { method };
     if let Some(e) = on_path.clone().find(|e| e.method() == wanted) {
         let (_, params) = matches(template, &segs).ok_or_else(|| not_found(path))?;
+        // No id, name or backend holds a `/` (an image name aside).
+        let slash_ok = |i: usize| e == Endpoint::DeleteImage && i == 1;
+        if params
+            .iter()
+            .enumerate()
+            .any(|(i, p)| p.contains("%2F") && !slash_ok(i))
+        {
+            return Err(not_found(path));
+        }
         return Ok(e.route(&params));
     }
     let allowed: Vec<&str> = on_path.map(Endpoint::method).collect();
@@ -390,10 +423,9 @@ pub fn decode_path(path: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
         let decoded = percent_encoding::percent_decode_str(seg)
             .decode_utf8()
             .map_err(|_| not_found(path))?;
-        if decoded.contains('/') {
-            return Err(not_found(path));
-        }
-        out.push(decoded.into_owned());
+        // A `/` inside a segment stays `%2F`: only an image name may hold one
+        // (`library/nginx:alpine`), and [`route`] refuses it anywhere else.
+        out.push(decoded.replace('/', "%2F"));
     }
     Ok(std::borrow::Cow::Owned(out.join("/")))
 }

@@ -83,6 +83,17 @@ pub enum Error {
     /// The work was stopped on request.
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// A request the domain refuses (a truncated upload).
+    #[error("{0}")]
+    Invalid(String),
+    /// More bytes than allowed.
+    #[error("{what} is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+        /// What.
+        what: String,
+    },
     /// The server itself failed (a task that could not run).
     #[error("{0}")]
     Internal(String),

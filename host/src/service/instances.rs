@@ -172,7 +172,9 @@ impl Service {
             labels: new.labels,
             start: new.start,
             created_at,
-            operation: None,
+            // The operation this create works for, if any: the backend reports the
+            // progress of long work (a disk copy) under it, and can be told to stop.
+            operation: super::operations::current(),
         };
         tracing::info!(instance = %id, name = %new.name, backend = %entry.name, "creating");
         let created = call(&backend, move |b| b.create(request))

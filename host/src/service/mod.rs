@@ -14,6 +14,7 @@
 
 mod error;
 mod ids;
+mod images;
 mod instances;
 mod operations;
 mod reload;
@@ -34,6 +35,7 @@ use unicompute_plugin_api::{Backend, ErrorCode, Event, Instance, PluginError};
 
 pub use error::{Error, Lookup};
 pub use ids::valid_name;
+pub use images::BodyError;
 pub use instances::{delete_needs_force, new_instance_id, rule, Action, NewInstance, Rule};
 pub use operations::{
     current as current_operation, Canceller, OpKind, OpResult, OpStatus, Operation, Operations,

@@ -439,5 +439,9 @@ impl Service {
 
 /// Whether an error says the work was cancelled.
 fn is_cancelled(e: &Error) -> bool {
-    matches!(e, Error::Cancelled(_))
+    match e {
+        Error::Cancelled(_) => true,
+        Error::Plugin { error, .. } => error.code == unicompute_plugin_api::ErrorCode::Cancelled,
+        _ => false,
+    }
 }

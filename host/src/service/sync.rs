@@ -145,8 +145,19 @@ impl Service {
                         }
                     }
                 }
-                // Progress of an operation: nothing for the inventory.
-                Event::Progress { .. } => {}
+                // Progress of an operation: the operation's, and an event.
+                Event::Progress {
+                    operation,
+                    progress,
+                } => self.operation_progress(
+                    &operation,
+                    super::Progress {
+                        stage: progress.stage,
+                        percent: progress.percent,
+                        bytes_done: progress.bytes_done,
+                        bytes_total: progress.bytes_total,
+                    },
+                ),
             }
         }
     }
