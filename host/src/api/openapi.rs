@@ -338,17 +338,20 @@ fn complete(doc: &mut Value, config: &Config) {
         "description": "Bytes; more than the backend can hold is 422."});
     schemas["StopRequest"]["properties"]["timeout"] = json!({"type": ["integer", "null"], "minimum": 0, "maximum": max_timeout,
         "description": format!("Seconds before a graceful stop turns hard (default 30, at most {max_timeout}).")});
-    // An update must change something: a resource value or the labels.
-    let value =
-        |field: &str| json!({"required": [field], "properties": {field: {"type": "integer"}}});
-    schemas["UpdateInstanceRequest"]["anyOf"] = json!([
-        {"required": ["resources"], "properties": {"resources": {"anyOf": [
-            {"required": ["cpu"], "properties": {"cpu": value("cores")}},
-            {"required": ["memory"], "properties": {"memory": value("limit")}},
-            {"required": ["storage"], "properties": {"storage": value("totalSpace")}},
-        ]}}},
-        {"required": ["metadata"], "properties": {"metadata": {"required": ["labels"], "properties": {"labels": {"type": "object"}}}}},
-    ]);
+    // An update must change something: a resource value or the labels. Said as one
+    // object that is `not` the update that changes nothing (every value absent or
+    // null), not as an `anyOf` of near-copies of the body: generators make one model
+    // of it (they ignore `not`), validators and fuzzers see the exact rule.
+    let unset = |field: &str| json!({"properties": {field: {"type": "null"}}});
+    let u = &mut schemas["UpdateInstanceRequest"];
+    u["minProperties"] = json!(1);
+    u["description"] = json!("At least one of `resources.cpu.cores`, `resources.memory.limit`, `resources.storage.totalSpace` and `metadata.labels` must be given (not null): an update that changes nothing is 400. Absent resources are kept; `metadata` without `labels` keeps them.");
+    u["not"] = json!({"properties": {
+        "resources": {"properties": {
+            "cpu": unset("cores"), "memory": unset("limit"), "storage": unset("totalSpace"),
+        }},
+        "metadata": unset("labels"),
+    }});
 }
 
 /// A JSON pointer segment.
@@ -531,6 +534,29 @@ mod tests {
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"
         );
+    }
+
+    #[test]
+    fn the_update_body_is_one_object_that_must_change_something() {
+        let doc = document(&config());
+        let u = &doc["components"]["schemas"]["UpdateInstanceRequest"];
+        // One object (no `anyOf` of near-copies, which generators turn into duplicate
+        // models), refusing `{}` and, through `not`, any body whose four values are all
+        // absent or null: the handler's "nothing to update" 400.
+        assert!(u.get("anyOf").is_none(), "{u}");
+        assert_eq!(u["type"], "object");
+        assert_eq!(u["additionalProperties"], false);
+        assert_eq!(u["minProperties"], 1);
+        let not = &u["not"]["properties"];
+        for (path, field) in [
+            ("/resources/properties/cpu", "cores"),
+            ("/resources/properties/memory", "limit"),
+            ("/resources/properties/storage", "totalSpace"),
+            ("/metadata", "labels"),
+        ] {
+            let p = not.pointer(path).unwrap_or_else(|| panic!("{path}: {u}"));
+            assert_eq!(p["properties"][field], json!({"type": "null"}), "{path}");
+        }
     }
 
     #[test]

@@ -66,6 +66,19 @@ pub enum KvmError {
         /// What sets the limit (`the host's memory`...).
         of: &'static str,
     },
+    /// Less than the backend can give: memory below what a guest needs, a disk
+    /// smaller than its template.
+    #[error("{field} {requested} is less than {of} ({limit})")]
+    TooSmall {
+        /// The request's field (`memory.limit`, `storage.totalSpace`).
+        field: &'static str,
+        /// The value asked.
+        requested: u64,
+        /// The least there can be.
+        limit: u64,
+        /// What sets the limit (`the template ubuntu's size`...).
+        of: String,
+    },
     /// An update asked for a smaller disk than the instance has: never shrunk.
     #[error("storage.totalSpace cannot shrink ({requested} < {current})")]
     DiskShrink {
@@ -343,13 +356,17 @@ impl KvmError {
                 sys::VIR_ERR_OPERATION_INVALID => op.when_invalid(),
                 number => libvirt_code(number),
             },
-            KvmError::InvalidRequest(_)
-            | KvmError::UnknownTemplate { .. }
-            | KvmError::DiskShrink { .. } => ErrorCode::InvalidRequest,
+            KvmError::InvalidRequest(_) | KvmError::UnknownTemplate { .. } => {
+                ErrorCode::InvalidRequest
+            }
             KvmError::NotFound(_) => ErrorCode::InstanceNotFound,
             KvmError::NameTaken(_) => ErrorCode::InstanceAlreadyExists,
             KvmError::InvalidState(_) => ErrorCode::InvalidState,
-            KvmError::ResourceLimit { .. } => ErrorCode::ResourceLimitExceeded,
+            // A size the backend cannot give, above or below: the request is well
+            // formed, only not here (as the contract's 422, not a 400).
+            KvmError::ResourceLimit { .. }
+            | KvmError::TooSmall { .. }
+            | KvmError::DiskShrink { .. } => ErrorCode::ResourceLimitExceeded,
             KvmError::Io { .. } | KvmError::Tool { .. } => ErrorCode::BackendError,
             KvmError::Xml(_) => ErrorCode::InternalError,
             KvmError::ImageNotFound(_) => ErrorCode::ImageNotFound,
@@ -439,6 +456,12 @@ impl From<KvmError> for PluginError {
                 requested,
                 limit,
                 ..
+            }
+            | KvmError::TooSmall {
+                field,
+                requested,
+                limit,
+                ..
             } => {
                 out = out
                     .with_detail("field", field)
@@ -449,6 +472,7 @@ impl From<KvmError> for PluginError {
                 out = out
                     .with_detail("field", "storage.totalSpace")
                     .with_detail("requested", requested)
+                    .with_detail("limit", current)
                     .with_detail("current", current);
             }
             KvmError::Unavailable { uri, .. } | KvmError::Connecting { uri } => {
@@ -515,11 +539,20 @@ mod tests {
                 ErrorCode::ResourceLimitExceeded,
             ),
             (
+                KvmError::TooSmall {
+                    field: "memory.limit",
+                    requested: 1,
+                    limit: 2,
+                    of: "what a guest needs".into(),
+                },
+                ErrorCode::ResourceLimitExceeded,
+            ),
+            (
                 KvmError::DiskShrink {
                     requested: 1,
                     current: 2,
                 },
-                ErrorCode::InvalidRequest,
+                ErrorCode::ResourceLimitExceeded,
             ),
             (
                 KvmError::Io {

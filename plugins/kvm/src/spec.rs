@@ -248,10 +248,12 @@ impl Plan {
         let memory = req.resources.memory_limit().unwrap_or(DEFAULT_MEMORY);
         let size = req.resources.total_space().unwrap_or(template.virtual_size);
         if size < template.virtual_size {
-            return Err(KvmError::InvalidRequest(format!(
-                "storage.totalSpace {size} is smaller than template {} ({} bytes)",
-                template.name, template.virtual_size
-            )));
+            return Err(KvmError::TooSmall {
+                field: "storage.totalSpace",
+                requested: size,
+                limit: template.virtual_size,
+                of: format!("the size of template {}", template.name),
+            });
         }
         Ok(Plan {
             config,

@@ -215,7 +215,7 @@ fn sizes_beyond_the_pool_or_host_are_refused_and_disks_never_shrink() {
                 resources(json!({"cpu": {"cores": 2}, "storage": {"totalSpace": 32u64 << 20}})),
             )
             .expect_err("shrink");
-        assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
+        assert_eq!(e.code, ErrorCode::ResourceLimitExceeded, "{e:?}");
         assert_eq!(e.details["field"], "storage.totalSpace");
         assert_eq!(e.details["current"], 64u64 << 20);
         assert_eq!(capacity(), 64 << 20, "the disk is untouched");

@@ -220,7 +220,7 @@ fn every_lifecycle_call_update_and_usage() {
             labels: None,
         },
     );
-    assert_eq!(shrink.unwrap_err().code, ErrorCode::InvalidRequest);
+    assert_eq!(shrink.unwrap_err().code, ErrorCode::ResourceLimitExceeded);
 
     // A guest without an OS ignores ACPI: the graceful stop reaches its timeout and
     // ends hard.

@@ -200,7 +200,10 @@ fn bad_requests_are_refused_and_leave_nothing() {
     );
     let mut small = request("i-x", "vm-x", json!({"image": "ubuntu-22.04"}));
     small.resources = serde_json::from_value(json!({"storage": {"totalSpace": 1024}})).unwrap();
-    assert_eq!(b.create(small).unwrap_err().code, ErrorCode::InvalidRequest);
+    assert_eq!(
+        b.create(small).unwrap_err().code,
+        ErrorCode::ResourceLimitExceeded
+    );
 
     b.create(request(
         "i-1",
@@ -285,7 +288,11 @@ fn update_applies_to_the_config_and_reports() {
             },
         )
         .unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidRequest, "disks never shrink");
+    assert_eq!(
+        e.code,
+        ErrorCode::ResourceLimitExceeded,
+        "disks never shrink"
+    );
     assert_eq!(
         b.update("missing", UpdateRequest::default())
             .unwrap_err()

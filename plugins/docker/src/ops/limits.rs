@@ -58,10 +58,17 @@ impl Shared {
             }
         }
         if let Some(m) = memory {
+            // Well formed, only less than the engine can give: 422, not 400.
             if m < MIN_MEMORY {
-                return Err(PluginError::invalid(format!(
-                    "memory.limit must be at least {MIN_MEMORY} bytes"
-                )));
+                return Err(PluginError::new(
+                    ErrorCode::ResourceLimitExceeded,
+                    format!(
+                        "memory.limit of {m} bytes asked, the engine needs at least {MIN_MEMORY}"
+                    ),
+                )
+                .with_detail("field", "memory.limit")
+                .with_detail("requested", m)
+                .with_detail("limit", MIN_MEMORY));
             }
             // The engine takes a signed 64-bit count: never more than that either.
             let limit = if host.memory > 0 {

@@ -9,6 +9,9 @@ use virt::storage_pool::StoragePool;
 use crate::backend::Inner;
 use crate::error::{lv, KvmError, LibvirtOp, Result};
 
+/// The least memory a guest is given (16 MiB).
+const MIN_MEMORY: u64 = 16 << 20;
+
 impl Inner {
     /// The host's CPUs and memory (bytes).
     pub(super) fn host(&self, conn: &Connect) -> Result<HostResources> {
@@ -44,10 +47,13 @@ impl Inner {
             }
         }
         if let Some(m) = memory {
-            if m < (16 << 20) {
-                return Err(KvmError::InvalidRequest(
-                    "memory.limit must be at least 16 MiB".into(),
-                ));
+            if m < MIN_MEMORY {
+                return Err(KvmError::TooSmall {
+                    field: "memory.limit",
+                    requested: m,
+                    limit: MIN_MEMORY,
+                    of: "what a guest needs".into(),
+                });
             }
             if m > host.memory {
                 return Err(KvmError::ResourceLimit {
