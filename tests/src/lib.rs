@@ -15,8 +15,8 @@ pub use serde_json::{json, Value};
 
 pub mod docker;
 pub mod kvm;
-pub mod sse;
 pub mod registry;
+pub mod sse;
 
 pub use docker::FileLock;
 
