@@ -40,6 +40,10 @@ pub struct KvmConfig {
     /// leftover of a create or delete that a killed server did not finish.
     #[serde(default = "default_orphan_grace_secs")]
     pub orphan_grace_secs: u64,
+    /// Directory (on the libvirt host) where each instance's serial console output is
+    /// kept, as `<id>-serial.log` (written by virtlogd; removed with the instance).
+    #[serde(default = "default_console_log_dir")]
+    pub console_log_dir: PathBuf,
 }
 
 /// `<cpu mode="...">`.
@@ -83,6 +87,9 @@ fn default_network() -> String {
 fn default_orphan_grace_secs() -> u64 {
     600
 }
+fn default_console_log_dir() -> PathBuf {
+    "/var/log/libvirt/qemu".into()
+}
 
 impl Default for KvmConfig {
     fn default() -> Self {
@@ -95,6 +102,7 @@ impl Default for KvmConfig {
             default_network: default_network(),
             cpu_mode: None,
             orphan_grace_secs: default_orphan_grace_secs(),
+            console_log_dir: default_console_log_dir(),
         }
     }
 }
@@ -111,6 +119,7 @@ impl KvmConfig {
         for (key, dir) in [
             ("templates_dir", &self.templates_dir),
             ("storage_dir", &self.storage_dir),
+            ("console_log_dir", &self.console_log_dir),
         ] {
             // libvirtd resolves paths from its own working directory, not ours.
             if !dir.is_absolute() {
@@ -189,6 +198,10 @@ mod tests {
             },
             KvmConfig {
                 storage_dir: "./instances".into(),
+                ..Default::default()
+            },
+            KvmConfig {
+                console_log_dir: "logs".into(),
                 ..Default::default()
             },
         ] {
