@@ -42,8 +42,11 @@ pub struct KvmConfig {
     pub orphan_grace_secs: u64,
     /// Directory (on the libvirt host) where each instance's serial console output is
     /// kept, as `<id>-serial.log` (written by virtlogd; removed with the instance).
-    #[serde(default = "default_console_log_dir")]
-    pub console_log_dir: PathBuf,
+    /// Unset: libvirt's own log directory, `/var/log/libvirt/qemu`, for a system URI
+    /// (`qemu:///system`, `qemu+ssh://host/system`); none for others (a session
+    /// daemon cannot write there), so no console log is kept.
+    #[serde(default)]
+    pub console_log_dir: Option<PathBuf>,
 }
 
 /// `<cpu mode="...">`.
@@ -87,9 +90,8 @@ fn default_network() -> String {
 fn default_orphan_grace_secs() -> u64 {
     600
 }
-fn default_console_log_dir() -> PathBuf {
-    "/var/log/libvirt/qemu".into()
-}
+/// libvirt's own log directory for QEMU domains of a system daemon.
+pub const SYSTEM_CONSOLE_LOG_DIR: &str = "/var/log/libvirt/qemu";
 
 impl Default for KvmConfig {
     fn default() -> Self {
@@ -102,7 +104,7 @@ impl Default for KvmConfig {
             default_network: default_network(),
             cpu_mode: None,
             orphan_grace_secs: default_orphan_grace_secs(),
-            console_log_dir: default_console_log_dir(),
+            console_log_dir: None,
         }
     }
 }
@@ -117,10 +119,13 @@ impl KvmConfig {
             )));
         }
         for (key, dir) in [
-            ("templates_dir", &self.templates_dir),
-            ("storage_dir", &self.storage_dir),
-            ("console_log_dir", &self.console_log_dir),
-        ] {
+            ("templates_dir", Some(&self.templates_dir)),
+            ("storage_dir", Some(&self.storage_dir)),
+            ("console_log_dir", self.console_log_dir.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, dir)| Some((key, dir?)))
+        {
             // libvirtd resolves paths from its own working directory, not ours.
             if !dir.is_absolute() {
                 return Err(PluginError::config(format!(
@@ -130,6 +135,15 @@ impl KvmConfig {
             }
         }
         Ok(())
+    }
+
+    /// Where console logs are kept: `console_log_dir`, else libvirt's log directory
+    /// for a system URI, else nowhere.
+    pub fn resolved_console_log_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.console_log_dir {
+            return Some(dir.clone());
+        }
+        uri_is_system(&self.uri).then(|| SYSTEM_CONSOLE_LOG_DIR.into())
     }
 
     /// The domain type to write into domain XML.
@@ -146,6 +160,17 @@ impl KvmConfig {
             "qemu".into()
         }
     }
+}
+
+/// Whether a libvirt URI names a system daemon: its path is `/system`
+/// (`qemu:///system`, `qemu+ssh://user@host/system?keyfile=...`).
+fn uri_is_system(uri: &str) -> bool {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    path.trim_end_matches('/') == "/system"
 }
 
 /// Whether the KVM device can be opened for reading and writing.
@@ -181,6 +206,34 @@ mod tests {
     }
 
     #[test]
+    fn console_logs_go_to_libvirts_log_dir_on_a_system_daemon_only() {
+        let on = |uri: &str| {
+            KvmConfig {
+                uri: uri.into(),
+                ..Default::default()
+            }
+            .resolved_console_log_dir()
+        };
+        let system = Some(PathBuf::from("/var/log/libvirt/qemu"));
+        assert_eq!(on("qemu:///system"), system);
+        assert_eq!(on("qemu+ssh://root@h/system?keyfile=/k"), system);
+        assert_eq!(on("qemu+tls://h/system"), system);
+        assert_eq!(on("qemu:///session"), None);
+        assert_eq!(on("qemu+unix:///session?socket=/tmp/s"), None);
+        assert_eq!(on("test:///default"), None);
+        assert_eq!(on("qemu:///systemd"), None);
+        let set = KvmConfig {
+            uri: "qemu:///session".into(),
+            console_log_dir: Some("/srv/logs".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            set.resolved_console_log_dir(),
+            Some(PathBuf::from("/srv/logs"))
+        );
+    }
+
+    #[test]
     fn pool_names_are_plain_and_directories_absolute() {
         assert!(KvmConfig::default().validate("kvm").is_ok());
         for bad in [
@@ -201,7 +254,7 @@ mod tests {
                 ..Default::default()
             },
             KvmConfig {
-                console_log_dir: "logs".into(),
+                console_log_dir: Some("logs".into()),
                 ..Default::default()
             },
         ] {

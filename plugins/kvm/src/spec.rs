@@ -328,11 +328,11 @@ impl Plan {
             disk: (disk.clone(), format.to_owned()),
             seed: seed.clone(),
             nic: self.nic.clone(),
-            console_log: Some(
-                crate::console_log::path(&settings.console_log_dir, &req.id)
+            console_log: settings.resolved_console_log_dir().map(|dir| {
+                crate::console_log::path(&dir, &req.id)
                     .to_string_lossy()
-                    .into_owned(),
-            ),
+                    .into_owned()
+            }),
             meta: InstanceMeta {
                 xmlns: None,
                 id: req.id.clone(),

@@ -44,7 +44,10 @@ fn remove_console_log(config: &KvmConfig, id: &str, file: Option<&str>) {
         tracing::debug!(instance = %id, file, "console log on a remote libvirt host left in place");
         return;
     }
-    if !console_log::is_ours(&config.console_log_dir, id, Path::new(file)) {
+    let ours = config
+        .resolved_console_log_dir()
+        .is_some_and(|dir| console_log::is_ours(&dir, id, Path::new(file)));
+    if !ours {
         tracing::warn!(instance = %id, file, "console log outside console_log_dir left in place");
         return;
     }
