@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need on Debian 12: a Docker engine, libvirtd with
-# QEMU/KVM, qemu-img, busybox-static, curl and docker-registry. Idempotent: does only what is missing.
+# QEMU/KVM, qemu-img, busybox-static, curl, docker-registry, and the tools that build the KVM tests'
+# guest (dosfstools, mtools, syslinux, cpio), then builds that guest (cached, see
+# scripts/guest-template.sh; UC_SKIP_GUEST=1 skips it). Idempotent: does only what is
+# missing.
 set -euo pipefail
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
@@ -20,6 +23,12 @@ elif ! command -v qemu-img >/dev/null 2>&1; then
   need_pkgs+=(qemu-utils)
 fi
 dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
+# The KVM tests' guest (scripts/guest-template.sh): a FAT disk made bootable by
+# SYSLINUX without a mount, and a cpio initramfs. Its kernel is fetched by that
+# script with `apt-get download` (not installed on this host).
+for pkg in dosfstools mtools syslinux syslinux-common cpio; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
+done
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl) # the README's examples are run with it
 # A private registry that the image-pull tests start on 127.0.0.1 themselves (its
@@ -94,5 +103,10 @@ if ! virsh -c qemu:///system net-info default >/dev/null 2>&1 \
 fi
 virsh -c qemu:///system net-info default >/dev/null 2>&1 && \
   { virsh -c qemu:///system net-start default >/dev/null 2>&1 || true; }
+
+# The KVM tests' guest, built once and cached under target/guest.
+if [ "${UC_SKIP_GUEST:-}" != 1 ]; then
+  log "KVM test guest: $(bash "$(dirname "$0")/guest-template.sh")"
+fi
 
 log "docker $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})'), $(virsh -c qemu:///system version | grep -i 'running hypervisor' || true), kvm: $([ -w /dev/kvm ] && echo yes || echo no)"

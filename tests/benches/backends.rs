@@ -213,6 +213,7 @@ fn bench_kvm(runs: usize) {
             disk: (vol.path().expect("path"), "qcow2".into()),
             seed: None,
             nic: None,
+            console_log: None,
             meta: InstanceMeta {
                 xmlns: None,
                 id: name.clone(),

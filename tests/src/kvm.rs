@@ -118,6 +118,14 @@ impl KvmFixture {
     }
 }
 
+/// The serial console's log file named in a domain's XML, as virsh prints it.
+fn console_log(xml: &str) -> Option<String> {
+    let serial = &xml[xml.find("<serial ")?..];
+    let serial = &serial[..serial.find("</serial>")?];
+    let rest = &serial[serial.find("<log file='")? + "<log file='".len()..];
+    Some(rest[..rest.find('\'')?].to_owned())
+}
+
 impl Default for KvmFixture {
     fn default() -> Self {
         Self::new()
@@ -137,6 +145,11 @@ impl Drop for KvmFixture {
             .map(str::to_owned)
             .collect();
         for d in self.domains().into_iter().chain(on_pool) {
+            // Its console log (`<log file='...'/>` on the serial port), which only
+            // the backend's delete removes.
+            if let Some(log) = console_log(&virsh(&["dumpxml", &d]).1) {
+                let _ = std::fs::remove_file(log);
+            }
             let _ = virsh(&["destroy", &d]);
             let _ = virsh(&["undefine", &d, "--nvram"]);
         }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::{json, Value};
 
 pub mod docker;
+pub mod guest;
 pub mod kvm;
 pub mod registry;
 pub mod sse;

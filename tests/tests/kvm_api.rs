@@ -1,11 +1,14 @@
 //! The KVM backend end to end: the real binary, the real kvm plugin, libvirtd with
-//! QEMU/KVM. Guests have no OS (an empty template); networking is checked in the
-//! domain XML only. Also: a server killed in the middle of a create leaves a volume
-//! that the next server sweeps.
+//! QEMU/KVM. Guests have no OS (an empty template), except in the real-guest test
+//! (`scripts/guest-template.sh`); networking is checked in the domain XML only. Also:
+//! a server killed in the middle of a create leaves a volume that the next server
+//! sweeps.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use unicompute_tests::guest;
 use unicompute_tests::kvm::{virsh, KvmFixture};
 use unicompute_tests::*;
 
@@ -618,6 +621,121 @@ fn the_spec_kvm_config_block_verbatim_and_the_whole_lifecycle() {
 
     let r = s.call("DELETE", &format!("{one}?force=true"), ADMIN, None);
     assert_eq!(r.status, 204, "{}", r.text);
+    assert!(f.domains().is_empty(), "domain left: {:?}", f.domains());
+    assert!(f.volumes().is_empty(), "volumes left: {:?}", f.volumes());
+}
+
+/// Removes a file on drop: a console log the test expects gone, also after a failure.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The kvm backend's default `console_log_dir`.
+const CONSOLE_LOG_DIR: &str = "/var/log/libvirt/qemu";
+
+#[test]
+fn a_real_guest_gets_its_user_data_stops_by_its_own_power_off_and_its_console_log_outlives_a_server_restart(
+) {
+    let f = KvmFixture::new();
+    guest::install(&f.templates(), "guest");
+    let domain_type = guest::domain_type();
+    let extra = format!("domain_type = \"{domain_type}\"\n");
+    let s = server_with(&f, &extra);
+    let name = format!("{}-guest", f.prefix);
+    let token = format!("{name}-{}", uuid::Uuid::new_v4());
+    let started = Instant::now();
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({
+            "name": name, "backend": "kvm", "start": true,
+            "config": {"image": "guest", "networkType": "none",
+                       "cloudInit": {"userData": guest::user_data(&token)}},
+            "resources": {"cpu": {"cores": 1}, "memory": {"limit": guest::MEMORY}}
+        })),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["state"], "running", "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let one = format!("{INSTANCES}/{id}");
+    let log = Path::new(CONSOLE_LOG_DIR).join(format!("{id}-serial.log"));
+    let _log_guard = RemoveOnDrop(log.clone());
+    let (_, xml) = virsh(&["dumpxml", &name]);
+    assert!(
+        xml.contains(&format!("<log file='{}' append='on'/>", log.display())),
+        "{xml}"
+    );
+
+    // The user-data reached the guest: it printed the marker on its serial console.
+    let marker = format!("{}{token}", guest::MARKER_SEEN);
+    let to_marker = guest::wait_for_line(&log, &marker, Duration::from_secs(300))
+        .map(|_| started.elapsed())
+        .unwrap_or_else(|| {
+            panic!(
+                "no {marker:?} in {}:\n{}",
+                log.display(),
+                guest::read_log(&log)
+            )
+        });
+    assert!(
+        guest::wait_for_line(&log, guest::READY, Duration::from_secs(300)).is_some(),
+        "{}",
+        guest::read_log(&log)
+    );
+
+    // A server restart: the instance runs on and its console log is still there.
+    drop(s);
+    let s = server_with(&f, &extra);
+    let r = s.get(&one);
+    assert_eq!(r.json["state"], "running", "{}", r.text);
+    let text = guest::read_log(&log);
+    assert!(text.contains(&marker), "{text}");
+
+    // A graceful stop (no force, the default timeout): the guest's own power-off.
+    let stopping = Instant::now();
+    let r = s.call(
+        "PUT",
+        &format!("{one}/stop"),
+        OPERATOR,
+        Some(&json!({"force": false})),
+    );
+    let stop_took = stopping.elapsed();
+    assert_eq!(r.json["state"], "stopped", "{}", r.text);
+    let text = guest::read_log(&log);
+    let pressed = text.find(guest::POWER_BUTTON);
+    let off = text.find(guest::POWERING_OFF);
+    assert!(
+        pressed.is_some() && off.is_some() && pressed < off,
+        "the guest saw the ACPI power button and powered itself off: {text}"
+    );
+    // libvirt's record of how it ended: shut down by the guest, not destroyed.
+    assert_eq!(
+        virsh(&["domstate", "--reason", &name]).1,
+        "shut off (shutdown)"
+    );
+    eprintln!(
+        "real guest through the API ({domain_type}): create+start to marker {:.1} s, graceful stop {:.2} s",
+        to_marker.as_secs_f64(),
+        stop_took.as_secs_f64()
+    );
+
+    // The delete takes the console log with it.
+    assert_eq!(s.call("DELETE", &one, ADMIN, None).status, 204);
+    assert!(!log.exists(), "console log left: {}", log.display());
+    let rotated: Vec<String> = std::fs::read_dir(CONSOLE_LOG_DIR)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(rotated.is_empty(), "left: {rotated:?}");
     assert!(f.domains().is_empty(), "domain left: {:?}", f.domains());
     assert!(f.volumes().is_empty(), "volumes left: {:?}", f.volumes());
 }

@@ -132,6 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 disk: (vol.path()?, "qcow2".into()),
                 seed: None,
                 nic: None,
+                console_log: None,
                 meta: InstanceMeta {
                     xmlns: None,
                     id: name.clone(),

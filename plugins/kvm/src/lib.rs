@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod client;
 pub mod cloud_init;
+pub mod console_log;
 pub mod error;
 mod events;
 mod ops;

@@ -43,6 +43,13 @@ pub struct KvmConfig {
     /// The largest template an upload may write, in bytes (64 GiB by default).
     #[serde(default = "default_max_template_bytes")]
     pub max_template_bytes: u64,
+    /// Directory (on the libvirt host) where each instance's serial console output is
+    /// kept, as `<id>-serial.log` (written by virtlogd; removed with the instance).
+    /// Unset: libvirt's own log directory, `/var/log/libvirt/qemu`, for a system URI
+    /// (`qemu:///system`, `qemu+ssh://host/system`); none for others (a session
+    /// daemon cannot write there), so no console log is kept.
+    #[serde(default)]
+    pub console_log_dir: Option<PathBuf>,
 }
 
 /// `<cpu mode="...">`.
@@ -89,6 +96,8 @@ fn default_orphan_grace_secs() -> u64 {
 fn default_max_template_bytes() -> u64 {
     64 << 30
 }
+/// libvirt's own log directory for QEMU domains of a system daemon.
+pub const SYSTEM_CONSOLE_LOG_DIR: &str = "/var/log/libvirt/qemu";
 
 impl Default for KvmConfig {
     fn default() -> Self {
@@ -102,6 +111,7 @@ impl Default for KvmConfig {
             cpu_mode: None,
             orphan_grace_secs: default_orphan_grace_secs(),
             max_template_bytes: default_max_template_bytes(),
+            console_log_dir: None,
         }
     }
 }
@@ -123,9 +133,13 @@ impl KvmConfig {
             )));
         }
         for (key, dir) in [
-            ("templates_dir", &self.templates_dir),
-            ("storage_dir", &self.storage_dir),
-        ] {
+            ("templates_dir", Some(&self.templates_dir)),
+            ("storage_dir", Some(&self.storage_dir)),
+            ("console_log_dir", self.console_log_dir.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, dir)| Some((key, dir?)))
+        {
             // libvirtd resolves paths from its own working directory, not ours.
             if !dir.is_absolute() {
                 return Err(PluginError::config(format!(
@@ -135,6 +149,15 @@ impl KvmConfig {
             }
         }
         Ok(())
+    }
+
+    /// Where console logs are kept: `console_log_dir`, else libvirt's log directory
+    /// for a system URI, else nowhere.
+    pub fn resolved_console_log_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.console_log_dir {
+            return Some(dir.clone());
+        }
+        uri_is_system(&self.uri).then(|| SYSTEM_CONSOLE_LOG_DIR.into())
     }
 
     /// The domain type to write into domain XML.
@@ -151,6 +174,17 @@ impl KvmConfig {
             "qemu".into()
         }
     }
+}
+
+/// Whether a libvirt URI names a system daemon: its path is `/system`
+/// (`qemu:///system`, `qemu+ssh://user@host/system?keyfile=...`).
+fn uri_is_system(uri: &str) -> bool {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    path.trim_end_matches('/') == "/system"
 }
 
 /// Whether the KVM device can be opened for reading and writing.
@@ -187,6 +221,34 @@ mod tests {
     }
 
     #[test]
+    fn console_logs_go_to_libvirts_log_dir_on_a_system_daemon_only() {
+        let on = |uri: &str| {
+            KvmConfig {
+                uri: uri.into(),
+                ..Default::default()
+            }
+            .resolved_console_log_dir()
+        };
+        let system = Some(PathBuf::from("/var/log/libvirt/qemu"));
+        assert_eq!(on("qemu:///system"), system);
+        assert_eq!(on("qemu+ssh://root@h/system?keyfile=/k"), system);
+        assert_eq!(on("qemu+tls://h/system"), system);
+        assert_eq!(on("qemu:///session"), None);
+        assert_eq!(on("qemu+unix:///session?socket=/tmp/s"), None);
+        assert_eq!(on("test:///default"), None);
+        assert_eq!(on("qemu:///systemd"), None);
+        let set = KvmConfig {
+            uri: "qemu:///session".into(),
+            console_log_dir: Some("/srv/logs".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            set.resolved_console_log_dir(),
+            Some(PathBuf::from("/srv/logs"))
+        );
+    }
+
+    #[test]
     fn pool_names_are_plain_and_directories_absolute() {
         assert!(KvmConfig::default().validate("kvm").is_ok());
         for bad in [
@@ -208,6 +270,10 @@ mod tests {
             },
             KvmConfig {
                 max_template_bytes: 0,
+                ..Default::default()
+            },
+            KvmConfig {
+                console_log_dir: Some("logs".into()),
                 ..Default::default()
             },
         ] {

@@ -330,6 +330,11 @@ impl Plan {
             disk: (disk.clone(), format.to_owned()),
             seed: seed.clone(),
             nic: self.nic.clone(),
+            console_log: settings.resolved_console_log_dir().map(|dir| {
+                crate::console_log::path(&dir, &req.id)
+                    .to_string_lossy()
+                    .into_owned()
+            }),
             meta: InstanceMeta {
                 xmlns: None,
                 id: req.id.clone(),

@@ -12,11 +12,12 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use super::undefine;
+use super::{remove_console_log, undefine};
 use crate::backend::Inner;
 use crate::cloud_init;
 use crate::error::{lv, KvmError, LibvirtOp, Result};
 use crate::record::Found;
+use crate::settings::KvmConfig;
 use crate::spec::{self, Plan};
 use crate::storage;
 use crate::xml::DomainDoc;
@@ -59,6 +60,9 @@ struct Rollback<'a> {
     local: bool,
     dom: Option<Domain>,
     volumes: Vec<String>,
+    /// The instance's id, its settings and console log (a failed start may have
+    /// made it).
+    console_log: Option<(&'a KvmConfig, String, String)>,
     armed: bool,
 }
 
@@ -77,6 +81,9 @@ impl Drop for Rollback<'_> {
             if let Err(e) = storage::delete_volume(self.conn, path, self.local) {
                 tracing::warn!(error = %e, "rollback could not delete a volume");
             }
+        }
+        if let Some((config, id, file)) = &self.console_log {
+            remove_console_log(config, id, Some(file));
         }
     }
 }
@@ -102,6 +109,7 @@ impl Inner {
             local: storage::uri_is_local(&self.config.uri),
             dom: None,
             volumes: Vec::new(),
+            console_log: None,
             armed: true,
         };
         // A raw copy with an operation token reports its bytes and can be cancelled.
@@ -172,6 +180,10 @@ impl Inner {
             }
         };
         rollback.dom = Some(dom.clone());
+        rollback.console_log = spec
+            .console_log
+            .clone()
+            .map(|file| (&self.config, req.id.clone(), file));
         if req.start {
             dom.create().map_err(lv(LibvirtOp::StartDomain))?;
             // updatedAt is the start's time, after createdAt.

@@ -8,7 +8,7 @@ use unicompute_plugin_api::{Instance, InstanceState, StopOptions};
 use virt::domain::Domain;
 use virt::sys;
 
-use super::undefine;
+use super::{remove_console_log, undefine};
 use crate::backend::Inner;
 use crate::error::{lv, KvmError, LibvirtOp, Result};
 use crate::record::{domain_state, is_active_state, Found};
@@ -190,6 +190,7 @@ impl Inner {
                 tracing::error!(instance = %id, volume = %path, error = %e, "volume of a deleted instance not removed");
             }
         }
+        remove_console_log(&self.config, id, found.doc.console_log());
         tracing::info!(instance = %id, "deleted");
         Ok(())
     }

@@ -14,10 +14,14 @@ mod usage;
 pub(crate) use create::Creating;
 pub(crate) use images::Cancels;
 
+use std::path::Path;
+
 use virt::domain::Domain;
 use virt::sys;
 
 use crate::error::{lv, LibvirtOp, Result};
+use crate::settings::KvmConfig;
+use crate::{console_log, storage};
 
 /// Undefines a domain with its managed save, snapshots, checkpoints and NVRAM.
 fn undefine(dom: &Domain) -> Result<()> {
@@ -29,5 +33,27 @@ fn undefine(dom: &Domain) -> Result<()> {
         Ok(()) => Ok(()),
         // Drivers without some of these flags (test:///) take a plain undefine.
         Err(_) => dom.undefine().map_err(lv(LibvirtOp::UndefineDomain)),
+    }
+}
+
+/// Removes instance `id`'s console log file (`file`, as its domain's XML names it),
+/// and only when it is the one this backend names (`<id>-serial.log` in
+/// `console_log_dir`) on a local libvirt (a remote one keeps it on its own host).
+/// Failures are logged: the instance is gone by then.
+fn remove_console_log(config: &KvmConfig, id: &str, file: Option<&str>) {
+    let Some(file) = file else { return };
+    if !storage::uri_is_local(&config.uri) {
+        tracing::debug!(instance = %id, file, "console log on a remote libvirt host left in place");
+        return;
+    }
+    let ours = config
+        .resolved_console_log_dir()
+        .is_some_and(|dir| console_log::is_ours(&dir, id, Path::new(file)));
+    if !ours {
+        tracing::warn!(instance = %id, file, "console log outside console_log_dir left in place");
+        return;
+    }
+    for (f, e) in console_log::remove(Path::new(file)) {
+        tracing::error!(instance = %id, file = %f.display(), error = %e, "console log of a deleted instance not removed");
     }
 }

@@ -147,6 +147,18 @@ struct ModelXml {
 struct SerialXml {
     #[serde(rename = "@type")]
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<LogXml>,
+}
+
+/// `<log file="..." append="on"/>` on a character device: what the guest writes to
+/// it is also kept in that file (by virtlogd), across restarts of the guest (append).
+#[derive(Debug, Serialize)]
+struct LogXml {
+    #[serde(rename = "@file")]
+    file: String,
+    #[serde(rename = "@append")]
+    append: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -196,6 +208,8 @@ pub struct DomainSpec {
     pub seed: Option<String>,
     /// The network interface, if any.
     pub nic: Option<Nic>,
+    /// The file the serial console's output is kept in, if any.
+    pub console_log: Option<String>,
     /// Our metadata.
     pub meta: InstanceMeta,
 }
@@ -285,7 +299,13 @@ impl DomainSpec {
                         model: ModelXml { kind: "virtio" },
                     })
                     .collect(),
-                serial: SerialXml { kind: "pty" },
+                serial: SerialXml {
+                    kind: "pty",
+                    log: self
+                        .console_log
+                        .clone()
+                        .map(|file| LogXml { file, append: "on" }),
+                },
                 memballoon: BalloonXml {
                     model: "virtio",
                     stats: BalloonStatsXml { period: 5 },
@@ -335,6 +355,20 @@ struct DevicesDoc {
     disk: Vec<DiskDoc>,
     #[serde(default)]
     interface: Vec<InterfaceDoc>,
+    #[serde(default)]
+    serial: Vec<SerialDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct SerialDoc {
+    #[serde(default)]
+    log: Option<LogDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct LogDoc {
+    #[serde(rename = "@file", default)]
+    file: Option<String>,
 }
 
 /// A disk of a domain.
@@ -453,6 +487,14 @@ impl DomainDoc {
     /// Network interfaces.
     pub fn interfaces(&self) -> &[InterfaceDoc] {
         &self.devices.interface
+    }
+
+    /// The file the first serial port's output is kept in (`<serial><log file>`).
+    pub fn console_log(&self) -> Option<&str> {
+        self.devices
+            .serial
+            .iter()
+            .find_map(|s| s.log.as_ref()?.file.as_deref())
     }
 }
 

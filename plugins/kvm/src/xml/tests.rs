@@ -44,6 +44,7 @@ fn spec() -> DomainSpec {
         disk: ("/p/i-1.qcow2".into(), "qcow2".into()),
         seed: Some("/p/i-1-seed.img".into()),
         nic: Some(Nic::Bridge("br0'\"><evil/>".into())),
+        console_log: Some("/var/log/libvirt/qemu/i-1-serial.log".into()),
         meta: meta(),
     }
 }
@@ -152,4 +153,47 @@ fn memory_units() {
         value: 3,
     };
     assert_eq!(a.bytes(), 3 << 20);
+}
+
+#[test]
+fn serial_console_output_is_kept_in_a_log_file() {
+    let xml = spec().to_xml().unwrap();
+    assert!(
+        xml.contains(
+            "<serial type=\"pty\"><log file=\"/var/log/libvirt/qemu/i-1-serial.log\" append=\"on\"/></serial>"
+        ),
+        "{xml}"
+    );
+    let doc = DomainDoc::parse(&xml.replace(
+        "<domain type=\"kvm\">",
+        "<domain type=\"kvm\"><uuid>u-1</uuid>",
+    ))
+    .unwrap();
+    assert_eq!(
+        doc.console_log(),
+        Some("/var/log/libvirt/qemu/i-1-serial.log")
+    );
+    // As libvirt writes it back (single quotes, a target, a console copy).
+    let live = "<domain type='kvm'><name>a</name><uuid>u</uuid><devices>\
+        <serial type='pty'><source path='/dev/pts/3'/>\
+        <log file='/l/i-2-serial.log' append='on'/><target type='isa-serial' port='0'/></serial>\
+        <console type='pty' tty='/dev/pts/3'><log file='/l/i-2-serial.log' append='on'/></console>\
+        </devices></domain>";
+    assert_eq!(
+        DomainDoc::parse(live).unwrap().console_log(),
+        Some("/l/i-2-serial.log")
+    );
+    // None: no <log>, as before.
+    let without = DomainSpec {
+        console_log: None,
+        ..spec()
+    };
+    let xml = without.to_xml().unwrap();
+    assert!(xml.contains("<serial type=\"pty\"/>"), "{xml}");
+    let doc = DomainDoc::parse(&xml.replace(
+        "<domain type=\"kvm\">",
+        "<domain type=\"kvm\"><uuid>u-1</uuid>",
+    ))
+    .unwrap();
+    assert_eq!(doc.console_log(), None);
 }

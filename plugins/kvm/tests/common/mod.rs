@@ -206,6 +206,16 @@ impl Drop for Cleanup {
             .iter()
         {
             if let Ok(dom) = conn.lookup_domain_by_name(name) {
+                // Its console log, which only the backend's delete removes.
+                let log = dom.xml_desc(0).ok().and_then(|xml| {
+                    unicompute_kvm::xml::DomainDoc::parse(&xml)
+                        .ok()?
+                        .console_log()
+                        .map(str::to_owned)
+                });
+                if let Some(log) = log {
+                    let _ = std::fs::remove_file(log);
+                }
                 let _ = dom.destroy();
                 if dom
                     .undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM)
