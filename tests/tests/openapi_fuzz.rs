@@ -55,7 +55,7 @@ def before_call(context, case, kwargs):
 ///   names nothing (or an instance the stateful phase deleted);
 /// - 409: `INSTANCE_ALREADY_EXISTS` at create (a name taken), `INVALID_STATE` where the
 ///   state table refuses (pause, unpause; a delete of an active instance without `force`;
-///   a start of a paused Docker container, which must be unpaused);
+///   a start of a paused instance, which must be unpaused);
 /// - 422 `RESOURCE_LIMIT_EXCEEDED` at create and update: a size the backend cannot give
 ///   (more cores or memory than the host, a disk beyond the pool or the data root; less
 ///   memory than the backend's minimum, a KVM disk below its template or its current

@@ -58,7 +58,8 @@ pub enum Rule {
 
 /// The state table: start of a running instance, stop of a stopped (or never
 /// started) one, pause of a paused one and unpause of a running one change nothing;
-/// pause needs a running instance and unpause a paused one; the rest is the backend's.
+/// pause needs a running instance, unpause a paused one, and start one that is not
+/// paused; the rest is the backend's.
 pub fn rule(action: Action, state: InstanceState) -> Rule {
     use InstanceState::*;
     let unchanged = match action {
@@ -71,7 +72,10 @@ pub fn rule(action: Action, state: InstanceState) -> Rule {
     let refused = match action {
         Action::Pause => state != Running,
         Action::Unpause => state != Paused,
-        Action::Start | Action::Stop(_) | Action::Restart(_) => false,
+        // A paused instance is unpaused, not started: the same answer on every
+        // backend (Docker refuses, libvirt would answer the domain still paused).
+        Action::Start => state == Paused,
+        Action::Stop(_) | Action::Restart(_) => false,
     };
     if unchanged {
         Rule::Unchanged

@@ -216,7 +216,7 @@ fn the_state_table() {
     let table = [
         (Created, [Call, Unchanged, Call, Refused, Refused]),
         (Running, [Unchanged, Call, Call, Call, Unchanged]),
-        (Paused, [Call, Call, Call, Unchanged, Call]),
+        (Paused, [Refused, Call, Call, Unchanged, Call]),
         (Stopped, [Call, Unchanged, Call, Refused, Refused]),
         (Restarting, [Call, Call, Call, Refused, Refused]),
         (Error, [Call, Call, Call, Refused, Refused]),
