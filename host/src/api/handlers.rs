@@ -846,7 +846,7 @@ pub async fn add_image(
         return accepted(&now);
     }
     let done = svc
-        .wait_operation(&op.id, std::time::Duration::from_secs(u64::MAX >> 2))
+        .wait_operation(&op.id, std::time::Duration::from_secs(7 * 24 * 3600))
         .await?;
     match (&done.result, &done.error) {
         (Some(OpResult::Image(image)), _) => json(StatusCode::CREATED, image),
