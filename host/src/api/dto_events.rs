@@ -309,16 +309,6 @@ impl From<&Progress> for ProgressDto {
     }
 }
 
-/// What a succeeded operation made.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-pub enum OperationResultDto {
-    /// The instance after it.
-    Instance(Instance),
-    /// The image it made.
-    Image(Image),
-}
-
 /// An operation.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -342,9 +332,13 @@ pub struct OperationDto {
     pub created_at: DateTime<Utc>,
     /// Last changed at.
     pub updated_at: DateTime<Utc>,
-    /// What it made (the instance; the image), once succeeded. A deletion has none.
+    /// The instance after it, once succeeded (an operation on an instance but a
+    /// deletion).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<OperationResultDto>,
+    pub result: Option<Instance>,
+    /// The image it made, once succeeded (a pull, an upload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
     /// Why it failed or was cancelled: the API's error envelope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorEnvelope>,
@@ -361,11 +355,14 @@ impl From<&Operation> for OperationDto {
             progress: o.progress.as_ref().map(ProgressDto::from),
             created_at: o.created_at,
             updated_at: o.updated_at,
-            result: o.result.as_ref().and_then(|r| match r {
-                OpResult::Instance(i) => Some(OperationResultDto::Instance((**i).clone())),
-                OpResult::Image(i) => Some(OperationResultDto::Image(i.clone())),
-                OpResult::Nothing => None,
-            }),
+            result: match &o.result {
+                Some(OpResult::Instance(i)) => Some((**i).clone()),
+                _ => None,
+            },
+            image: match &o.result {
+                Some(OpResult::Image(i)) => Some(i.clone()),
+                _ => None,
+            },
             error: o
                 .error
                 .as_ref()
