@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub header_read_timeout_secs: u64,
     /// Seconds a connection may stay silent between requests before it is closed.
     pub idle_timeout_secs: u64,
+    /// Seconds the server's writes may wait for a client that does not read (a stalled
+    /// event subscriber) before the connection is closed.
+    pub write_timeout_secs: u64,
     /// Events kept for subscribers that resume (`Last-Event-ID`).
     pub events_retained: usize,
     /// Events a subscriber may fall behind before it is sent `reset` and closed
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             max_connections: 512,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
+            write_timeout_secs: 60,
             events_retained: 10_000,
             events_buffer: 1024,
             events_heartbeat_secs: 15,

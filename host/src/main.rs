@@ -194,6 +194,7 @@ async fn run(
         max_connections: config.server.max_connections,
         header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
         idle_timeout: Duration::from_secs(config.server.idle_timeout_secs),
+        write_timeout: Duration::from_secs(config.server.write_timeout_secs.max(1)),
     };
     let server = api::server::serve(listener, api::filter(Arc::clone(&state)), limits, async {
         let _ = stop_rx.await;

@@ -33,6 +33,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time a connection may stay silent with no request in the server.
     pub idle_timeout: Duration,
+    /// Time a write may wait for a client that does not read (its socket full): a
+    /// stalled event subscriber or download is then disconnected, and its place freed.
+    pub write_timeout: Duration,
 }
 
 /// Serves `filter` on `listener` until `shutdown` resolves, then lets the requests in
@@ -252,13 +255,17 @@ enum Wait {
     Head(Instant),
 }
 
-/// A socket that fails reads with `TimedOut` when a deadline of [`Limits`] passes.
+/// A socket that fails reads with `TimedOut` when a deadline of [`Limits`] passes,
+/// and writes when the client has not read for `write_timeout`.
 struct GuardedIo {
     io: TokioIo<TcpStream>,
     state: Arc<ConnState>,
     limits: Limits,
     wait: Wait,
     timer: Pin<Box<Sleep>>,
+    /// Since when writes wait for the client to read, if they do.
+    write_stalled: Option<Instant>,
+    write_timer: Pin<Box<Sleep>>,
 }
 
 impl GuardedIo {
@@ -270,6 +277,33 @@ impl GuardedIo {
             limits,
             wait: Wait::Idle(now),
             timer: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            write_stalled: None,
+            write_timer: Box::pin(tokio::time::sleep_until(now + limits.write_timeout)),
+        }
+    }
+
+    /// A write's outcome, failed with `TimedOut` once writes have waited
+    /// `write_timeout` for a client that does not read.
+    fn guard_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.write_stalled = None;
+            return r;
+        }
+        let since = *self.write_stalled.get_or_insert_with(Instant::now);
+        let deadline = since + self.limits.write_timeout;
+        if self.write_timer.deadline() != deadline {
+            self.write_timer.as_mut().reset(deadline);
+        }
+        match self.write_timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -341,11 +375,13 @@ impl Write for GuardedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard_write(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.guard_write(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -361,6 +397,7 @@ impl Write for GuardedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard_write(cx, r)
     }
 }
