@@ -385,7 +385,12 @@ where
         Route::GetOperation(id) => handlers::get_operation(svc, id, query).await,
         Route::CancelOperation(id) => handlers::cancel_operation(svc, id).await,
         Route::AddImage(b) => {
-            let (mode, _) = mutation(&["name"])?;
+            // `name` (an upload's template name, read by `image_request`) is a value,
+            // not a flag: only the rest is the mutation's query.
+            let rest = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "name"))
+                .finish();
+            let (mode, _) = handlers::mutation_query(&rest, headers, &[])?;
             let request = image_request(headers, query, body, limit).await?;
             handlers::add_image(arc, b, request, mode).await
         }

@@ -18,6 +18,13 @@ use super::{call, Canceller, Error, Service};
 /// How often the server reports an upload's progress.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
+/// How long a finished pull waits for the plugin's progress events sent before its
+/// answer to be applied.
+const EVENTS_APPLIED_WAIT: Duration = Duration::from_secs(1);
+
+/// How often an upload waiting for bytes looks whether it was cancelled.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 /// Why an upload's bytes stopped.
 #[derive(Debug)]
 pub enum BodyError {
@@ -51,10 +58,10 @@ impl Service {
                 operation: current(),
             };
             tracing::info!(backend = %entry.name, reference = %request.reference, "pulling");
-            call(&bb, move |b| b.pull_image(request))
-                .await
-                .map(OpResult::Image)
-                .map_err(|e| svc.fail(&entry, e))
+            let pulled = call(&bb, move |b| b.pull_image(request)).await;
+            // The progress the plugin sent before it answered goes first.
+            svc.events_applied(EVENTS_APPLIED_WAIT).await;
+            pulled.map(OpResult::Image).map_err(|e| svc.fail(&entry, e))
         });
         Ok(self.spawn_operation(
             OpKind::ImagePull,
@@ -184,21 +191,31 @@ impl Service {
             bytes_total: declared,
         };
         self.operation_progress(op, report(0));
+        let mut reported_done = 0u64;
         futures_util::pin_mut!(body);
-        while let Some(chunk) = body.next().await {
+        loop {
+            // Not only when bytes come: a client that stops sending (and keeps its
+            // connection) must not keep a cancel from taking effect, nor its
+            // progress from being seen.
+            let next = tokio::time::timeout(STOP_CHECK, body.next()).await;
             if stop.load(Ordering::SeqCst) {
                 return Err(Error::Cancelled("the upload was cancelled".into()));
             }
-            let chunk = chunk.map_err(|BodyError::Broken(why)| {
-                Error::Invalid(format!("the upload ended early after {done} bytes: {why}"))
-            })?;
-            done += chunk.len() as u64;
-            if done > max {
-                return Err(too_large());
+            if let Ok(Some(chunk)) = next {
+                let chunk = chunk.map_err(|BodyError::Broken(why)| {
+                    Error::Invalid(format!("the upload ended early after {done} bytes: {why}"))
+                })?;
+                done += chunk.len() as u64;
+                if done > max {
+                    return Err(too_large());
+                }
+                file.write_all(&chunk).await.map_err(io)?;
+            } else if let Ok(None) = next {
+                break;
             }
-            file.write_all(&chunk).await.map_err(io)?;
-            if reported.elapsed() >= REPORT_EVERY {
+            if done != reported_done && reported.elapsed() >= REPORT_EVERY {
                 reported = Instant::now();
+                reported_done = done;
                 self.operation_progress(op, report(done));
             }
         }

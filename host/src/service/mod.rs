@@ -66,6 +66,9 @@ pub struct Service {
     pub operations: Operations,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     busy: Mutex<BTreeMap<String, usize>>,
+    /// Markers sent after the plugins' events, answered when the events before them
+    /// have been applied ([`Service::events_applied`]).
+    barriers: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// Where the plugins' events arrive, tagged with the backend's name.
@@ -169,6 +172,7 @@ impl Service {
             reload_lock: tokio::sync::Mutex::new(()),
             locks: Mutex::default(),
             busy: Mutex::default(),
+            barriers: Mutex::default(),
         })
     }
 

@@ -308,7 +308,7 @@ impl Service {
 
     /// Applies `f` to an operation and publishes the change as `kind`.
     fn change_operation(&self, id: &str, kind: Kind, f: impl FnOnce(&mut Operation)) {
-        let op = {
+        {
             let mut entries = lock(&self.operations.entries);
             let Some(entry) = entries.get_mut(id) else {
                 return;
@@ -324,10 +324,13 @@ impl Service {
                 entry.canceller = Canceller::None;
             }
             let op = Arc::new(op);
-            entry.now.send_replace(Arc::clone(&op));
-            op
-        };
-        self.publish_operation(kind, &op);
+            // Published under the lock, before a waiter can see the change: the
+            // events of one operation are in the order of its changes, and one that
+            // has ended has its `operation.finished` in the stream (the hub takes no
+            // lock of ours).
+            self.publish_operation(kind, &op);
+            entry.now.send_replace(op);
+        }
     }
 
     fn publish_operation(&self, kind: Kind, op: &Arc<Operation>) {

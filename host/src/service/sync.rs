@@ -145,6 +145,14 @@ impl Service {
                         }
                     }
                 }
+                // A marker of `events_applied`: what came before it is applied.
+                Event::Progress { operation, .. }
+                    if lock(&self.barriers).contains_key(&operation) =>
+                {
+                    if let Some(done) = lock(&self.barriers).remove(&operation) {
+                        let _ = done.send(());
+                    }
+                }
                 // Progress of an operation: the operation's, and an event.
                 Event::Progress {
                     operation,
@@ -160,6 +168,29 @@ impl Service {
                 ),
             }
         }
+    }
+
+    /// Waits (at most `limit`) until the plugin events sent before this call have
+    /// been applied: the progress a backend reported before its call returned is then
+    /// the operation's before the operation ends (an operation that has ended takes no
+    /// more progress).
+    pub(super) async fn events_applied(&self, limit: Duration) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // No operation id holds a NUL.
+        let key = format!(
+            "\0barrier-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.barriers).insert(key.clone(), tx);
+        let marker = Event::Progress {
+            operation: key.clone(),
+            progress: Default::default(),
+        };
+        if self.events.send((String::new(), marker)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+        lock(&self.barriers).remove(&key);
     }
 
     /// Health checks and resyncs, forever.
