@@ -348,7 +348,7 @@ fn an_async_pull_is_an_operation_with_increasing_progress_and_the_image_at_the_e
     assert_eq!(last["progress"]["bytesTotal"], 8u64 << 20);
     let op = wait_op(&s, &id);
     assert_eq!(op["status"], "succeeded", "{op}");
-    assert_eq!(op["result"]["name"], "nginx:pulled");
+    assert_eq!(op["image"]["name"], "nginx:pulled");
     assert!(listed(&s, "fake").contains(&"nginx:pulled".to_owned()));
     let pulls = ops_of(&s, "image-pull");
     assert!(pulls.iter().any(|o| o["id"] == json!(id)), "{pulls:?}");
@@ -522,7 +522,7 @@ fn uploads_sync_and_async_and_what_is_refused_leaves_nothing() {
     );
     let op = wait_op(&s, &id);
     assert_eq!(op["status"], "succeeded", "{op}");
-    assert_eq!(op["result"]["name"], "up-async");
+    assert_eq!(op["image"]["name"], "up-async");
     assert_eq!(op["progress"]["bytesDone"], 1u64 << 20, "{op}");
     assert_eq!(op["progress"]["bytesTotal"], 1u64 << 20, "{op}");
     let frames = until_finished(&sub, &id, T);
@@ -1196,7 +1196,7 @@ fn kvm_a_cancelled_or_refused_upload_leaves_nothing() {
     assert_eq!(r.status, 202, "{}", r.text);
     let op = wait_op(&s, r.json["id"].as_str().unwrap());
     assert_eq!(op["status"], "succeeded", "{op}");
-    assert_eq!(op["result"]["format"], "qcow2", "{op}");
+    assert_eq!(op["image"]["format"], "qcow2", "{op}");
     let r = s.call(
         "POST",
         INSTANCES,
