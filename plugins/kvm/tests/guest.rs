@@ -61,6 +61,7 @@ fn the_guest_gets_its_user_data_and_a_graceful_stop_is_its_own_power_off() {
             labels: BTreeMap::new(),
             start: false,
             created_at: chrono::Utc::now(),
+            operation: None,
         })
         .expect("create");
     assert_eq!(created.state, InstanceState::Created);
