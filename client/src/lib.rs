@@ -133,6 +133,12 @@ pub fn encode(s: &str) -> String {
 
 const API: &str = "/api/v1/compute";
 
+/// A request body: bytes (sent with their `Content-Length`) or a stream.
+enum Body {
+    Bytes(Vec<u8>),
+    Reader(ureq::SendBody<'static>),
+}
+
 struct Raw {
     status: u16,
     content_type: String,
@@ -186,7 +192,7 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
         headers: &[(&str, String)],
-        body: Option<(&str, ureq::SendBody<'_>)>,
+        body: Option<(&str, Body)>,
     ) -> Result<ureq::http::Response<ureq::Body>, Error> {
         let mut uri = format!("{}{path}", self.base);
         for (n, (k, v)) in query.iter().enumerate() {
@@ -211,7 +217,17 @@ impl Client {
             &self.agent
         };
         let result = match body {
-            Some((ct, body)) => {
+            Some((ct, Body::Bytes(bytes))) => {
+                let req = b
+                    .header("Content-Type", ct)
+                    .body(bytes)
+                    .map_err(|e| Error::Connect {
+                        url: self.base.clone(),
+                        message: e.to_string(),
+                    })?;
+                agent.run(req)
+            }
+            Some((ct, Body::Reader(body))) => {
                 let req = b
                     .header("Content-Type", ct)
                     .body(body)
@@ -255,12 +271,7 @@ impl Client {
         query: &[(&str, String)],
         json: Option<Vec<u8>>,
     ) -> Result<Raw, Error> {
-        let body = json.map(|b| {
-            (
-                "application/json",
-                ureq::SendBody::from_owned_reader(std::io::Cursor::new(b)),
-            )
-        });
+        let body = json.map(|b| ("application/json", Body::Bytes(b)));
         let resp = self.request(method, path, query, &[], body)?;
         self.read(resp)
     }
@@ -632,7 +643,7 @@ impl Client {
             .map(|n| ("Content-Length", n.to_string()))
             .into_iter()
             .collect();
-        let body = ureq::SendBody::from_owned_reader(file);
+        let body = Body::Reader(ureq::SendBody::from_owned_reader(file));
         let resp = self.request(
             "POST",
             &format!("{API}/backends/{}/images", encode(backend)),
