@@ -63,6 +63,17 @@ pub fn host_binary() -> PathBuf {
     p
 }
 
+/// The `uc` client binary built by `cargo build --workspace`, or the one named by
+/// `UCTEST_UC_BINARY`; as [`host_binary`], it must be newer than its sources.
+pub fn uc_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("UCTEST_UC_BINARY") {
+        return PathBuf::from(p);
+    }
+    let p = target_dir().join(profile()).join("uc");
+    assert_fresh(&p, &["cli", "client"]);
+    p
+}
+
 /// A plugin of the workspace (`docker`, `kvm`) built by `cargo build --workspace`,
 /// newer than its sources (as [`host_binary`]).
 pub fn workspace_plugin(name: &str) -> PathBuf {

@@ -1,0 +1,516 @@
+//! `uc`, the command-line client, run as a user would (the built binary, the token in
+//! the environment) against a real server: the fake plugin for most, the real
+//! Docker backend for one. Loopback only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use unicompute_tests::docker::{backend_name, ensure_image, sweep_stale, FileLock, TEST_IMAGE};
+use unicompute_tests::*;
+
+/// `uc` with a clean environment: the server's URL and `token` (none: no token) in
+/// the environment, never in argv; no proxy.
+fn uc_cmd(base: &str, token: Option<&str>) -> Command {
+    let mut cmd = Command::new(uc_binary());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("UNICOMPUTE_")
+            || k.to_ascii_lowercase().ends_with("_proxy")
+            || k == "NO_COLOR"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("UNICOMPUTE_URL", base).stdin(Stdio::null());
+    if let Some(t) = token {
+        cmd.env("UNICOMPUTE_TOKEN", t);
+    }
+    cmd
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_with(base: &str, token: Option<&str>, args: &[&str]) -> Run {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = uc_cmd(base, token).args(args).output().expect("run uc");
+    let r = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    assert!(!r.stderr.contains("panicked"), "uc panicked: {}", r.stderr);
+    r
+}
+
+/// `uc ARGS` as admin.
+fn uc(s: &Server, args: &[&str]) -> Run {
+    run_with(&s.base, Some(ADMIN), args)
+}
+
+/// `uc ARGS` as admin, which must succeed.
+fn ok(s: &Server, args: &[&str]) -> String {
+    let r = uc(s, args);
+    assert_eq!(r.code, 0, "uc {args:?}: {}{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+#[test]
+fn every_operation_of_the_served_document_has_a_client_method() {
+    let s = Server::fake("");
+    let c = unicompute_client::Client::new(&s.base, Some(ADMIN.into())).expect("client");
+    let doc = c.openapi().expect("the document");
+    let mut served = std::collections::BTreeSet::new();
+    for item in doc["paths"].as_object().expect("paths").values() {
+        for op in item.as_object().expect("path item").values() {
+            if let Some(id) = op.get("operationId").and_then(Value::as_str) {
+                served.insert(id.to_owned());
+            }
+        }
+    }
+    let client: std::collections::BTreeSet<String> = unicompute_client::OPERATIONS
+        .iter()
+        .map(|(_, id)| id.to_string())
+        .collect();
+    let missing: Vec<_> = served.difference(&client).collect();
+    let unknown: Vec<_> = client.difference(&served).collect();
+    assert!(
+        missing.is_empty(),
+        "operations without a client method: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "client methods of no served operation: {unknown:?}"
+    );
+    // And the client reads what the server answers.
+    assert_eq!(c.list_backends().expect("backends")[0].name, "fake");
+    assert!(c
+        .cluster_status()
+        .expect("status")
+        .backends
+        .contains_key("fake"));
+    let err = c.get_instance("i-00000000000000000000").expect_err("none");
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(404), Some("INSTANCE_NOT_FOUND"))
+    );
+}
+
+/// The columns of an aligned table: each header word's start, and every row has a
+/// cell starting there, after at least three spaces (or at the line start).
+fn columns(out: &str, header: &[&str]) -> Vec<Vec<String>> {
+    let mut lines = out.lines();
+    let head = lines.next().expect("a header");
+    let starts: Vec<usize> = header
+        .iter()
+        .map(|h| head.find(h).unwrap_or_else(|| panic!("{h} in {head}")))
+        .collect();
+    let spaced: Vec<&str> = head
+        .split("   ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(spaced, header, "header");
+    lines
+        .map(|l| {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(n, &at)| {
+                    assert!(
+                        at == 0 || &l[at - 3..at] == "   " || l[..at].ends_with("   "),
+                        "column {n} of {l:?}"
+                    );
+                    let end = starts.get(n + 1).map_or(l.len(), |&e| e);
+                    let cell = l[at..end].trim().to_owned();
+                    assert!(
+                        !cell.is_empty() && !l[at..].starts_with(' '),
+                        "cell {n} of {l:?}"
+                    );
+                    cell
+                })
+                .collect()
+        })
+        .collect()
+}
+
+const LS: [&str; 9] = [
+    "ID", "NAME", "BACKEND", "TYPE", "STATE", "IMAGE", "CPUS", "MEMORY", "CREATED",
+];
+
+#[test]
+fn ls_is_an_aligned_table_and_json_for_scripts() {
+    let s = Server::fake("");
+    let tag = unique("t");
+    let (a, b) = (unique("web"), unique("a-much-longer-name"));
+    let label = format!("test={tag}");
+    let id_a = ok(
+        &s,
+        &[
+            "create", &a, "--image", "busybox", "--memory", "512M", "--cpus", "2", "--label",
+            &label, "--start",
+        ],
+    );
+    let id_b = ok(
+        &s,
+        &[
+            "create", "--name", &b, "-i", "alpine", "-l", &label, "-e", "K=V", "-p", "8080:80",
+        ],
+    );
+    let (id_a, id_b) = (id_a.trim(), id_b.trim());
+    assert!(id_a.starts_with("i-") && id_a.len() == 22, "{id_a}");
+
+    // Without -a: running ones only, as docker ps.
+    let rows = columns(&ok(&s, &["ls", "--label", &label]), &LS);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0][..8],
+        [
+            id_a,
+            &a,
+            "fake",
+            "container",
+            "running",
+            "busybox",
+            "2",
+            "512M"
+        ]
+    );
+    assert!(rows[0][8].ends_with("ago"), "{}", rows[0][8]);
+
+    let out = ok(&s, &["ps", "-a", "--label", &label]);
+    let rows = columns(&out, &LS);
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(
+        rows[1][..6],
+        [id_b, &b, "fake", "container", "created", "alpine"]
+    );
+    // No colour when stdout is not a terminal.
+    assert!(!out.contains('\x1b'));
+
+    assert_eq!(
+        ok(&s, &["ls", "-aq", "--label", &label]),
+        format!("{id_a}\n{id_b}\n")
+    );
+    assert_eq!(
+        ok(&s, &["ls", "-q", "--state", "created", "--label", &label]),
+        format!("{id_b}\n")
+    );
+
+    let json: Value = serde_json::from_str(&ok(&s, &["ls", "-a", "-o", "json", "--label", &label]))
+        .expect("json");
+    let list = json.as_array().expect("an array");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["name"], a.as_str());
+    assert_eq!(list[0]["resources"]["memory"]["limit"], 512u64 << 20);
+    assert_eq!(list[1]["config"]["env"], json!(["K=V"]));
+    assert_eq!(list[1]["config"]["ports"], json!(["8080:80"]));
+    assert_eq!(list[1]["metadata"]["labels"]["test"], tag.as_str());
+
+    // get by name or id; one argument is an object, several an array.
+    let one: Value = serde_json::from_str(&ok(&s, &["get", &a, "-o", "json"])).expect("json");
+    assert_eq!(one["id"], id_a);
+    let two: Value =
+        serde_json::from_str(&ok(&s, &["inspect", id_a, &b, "-o", "json"])).expect("json");
+    assert_eq!(two.as_array().map(Vec::len), Some(2));
+    let human = ok(&s, &["get", &b]);
+    assert!(
+        human.contains(&format!("Name:    {b}\n")) && human.contains("State:   created\n"),
+        "{human}"
+    );
+
+    ok(&s, &["rm", "-f", &a, &b]);
+}
+
+#[test]
+fn several_names_at_once_and_the_exit_codes() {
+    let s = Server::fake("");
+    let (a, b) = (unique("m"), unique("m"));
+    ok(&s, &["create", &a, "--image", "busybox"]);
+    ok(&s, &["create", &b, "--image", "busybox"]);
+    assert_eq!(ok(&s, &["start", &a, &b]), format!("{a}\n{b}\n"));
+    let json: Value =
+        serde_json::from_str(&ok(&s, &["pause", &a, &b, "-o", "json"])).expect("json");
+    assert_eq!(json[1]["state"], "paused");
+    ok(&s, &["unpause", &a, &b]);
+    ok(&s, &["stop", "--timeout", "5", &a]);
+
+    // 409: a running instance without -f; the name taken; pause of a stopped one.
+    let r = uc(&s, &["rm", &b]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("Error: ") && r.stderr.contains("(INVALID_STATE)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(uc(&s, &["create", &a, "--image", "busybox"]).code, 4);
+    assert_eq!(uc(&s, &["pause", &a]).code, 4);
+
+    // 404.
+    let gone = unique("gone");
+    let r = uc(&s, &["get", &gone]);
+    assert_eq!(r.code, 3);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("(INSTANCE_NOT_FOUND)"), "{}", r.stderr);
+    assert_eq!(uc(&s, &["get", "i-00000000000000000000"]).code, 3);
+
+    // Usage errors: clap's, and a bad size.
+    let r = uc(&s, &["ls", "--no-such-flag"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = uc(&s, &["create", &unique("q"), "--memory", "12Q"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("invalid size '12Q'"), "{}", r.stderr);
+    assert_eq!(uc(&s, &["update", &a]).code, 2);
+
+    // update by name: labels merge, resources change.
+    ok(
+        &s,
+        &[
+            "update", &a, "--memory", "1G", "--label", "x=1", "--label", "y=2",
+        ],
+    );
+    ok(&s, &["update", &a, "--unlabel", "x"]);
+    let i: Value = serde_json::from_str(&ok(&s, &["get", &a, "-o", "json"])).expect("json");
+    assert_eq!(i["resources"]["memory"]["limit"], 1u64 << 30);
+    assert_eq!(i["metadata"]["labels"], json!({"y": "2"}));
+
+    // Removing several, one unknown: the others go, the exit code says not found.
+    let r = uc(&s, &["rm", "-f", &a, &gone, &b]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.stdout, format!("{a}\n{b}\n"));
+    assert_eq!(uc(&s, &["get", &a]).code, 3);
+    assert_eq!(uc(&s, &["get", &b]).code, 3);
+
+    // Auth: a viewer cannot create (403), no token is 401 with a hint.
+    let r = run_with(
+        &s.base,
+        Some(VIEWER),
+        &["create", &unique("v"), "--image", "busybox"],
+    );
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let r = run_with(&s.base, None, &["ls"]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("Error: ") && r.stderr.contains("(UNAUTHORIZED)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("UNICOMPUTE_TOKEN"), "{}", r.stderr);
+    assert!(!r.stderr.contains(ADMIN));
+}
+
+#[test]
+fn an_unreachable_url_or_a_server_that_is_not_unicompute_fails_clearly() {
+    // A closed port on loopback.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let t = Instant::now();
+    let r = run_with(&url, Some(ADMIN), &["ls"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        format!(
+            "Error: cannot connect to {url}: connection refused (is the server running there?)\n"
+        )
+    );
+
+    // Something that answers HTML.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for mut conn in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = "<html><body>It works!</body></html>";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let r = run_with(&url, Some(ADMIN), &["ls"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stderr, format!("Error: {url} answered HTTP 200 with text/html, not the unicompute API (is the URL right?)\n"));
+
+    // A bad URL is a usage error.
+    assert_eq!(run_with("localhost:8080", Some(ADMIN), &["ls"]).code, 2);
+}
+
+#[test]
+fn events_print_a_line_each_and_end_cleanly_on_sigint() {
+    let s = Server::fake("");
+    let name = unique("ev");
+    let mut child = uc_cmd(&s.base, Some(ADMIN))
+        .args(["events", "-o", "json", "--type", "instance"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("uc events");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The subscription may not be open yet at the first create: create until a line comes.
+    let mut first = None;
+    for n in 0..50 {
+        ok(
+            &s,
+            &["create", &format!("{name}-{n}"), "--image", "busybox"],
+        );
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            first = Some(line);
+            break;
+        }
+    }
+    let first: Value =
+        serde_json::from_str(&first.expect("an event line")).expect("one JSON a line");
+    assert_eq!(first["type"], "instance.created");
+    assert!(first["id"].as_u64().is_some());
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "uc events did not end on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(matches!(status.code(), Some(0 | 130)), "{status:?}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_pull_follows_its_operation_and_ops_show_it() {
+    let s = Server::fake("pull_steps = 4\npull_step_ms = 50\n");
+    let reference = unique("img");
+    let r = uc(&s, &["images", "pull", &reference]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), reference);
+    // Not a terminal: plain progress lines on stderr.
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.contains("downloading") && l.contains("/4.0M")),
+        "{}",
+        r.stderr
+    );
+    assert!(ok(&s, &["images", "ls", "-q"])
+        .lines()
+        .any(|l| l == reference));
+
+    let ops: Value = serde_json::from_str(&ok(
+        &s,
+        &["ops", "ls", "--kind", "image-pull", "-o", "json"],
+    ))
+    .expect("json");
+    let op = &ops.as_array().expect("array")[0];
+    assert_eq!(op["status"], "succeeded");
+    let id = op["id"].as_str().expect("id");
+    assert!(ok(&s, &["ops", "wait", id]).contains("succeeded"));
+    let got: Value =
+        serde_json::from_str(&ok(&s, &["ops", "get", id, "-o", "json"])).expect("json");
+    assert_eq!(got["kind"], "image-pull");
+    // An ended operation cannot be cancelled: 409.
+    assert_eq!(uc(&s, &["ops", "cancel", id]).code, 4);
+    assert_eq!(uc(&s, &["ops", "get", "op-nothing"]).code, 3);
+
+    // A reference the registry lacks: the operation's error, exit 3.
+    let r = uc(&s, &["images", "pull", &format!("missing-{reference}")]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("(IMAGE_NOT_FOUND)"), "{}", r.stderr);
+
+    assert_eq!(ok(&s, &["images", "rm", &reference]).trim(), reference);
+    assert!(ok(&s, &["backends", "ls"]).contains("fake   fake"));
+    assert!(ok(&s, &["cluster", "status"]).starts_with("Health: healthy"));
+}
+
+#[test]
+fn uc_drives_a_real_docker_container() {
+    let lock = FileLock::engine_shared();
+    ensure_image();
+    sweep_stale();
+    let backend = backend_name();
+    let tmp = TempDir::new("uc-cli-dock");
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![workspace_plugin("docker")],
+        toml: format!(
+            "[backends.{backend}]\nplugin = \"docker\"\nallowed_host_paths = [\"{0}\"]\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
+            tmp.0.display()
+        ),
+        ..Default::default()
+    });
+    let name = unique("uc-dock");
+    let _guard = unicompute_tests::docker::ContainerGuard(name.clone());
+    let id = ok(
+        &s,
+        &[
+            "create", &name, "--image", TEST_IMAGE, "--memory", "64M", "--start", "--", "sleep",
+            "300",
+        ],
+    );
+    let rows = columns(&ok(&s, &["ls"]), &LS);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0][..8],
+        [
+            id.trim(),
+            &name,
+            &backend,
+            "container",
+            "running",
+            TEST_IMAGE,
+            "-",
+            "64M"
+        ]
+    );
+    let usage = ok(&s, &["usage", &name]);
+    assert!(
+        usage
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(&name) && l.contains("/ 64M")),
+        "{usage}"
+    );
+    assert_eq!(
+        ok(&s, &["stop", "--timeout", "1", &name]),
+        format!("{name}\n")
+    );
+    assert_eq!(uc(&s, &["ls", "-q"]).stdout, "");
+    ok(&s, &["rm", &name]);
+    assert_eq!(uc(&s, &["get", &name]).code, 3);
+    drop(lock);
+}
