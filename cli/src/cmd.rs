@@ -1025,15 +1025,9 @@ fn pull(c: &Client, backend: &str, reference: &str, out: Output, q: bool) -> R {
         return Err(Failure::Printed(report(&e, true)));
     }
     if out == Output::Json {
-        print_json(&op.result.unwrap_or(Value::Null));
+        print_json(&op.image);
     } else {
-        let name = op
-            .result
-            .as_ref()
-            .and_then(|r| r.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or(reference)
-            .to_owned();
+        let name = op.image.as_ref().map_or(reference, |i| i.name.as_str());
         println!("{name}");
     }
     Ok(())
