@@ -474,6 +474,58 @@ fn a_stop_without_a_body_waits_30_seconds_then_stops_hard() {
 }
 
 #[test]
+fn a_container_killed_by_hand_reaches_a_subscriber_as_a_state_change() {
+    let tmp = TempDir::new("uc-dock");
+    let (s, _lock, backend) = own_server(&tmp.0, "");
+    let name = unique("killed");
+    let _guard = ContainerGuard(name.clone());
+    let r = s.call(
+        "POST",
+        INSTANCES,
+        ADMIN,
+        Some(&json!({"name": name, "backend": backend,
+                     "config": {"image": TEST_IMAGE, "command": ["sleep", "1000"]}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let one = format!("{INSTANCES}/{id}");
+    let r = s.call("PUT", &format!("{one}/start"), OPERATOR, None);
+    assert_eq!(r.json["state"], "running", "{}", r.text);
+
+    let sub = unicompute_tests::sse::Sse::open(
+        &s.base,
+        &format!("/api/v1/compute/events?instance={id}"),
+        VIEWER,
+        &[],
+    );
+    assert_eq!(sub.status, 200, "{}", sub.head);
+    // The subscription is in place once its first comment arrived.
+    let first = sub.next_frame(Duration::from_secs(10)).expect("subscribed");
+    assert_eq!(first.comment.as_deref(), Some("subscribed"));
+    // By hand, behind the server's back: SIGKILL, exit code 137, no error.
+    assert!(docker(&["kill", &name]).0, "docker kill");
+    // A liveness bound, not a timing: the engine's event comes in well under a second.
+    let frames = sub
+        .until(Duration::from_secs(30), |f| {
+            f.event.as_deref() == Some("instance.state-changed") && f.data["source"] == "backend"
+        })
+        .expect("a state change from the backend after docker kill");
+    let e = &frames.last().expect("the event").data;
+    assert_eq!(e["instanceId"], id.as_str(), "{e}");
+    assert_eq!(e["backend"], backend.as_str(), "{e}");
+    assert_eq!(e["from"], "running", "{e}");
+    // A container killed by a signal has exited without an engine error: stopped.
+    assert_eq!(e["to"], "stopped", "{e}");
+    assert_eq!(e["instance"]["state"], "stopped", "{e}");
+    // What the event says is what the API says.
+    assert_eq!(s.get(&one).json["state"], "stopped");
+    assert_eq!(inspect(&name)["State"]["ExitCode"], 137, "killed");
+    let r = s.call("DELETE", &one, ADMIN, None);
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert!(!docker(&["inspect", &name]).0, "container removed");
+}
+
+#[test]
 fn a_failed_create_leaves_no_container() {
     let tmp = TempDir::new("uc-dock");
     let (s, _lock, backend) = own_server(&tmp.0, "");
