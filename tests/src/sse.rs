@@ -261,6 +261,26 @@ impl Sse {
         }
     }
 
+    /// The state of the server's end of this connection, as the kernel has it
+    /// (`/proc/net/tcp`: `01` established, `04` FIN-WAIT-1 once the server closed it
+    /// with bytes still unsent...); None once the kernel forgot it.
+    pub fn server_side_state(&self) -> Option<String> {
+        let local = self.socket.local_addr().ok()?;
+        let peer = self.socket.peer_addr().ok()?;
+        let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        tcp.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = |a: &str| {
+                a.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            (port(f.get(1)?) == Some(peer.port()) && port(f.get(2)?) == Some(local.port()))
+                .then(|| f.get(3).map(|s| s.to_string()))
+                .flatten()
+        })
+    }
+
     /// Hangs up.
     pub fn close(self) {
         let _ = self.socket.shutdown(Shutdown::Both);
