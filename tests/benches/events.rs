@@ -640,7 +640,7 @@ fn bench_stalled(readers: usize, count: u64, every_us: u64) -> bool {
             .collect();
         // It never reads, and its socket buffers are small: the server's writes to
         // it stall at once.
-        let mut quiet = stalled.then(|| Sse::open_paused(&s.base, EVENTS, VIEWER, 2048));
+        let mut quiet = stalled.then(|| Sse::open_paused(&s.base, EVENTS, VIEWER));
         let stop = AtomicBool::new(false);
         let id = create(
             &s,

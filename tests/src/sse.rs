@@ -58,10 +58,12 @@ impl Sse {
     }
 
     /// As [`Sse::open`], but reading nothing after the response head until
-    /// [`Sse::resume`], with the socket's receive buffer set to `rcvbuf` bytes (a
-    /// small one makes the server's writes stall soon).
-    pub fn open_paused(base: &str, path: &str, token: &str, rcvbuf: i32) -> Sse {
-        Sse::open_with(base, path, token, &[], Some(rcvbuf), true)
+    /// [`Sse::resume`]. Its socket keeps the kernel's default buffers: a tiny receive
+    /// buffer could never announce a window of one segment (64 kB on loopback), so
+    /// the server would only send again at its zero-window probes, backing off to
+    /// minutes.
+    pub fn open_paused(base: &str, path: &str, token: &str) -> Sse {
+        Sse::open_with(base, path, token, &[], None, true)
     }
 
     fn open_with(
@@ -192,21 +194,8 @@ impl Sse {
         sse
     }
 
-    /// Starts reading (a client opened paused), with a large receive buffer again
-    /// (a tiny window makes reading what piled up take minutes of delayed acks).
+    /// Starts reading (a client opened paused).
     pub fn resume(&mut self) {
-        use std::os::fd::AsRawFd;
-        let n: i32 = 4 << 20;
-        // SAFETY: setsockopt on our own socket with a valid int.
-        unsafe {
-            libc::setsockopt(
-                self.socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&n as *const i32).cast(),
-                std::mem::size_of::<i32>() as u32,
-            );
-        }
         if let Some(work) = self.paused.take() {
             std::thread::spawn(work);
         }

@@ -228,10 +228,14 @@ fn filters_choose_and_unknown_values_are_400() {
 #[test]
 fn a_stalled_subscriber_is_reset_and_closed_and_slows_nobody() {
     // 2,048 events of slack per subscriber: two seconds at the rate below, so that a
-    // reader on a busy test machine keeps up.
-    let s = fake_with(&[("UNICOMPUTE_SERVER__EVENTS_BUFFER", "2048")]);
-    // It never reads, and its socket buffers are small: the server's writes stall.
-    let mut stalled = Sse::open_paused(&s.base, EVENTS, VIEWER, 2048);
+    // reader on a busy test machine keeps up. No write timeout here: the stalled one
+    // must still be there to be told.
+    let s = fake_with(&[
+        ("UNICOMPUTE_SERVER__EVENTS_BUFFER", "2048"),
+        ("UNICOMPUTE_SERVER__WRITE_TIMEOUT_SECS", "3600"),
+    ]);
+    // It never reads: once the kernel's buffers are full, the server's writes stall.
+    let mut stalled = Sse::open_paused(&s.base, EVENTS, VIEWER);
     let reader = Sse::open(&s.base, EVENTS, VIEWER, &[]);
     // 5,000 state changes from the backend, one a millisecond, each event some 3 kB
     // (a long label): 15 MB, more than the stalled client's socket buffers (the
@@ -267,7 +271,7 @@ fn a_stalled_subscriber_is_reset_and_closed_and_slows_nobody() {
     stalled.resume();
     let t0 = std::time::Instant::now();
     let frames: Vec<Frame> =
-        std::iter::from_fn(|| stalled.next_frame(Duration::from_secs(3))).collect();
+        std::iter::from_fn(|| stalled.next_frame(Duration::from_secs(10))).collect();
     eprintln!(
         "the stalled subscriber read {} frames in {:?}",
         frames.len(),
@@ -636,7 +640,7 @@ fn operation_bad_input_is_400_or_404() {
 #[test]
 fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     let s = fake_with(&[("UNICOMPUTE_SERVER__WRITE_TIMEOUT_SECS", "2")]);
-    let stalled = Sse::open_paused(&s.base, EVENTS, VIEWER, 2048);
+    let stalled = Sse::open_paused(&s.base, EVENTS, VIEWER);
     assert_eq!(stalled.server_side_state().as_deref(), Some("01"));
     // Some 15 MB of events: the stalled client's socket is full long before the end.
     let id = create(
