@@ -222,6 +222,8 @@ pub fn run(cli: &Cli, c: &Client) -> R {
         Command::Ops(o) => ops(c, o, out, q),
         Command::Backends(b) => backends(c, b, out, q),
         Command::Images(i) => images(c, i, out, q),
+        // Answered in main, before any server is asked.
+        Command::Completion { .. } | Command::Man { .. } => Ok(()),
         Command::Cluster(ClusterCommand::Status) => {
             let s = c.cluster_status()?;
             if out == Output::Json {

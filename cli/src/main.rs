@@ -111,6 +111,16 @@ pub enum Command {
     /// The cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (uc.1 and one per command) into a directory
+    Man {
+        /// Where (made if missing)
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -426,6 +436,26 @@ pub fn exit_on_sigint(message: Option<String>) {
     }
 }
 
+/// Writes `uc.1` and `uc-<command>.1` (and `uc-<command>-<sub>.1`) into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<usize> {
+    fn write(dir: &std::path::Path, name: &str, cmd: clap::Command) -> std::io::Result<usize> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .title(name.to_uppercase())
+            .render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+        let mut n = 1;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            n += write(dir, &format!("{name}-{}", sub.get_name()), sub.clone())?;
+        }
+        Ok(n)
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut command = <Cli as clap::CommandFactory>::command();
+    command.build();
+    write(dir, "uc", command)
+}
+
 fn main() -> ExitCode {
     // A closed pipe (`uc ls | head -1`) ends the process quietly, as other tools.
     // SAFETY: restoring the default disposition of SIGPIPE.
@@ -433,6 +463,27 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // What needs no server.
+    match &cli.command {
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "uc", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match write_man_pages(dir) {
+                Ok(n) => {
+                    println!("{n} man pages written to {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("Error: cannot write man pages to {}: {e}", dir.display());
+                    ExitCode::from(exit::OTHER)
+                }
+            };
+        }
+        _ => {}
+    }
     let token = match (&cli.token, &cli.token_file) {
         (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(f)) => match std::fs::read_to_string(f) {

@@ -514,3 +514,58 @@ fn uc_drives_a_real_docker_container() {
     assert_eq!(uc(&s, &["get", &name]).code, 3);
     drop(lock);
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions_without_a_server() {
+    // No server at all: a closed port.
+    let nowhere = "http://127.0.0.1:9";
+    for shell in ["bash", "zsh", "fish"] {
+        let r = run_with(nowhere, None, &["completion", shell]);
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        for word in ["create", "events", "images", "memory"] {
+            assert!(r.stdout.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    // The bash script is valid bash, and completes the commands.
+    let r = run_with(nowhere, None, &["completion", "bash"]);
+    let script = TempDir::new("uc-completion");
+    let file = script.0.join("uc.bash");
+    std::fs::write(&file, &r.stdout).expect("write");
+    let check = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && COMP_WORDS=(uc cre) COMP_CWORD=1 && _uc uc cre uc && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            file.display()
+        ))
+        .output()
+        .expect("bash");
+    let words = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        words.lines().any(|w| w == "create"),
+        "bash completes `uc cre` to: {words}"
+    );
+    let r = run_with(nowhere, None, &["completion", "tcsh"]);
+    assert_eq!(r.code, 2, "an unknown shell is a usage error");
+
+    let dir = TempDir::new("uc-man");
+    let r = run_with(nowhere, None, &["man", dir.0.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let page = |name: &str| std::fs::read_to_string(dir.0.join(name)).unwrap_or_default();
+    assert!(
+        page("uc.1").starts_with(".ie") || page("uc.1").contains(".TH UC"),
+        "{}",
+        page("uc.1")
+    );
+    let create = page("uc-create.1");
+    assert!(create.contains(".TH UC-CREATE 1"), "{create}");
+    for option in ["memory", "publish", "cloud"] {
+        assert!(create.contains(option), "uc-create.1 lacks --{option}");
+    }
+    assert!(!page("uc-images-pull.1").is_empty());
+    assert!(!page("uc-ops-cancel.1").is_empty());
+}
