@@ -235,25 +235,16 @@ pub async fn create(svc: &Arc<Service>, body: &[u8], mode: Mode) -> Result<Reply
         if !crate::service::valid_name(&new.name) {
             return Err(crate::service::Error::InvalidName(new.name).into());
         }
-        let (_, plugin) = svc.backend(&new.backend)?;
+        svc.backend(&new.backend)?;
         if svc.inventory.get_by_name(&new.name).is_some() {
             return Err(crate::service::Error::NameTaken(new.name).into());
         }
-        // The id is made now: the operation names its instance from the start.
         let (id, at) = new_instance_id();
         let backend = new.backend.clone();
         let s = Arc::clone(svc);
-        let instance = id.clone();
         let work: Work =
             Box::pin(async move { s.create_as(new, id, at).await.map(OpResult::Instance) });
-        // A long part of a create (a KVM raw disk copy) can be stopped by its backend.
-        let op = svc.spawn_operation(
-            OpKind::Create,
-            Some(backend),
-            Some(instance),
-            Service::backend_canceller(plugin),
-            work,
-        );
+        let op = svc.spawn_operation(OpKind::Create, Some(backend), None, Canceller::None, work);
         return accepted(&op);
     }
     let inst = svc.create(new).await?;
