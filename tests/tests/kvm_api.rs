@@ -739,3 +739,85 @@ fn a_real_guest_gets_its_user_data_stops_by_its_own_power_off_and_its_console_lo
     assert!(f.domains().is_empty(), "domain left: {:?}", f.domains());
     assert!(f.volumes().is_empty(), "volumes left: {:?}", f.volumes());
 }
+
+#[test]
+fn an_async_raw_create_reports_its_copy_and_a_cancel_leaves_nothing() {
+    let f = KvmFixture::new();
+    // Data, not zeros (which qemu-img skips): the copy takes a while.
+    std::fs::write(f.templates().join("big.raw"), vec![0x5au8; 1 << 30])
+        .expect("write the template");
+    let s = server(&f);
+    let volumes_before = f.volumes();
+    // The copy can end before the cancel comes on a fast disk: a few tries.
+    let mut cancelled = None;
+    for attempt in 0..4 {
+        let name = format!("{}-copy{attempt}", f.prefix);
+        let body = json!({
+            "name": name, "backend": "kvm",
+            "config": {"image": "big", "diskFormat": "raw", "networkType": "none"},
+            "resources": {"cpu": {"cores": 1}, "memory": {"limit": 134217728u64}}
+        });
+        let r = s.call(
+            "POST",
+            &format!("{INSTANCES}?async=true"),
+            ADMIN,
+            Some(&body),
+        );
+        assert_eq!(r.status, 202, "{}", r.text);
+        let op = r.location.expect("Location");
+
+        // Progress: the bytes of the copy (or an end, when the copy was quicker).
+        let ended = |o: &Value| {
+            matches!(
+                o["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        };
+        let progress = wait_for(Duration::from_secs(120), || {
+            let o = s.get(&op).json;
+            (o["progress"]["stage"] == "copying" || ended(&o)).then_some(o)
+        })
+        .expect("progress or an end");
+        if ended(&progress) {
+            let done = s.get(&format!("{op}?wait=60")).json;
+            if let Some(id) = done["result"]["id"].as_str() {
+                let r = s.call(
+                    "DELETE",
+                    &format!("{INSTANCES}/{id}?force=true"),
+                    ADMIN,
+                    None,
+                );
+                assert_eq!(r.status, 204, "{}", r.text);
+            }
+            continue;
+        }
+        assert!(
+            progress["progress"]["bytesTotal"].as_u64() >= Some(1 << 30),
+            "{progress}"
+        );
+        let c = s.call("DELETE", &op, ADMIN, None);
+        if c.status == 409 {
+            // The copy ended first: the create stands; remove it, try again.
+            let done = s.get(&format!("{op}?wait=60")).json;
+            assert_eq!(done["status"], "succeeded", "{done}");
+            let id = done["result"]["id"].as_str().unwrap_or_default().to_owned();
+            let r = s.call(
+                "DELETE",
+                &format!("{INSTANCES}/{id}?force=true"),
+                ADMIN,
+                None,
+            );
+            assert_eq!(r.status, 204, "{}", r.text);
+            continue;
+        }
+        assert_eq!(c.status, 200, "{}", c.text);
+        cancelled = Some(c.json);
+        break;
+    }
+    let op = cancelled.expect("a copy was cancelled in one of the tries");
+    assert_eq!(op["status"], "cancelled", "{op}");
+    assert_eq!(op["error"]["error"]["code"], "OPERATION_CANCELLED");
+    assert_eq!(s.get(INSTANCES).json["total"], 0, "no instance");
+    assert!(f.domains().is_empty(), "no domain: {:?}", f.domains());
+    assert_eq!(f.volumes(), volumes_before, "no volume left");
+}

@@ -235,7 +235,7 @@ pub async fn create(svc: &Arc<Service>, body: &[u8], mode: Mode) -> Result<Reply
         if !crate::service::valid_name(&new.name) {
             return Err(crate::service::Error::InvalidName(new.name).into());
         }
-        svc.backend(&new.backend)?;
+        let (_, plugin) = svc.backend(&new.backend)?;
         if svc.inventory.get_by_name(&new.name).is_some() {
             return Err(crate::service::Error::NameTaken(new.name).into());
         }
@@ -244,7 +244,14 @@ pub async fn create(svc: &Arc<Service>, body: &[u8], mode: Mode) -> Result<Reply
         let s = Arc::clone(svc);
         let work: Work =
             Box::pin(async move { s.create_as(new, id, at).await.map(OpResult::Instance) });
-        let op = svc.spawn_operation(OpKind::Create, Some(backend), None, Canceller::None, work);
+        // A long part of a create (a KVM raw disk copy) can be stopped by its backend.
+        let op = svc.spawn_operation(
+            OpKind::Create,
+            Some(backend),
+            None,
+            Service::backend_canceller(plugin),
+            work,
+        );
         return accepted(&op);
     }
     let inst = svc.create(new).await?;

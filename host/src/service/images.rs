@@ -35,7 +35,7 @@ pub enum BodyError {
 impl Service {
     /// The backend's `cancel` as an operation's canceller: an older plugin (no
     /// `cancel`) or one that fails simply did not stop anything.
-    fn backend_canceller(backend: Arc<dyn unicompute_plugin_api::Backend>) -> Canceller {
+    pub fn backend_canceller(backend: Arc<dyn unicompute_plugin_api::Backend>) -> Canceller {
         Canceller::Call(Arc::new(move |op: &str| {
             backend.cancel(op).unwrap_or(false)
         }))
