@@ -5,6 +5,7 @@ use crate::model::{
     BackendDescription, CreateRequest, Event, HostResources, Image, Instance, PullRequest,
     StopOptions, UpdateRequest, UploadRequest, UploadTarget, Usage,
 };
+use crate::stream::{ByteStream, StreamRequest};
 
 /// The result of a backend operation.
 pub type Result<T> = std::result::Result<T, PluginError>;
@@ -22,7 +23,7 @@ pub type Result<T> = std::result::Result<T, PluginError>;
 ///
 /// Every method that returns an [`Instance`] returns it as it is after the operation.
 ///
-/// No method has a default (but [`Backend::shutdown`]): each is one operation of the
+/// No method has a default (but [`Backend::open_stream`] and [`Backend::shutdown`]): each is one operation of the
 /// plugin interface ([`crate::call::Call`]), and the host's side of the boundary
 /// must send every one of them.
 pub trait Backend: Send + Sync + 'static {
@@ -104,6 +105,16 @@ pub trait Backend: Send + Sync + 'static {
     /// it and was told to stop (that call then fails with `CANCELLED`), `false` when
     /// nothing cancellable runs under it.
     fn cancel(&self, operation: &str) -> Result<bool>;
+
+    /// Opens a byte stream on an instance (1.3): its logs, its console or a command run
+    /// in it (see [`crate::stream`]). Answers quickly: the work of the stream runs in
+    /// the plugin's own task or thread, pumping the [`crate::StreamEnd`] of a
+    /// [`crate::stream::channel`]. `INSTANCE_NOT_FOUND` for an unknown instance,
+    /// `INVALID_STATE` when the stream needs a running instance and it is not,
+    /// `OPERATION_NOT_SUPPORTED` (the default) for a stream the backend does not offer.
+    fn open_stream(&self, request: StreamRequest) -> Result<ByteStream> {
+        Err(PluginError::not_supported(request.kind.name()))
+    }
 
     /// Called once when the host drops the backend (config reload, shutdown). Stop
     /// background work here.

@@ -11,8 +11,12 @@ use serde::Serialize;
 use crate::backend::{Backend, BackendContext, EventSink};
 use crate::call::Call;
 use crate::error::PluginError;
-use crate::ffi::{BackendFfi, BackendFfiBox, BackendFfi_TO, EventSinkBox, HostLoggerBox};
+use crate::ffi::{
+    BackendFfi, BackendFfiBox, BackendFfi_TO, EventSinkBox, HostLoggerBox, StreamFfiBox,
+    StreamFfi_TO,
+};
 use crate::model::Event;
+use crate::stream::{Exported, StreamRequest};
 use crate::Handshake;
 
 /// What a plugin declares; implemented by [`crate::export_plugin!`].
@@ -126,6 +130,28 @@ impl BackendFfi for Dispatcher {
 
     fn shutdown(&self) {
         let _ = catch_unwind(AssertUnwindSafe(|| self.backend.shutdown()));
+    }
+
+    fn open_stream(&self, request: RStr<'_>) -> RResult<StreamFfiBox, RString> {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let request: StreamRequest = serde_json::from_str(request.as_str())
+                .map_err(|e| PluginError::invalid(format!("bad stream request: {e}")))?;
+            self.backend.open_stream(request)
+        }));
+        match result {
+            Ok(Ok(stream)) => ROk(StreamFfi_TO::from_value(
+                Exported(std::sync::Arc::new(stream)),
+                TD_Opaque,
+            )),
+            Ok(Err(e)) => RErr(to_json(&e)),
+            Err(panic) => {
+                let message = panic_message(&*panic);
+                tracing::error!(panic = %message, "open_stream panicked");
+                RErr(to_json(&PluginError::internal(
+                    "the plugin panicked opening a stream",
+                )))
+            }
+        }
     }
 }
 

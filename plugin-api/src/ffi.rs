@@ -1,6 +1,8 @@
-//! The frozen ABI: an abi_stable root module and three small trait objects.
+//! The frozen ABI: an abi_stable root module and four small trait objects.
 //!
-//! Nothing here changes within interface 1.x. Operations and their data cross as
+//! Nothing here changes within interface 1.x but by the rules of abi_stable's prefix
+//! types: entries are only added after the last one, with a default for plugins built
+//! before them (1.3 added [`BackendFfi::open_stream`] and [`StreamFfi`]). Operations and their data cross as
 //! `(operation name, JSON document)`, so new operations and new fields are added
 //! without touching the layout that abi_stable checks. A plugin author never uses this
 //! module directly: [`crate::export_plugin!`] builds the module, and
@@ -12,9 +14,10 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RStr, RString},
+    std_types::{RBox, ROption, RResult, RStr, RString, RVec},
     StableAbi,
 };
+use async_ffi::FfiFuture;
 
 /// A backend as the ABI sees it: one call taking an operation name and a JSON payload,
 /// answering a JSON result or a JSON [`crate::PluginError`].
@@ -26,7 +29,54 @@ pub trait BackendFfi: Send + Sync {
     /// Stops background work; the backend gets no more calls.
     #[sabi(last_prefix_field)]
     fn shutdown(&self);
+
+    /// Opens a byte stream (1.3): `request` is a JSON [`crate::stream::StreamRequest`],
+    /// the error a JSON [`crate::PluginError`]. A plugin built before 1.3 has no such
+    /// entry in its vtable: this default answers for it, `OPERATION_NOT_SUPPORTED`.
+    fn open_stream(&self, request: RStr<'_>) -> RResult<StreamFfiBox, RString> {
+        let _ = request;
+        RResult::RErr(not_supported_json("streams"))
+    }
 }
+
+pub(crate) fn not_supported_json(what: &str) -> RString {
+    serde_json::to_string(&crate::PluginError::not_supported(what))
+        .unwrap_or_default()
+        .into()
+}
+
+/// One chunk of a stream as it crosses the boundary (1.3).
+///
+/// From the plugin: `kind` 1 standard output, 2 standard error (`data`), 3 exit
+/// (`code`), 4 error (`data` is a JSON [`crate::PluginError`]). From the host: `kind` 0
+/// input (`data`), 5 resize (`code` = columns << 16 | rows), 6 end of input.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct FrameFfi {
+    /// What the frame is.
+    pub kind: u8,
+    /// The exit code, or the packed terminal size.
+    pub code: i64,
+    /// The bytes.
+    pub data: RVec<u8>,
+}
+
+/// The host's end of a byte stream, owned by the plugin (1.3). Dropping it closes the
+/// stream. Both methods answer FFI-safe futures that the host polls on its own
+/// runtime: they run no code of the plugin but its channel's, so they need no runtime
+/// of the plugin's.
+#[sabi_trait]
+pub trait StreamFfi: Send + Sync {
+    /// The next frame, `None` at the end.
+    fn next(&self) -> FfiFuture<ROption<FrameFfi>>;
+
+    /// Hands the plugin one frame of input: `false` when it no longer reads input.
+    #[sabi(last_prefix_field)]
+    fn send(&self, frame: FrameFfi) -> FfiFuture<bool>;
+}
+
+/// A stream trait object, owned.
+pub type StreamFfiBox = StreamFfi_TO<'static, RBox<()>>;
 
 /// A backend trait object, owned.
 pub type BackendFfiBox = BackendFfi_TO<'static, RBox<()>>;

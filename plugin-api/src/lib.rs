@@ -33,11 +33,13 @@ pub mod ffi;
 pub mod load;
 pub mod log;
 pub mod model;
+pub mod stream;
 pub mod sync;
 
 pub use backend::{Backend, BackendContext, EventSink, Result};
 pub use error::{ErrorCode, PluginError};
 pub use model::*;
+pub use stream::{ByteStream, Input, Output, StreamEnd, StreamKind, StreamRequest};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +57,10 @@ use serde::{Deserialize, Serialize};
 ///   error codes IMAGE_NOT_FOUND, IMAGE_IN_USE, IMAGE_ALREADY_EXISTS, CANCELLED. A 1.0
 ///   or 1.1 plugin answers the new operations OPERATION_NOT_SUPPORTED and reports no
 ///   progress.
-pub const INTERFACE_VERSION: &str = "1.2";
+/// - 1.3: byte streams ([`stream`]): logs, console and exec through
+///   [`Backend::open_stream`], an added, defaulted entry of the ABI's backend vtable.
+///   A plugin built before 1.3 lacks the entry and answers OPERATION_NOT_SUPPORTED.
+pub const INTERFACE_VERSION: &str = "1.3";
 
 /// What a plugin says of itself at load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ use crate::model::{
     BackendDescription, CreateRequest, Event, HostResources, Image, Instance, PullRequest,
     StopOptions, UpdateRequest, UploadRequest, UploadTarget, Usage,
 };
+use crate::stream::{ByteStream, Remote, StreamRequest};
 use crate::Handshake;
 
 /// Why a file could not be loaded as a plugin.
@@ -240,6 +241,14 @@ impl Backend for RemoteBackend {
         self.send(Call::Cancel(CancelArgs {
             operation: operation.to_owned(),
         }))
+    }
+    fn open_stream(&self, request: StreamRequest) -> Result<ByteStream> {
+        let json = serde_json::to_string(&request)
+            .map_err(|e| PluginError::internal(format!("cannot encode a stream request: {e}")))?;
+        match self.ffi.open_stream(RStr::from_str(&json)) {
+            RResult::ROk(ffi) => Ok(ByteStream::from_object(Remote(Arc::new(ffi)))),
+            RResult::RErr(e) => Err(decode_error(e.as_str())),
+        }
     }
     fn shutdown(&self) {
         self.ffi.shutdown()
