@@ -13,6 +13,7 @@
 
 mod error;
 mod events;
+mod streams;
 mod types;
 
 use std::io::Read;
@@ -24,6 +25,7 @@ use serde_json::Value;
 
 pub use error::Error;
 pub use events::EventStream;
+pub use streams::{ExecRequest, ExecResult, LogsQuery, TermEvent, Terminal};
 pub use types::*;
 
 /// Each public method of [`Client`] and the operation (its `operationId` in the
@@ -58,6 +60,10 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get_operation", "getOperation"),
     ("wait_operation", "getOperation"),
     ("cancel_operation", "cancelOperation"),
+    ("logs", "getInstanceLogs"),
+    ("exec", "execInstance"),
+    ("console", "openInstanceConsole"),
+    ("exec_interactive", "execInstanceInteractive"),
 ];
 
 /// An instance action.
@@ -211,7 +217,7 @@ impl Client {
         for (k, v) in headers {
             b = b.header(*k, v);
         }
-        let agent = if path.ends_with("/events") {
+        let agent = if path.ends_with("/events") || path.ends_with("/logs") {
             &self.stream_agent
         } else {
             &self.agent

@@ -76,6 +76,11 @@ pub struct ServerConfig {
     pub operations_retained_secs: u64,
     /// Longest `?wait=` on an operation, in seconds.
     pub max_operation_wait_secs: u64,
+    /// Bytes of stdout, and of stderr, a run-to-completion exec answers; more is cut
+    /// (`truncated: true`).
+    pub exec_output_limit_bytes: usize,
+    /// Longest `timeout` of a run-to-completion exec, in seconds (also its default).
+    pub max_exec_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +101,8 @@ impl Default for ServerConfig {
             events_heartbeat_secs: 15,
             operations_retained_secs: 300,
             max_operation_wait_secs: 300,
+            exec_output_limit_bytes: 1 << 20,
+            max_exec_timeout_secs: 300,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod guest;
 pub mod kvm;
 pub mod registry;
 pub mod sse;
+pub mod ws;
 
 pub use docker::FileLock;
 

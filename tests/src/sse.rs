@@ -17,6 +17,8 @@ pub struct Frame {
     pub event: Option<String>,
     /// `data:` parsed as JSON (Null when not JSON).
     pub data: Value,
+    /// `data:` as sent (the lines joined by `\n`).
+    pub text: String,
     /// A comment (`: heartbeat`).
     pub comment: Option<String>,
     /// When the client had read it whole.
@@ -158,10 +160,12 @@ impl Sse {
                         id: None,
                         event: None,
                         data: Value::Null,
+                        text: String::new(),
                         comment: None,
                         at: Instant::now(),
                     };
                     let mut data = String::new();
+                    let mut lines = 0;
                     for line in block.lines() {
                         if let Some(c) = line.strip_prefix(':') {
                             f.comment = Some(c.trim().to_owned());
@@ -170,10 +174,15 @@ impl Sse {
                         } else if let Some(v) = line.strip_prefix("event: ") {
                             f.event = Some(v.to_owned());
                         } else if let Some(v) = line.strip_prefix("data: ") {
+                            if lines > 0 {
+                                data.push('\n');
+                            }
+                            lines += 1;
                             data.push_str(v);
                         }
                     }
                     f.data = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    f.text = data;
                     if tx.send(f).is_err() {
                         return;
                     }

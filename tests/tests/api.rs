@@ -750,7 +750,7 @@ fn backend_info_images_cluster_and_openapi() {
     }
     assert_eq!(r.json["type"], "fake");
     assert_eq!(r.json["plugin"]["name"], "fake");
-    assert_eq!(r.json["plugin"]["interfaceVersion"], "1.2");
+    assert_eq!(r.json["plugin"]["interfaceVersion"], "1.3");
     assert!(r.json["plugin"]["file"]
         .as_str()
         .is_some_and(|f| f.ends_with("libunicompute_fake.so")));
@@ -967,6 +967,15 @@ fn a_plugin_built_against_interface_1_0_loads_and_works() {
     // an operation it does not know is a clean 501
     let r = s.get(&format!("{INSTANCES}/{id}/usage"));
     assert_eq!((r.status, r.code()), (501, "OPERATION_NOT_SUPPORTED"));
+    // so are the streams of 1.3: its vtable (built against the frozen 1.0-1.2 ABI)
+    // has no stream entry, and the host's default answers for it
+    let r = s.get(&format!("{INSTANCES}/{id}/logs"));
+    assert_eq!(
+        (r.status, r.code()),
+        (501, "OPERATION_NOT_SUPPORTED"),
+        "{}",
+        r.text
+    );
     assert_eq!(
         s.call("DELETE", &format!("{INSTANCES}/{id}"), ADMIN, None)
             .status,

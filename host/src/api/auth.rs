@@ -132,7 +132,8 @@ pub fn required_role(route: &Route<'_>) -> Role {
         | Route::BackendImages(_)
         | Route::Events
         | Route::ListOperations
-        | Route::GetOperation(_) => Role::Viewer,
+        | Route::GetOperation(_)
+        | Route::Logs(_) => Role::Viewer,
         Route::Action(..) => Role::Operator,
         Route::CreateInstance
         | Route::UpdateInstance(_)
@@ -140,7 +141,10 @@ pub fn required_role(route: &Route<'_>) -> Role {
         | Route::Reload
         | Route::CancelOperation(_)
         | Route::AddImage(_)
-        | Route::DeleteImage(..) => Role::Admin,
+        | Route::DeleteImage(..)
+        | Route::Console(_)
+        | Route::Exec(_)
+        | Route::ExecInteractive(_) => Role::Admin,
     }
 }
 

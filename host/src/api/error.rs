@@ -71,11 +71,15 @@ pub enum Code {
     ImageInUse,
     /// An image or template of that name exists (409).
     ImageAlreadyExists,
+    /// Another client holds the instance's console (409; `?force=true` takes it).
+    ConsoleInUse,
+    /// A WebSocket endpoint asked without `Upgrade: websocket` (426).
+    UpgradeRequired,
 }
 
 impl Code {
     /// Every code, for tests and documentation.
-    pub const ALL: [Code; 21] = [
+    pub const ALL: [Code; 23] = [
         Code::InvalidRequest,
         Code::InvalidBackend,
         Code::Unauthorized,
@@ -97,6 +101,8 @@ impl Code {
         Code::ImageNotFound,
         Code::ImageInUse,
         Code::ImageAlreadyExists,
+        Code::ConsoleInUse,
+        Code::UpgradeRequired,
     ];
 
     /// The wire name (`INSTANCE_NOT_FOUND`).
@@ -123,6 +129,8 @@ impl Code {
             Code::ImageNotFound => "IMAGE_NOT_FOUND",
             Code::ImageInUse => "IMAGE_IN_USE",
             Code::ImageAlreadyExists => "IMAGE_ALREADY_EXISTS",
+            Code::ConsoleInUse => "CONSOLE_IN_USE",
+            Code::UpgradeRequired => "UPGRADE_REQUIRED",
         }
     }
 
@@ -141,8 +149,10 @@ impl Code {
             | Code::InvalidState
             | Code::OperationCancelled
             | Code::ImageInUse
-            | Code::ImageAlreadyExists => StatusCode::CONFLICT,
+            | Code::ImageAlreadyExists
+            | Code::ConsoleInUse => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::ResourceLimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
             Code::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -359,6 +369,7 @@ impl From<crate::service::Error> for ApiError {
                 ApiError::new(Code::PayloadTooLarge, message).detail("limit", limit)
             }
             E::Internal(_) => ApiError::internal(message),
+            E::ConsoleBusy(id) => ApiError::new(Code::ConsoleInUse, message).detail("id", id),
         }
     }
 }
@@ -391,6 +402,8 @@ mod tests {
             ("IMAGE_NOT_FOUND", 404),
             ("IMAGE_IN_USE", 409),
             ("IMAGE_ALREADY_EXISTS", 409),
+            ("CONSOLE_IN_USE", 409),
+            ("UPGRADE_REQUIRED", 426),
         ];
         for (code, status) in table {
             let c = Code::ALL

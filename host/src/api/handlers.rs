@@ -67,7 +67,7 @@ pub enum Mode {
     Async,
 }
 
-fn flag(name: &str, v: &str) -> Result<bool, ApiError> {
+pub(crate) fn flag(name: &str, v: &str) -> Result<bool, ApiError> {
     match v {
         "true" | "1" | "" => Ok(true),
         "false" | "0" => Ok(false),

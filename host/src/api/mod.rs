@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod sse;
+pub mod streams;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -108,18 +109,25 @@ pub fn filter(
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
+        .and(warp::ws().map(Some).or(warp::any().map(|| None)).unify())
         .then(
             |state: Arc<AppState>,
              method: Method,
              path: warp::path::FullPath,
              query: String,
              headers: HeaderMap,
-             body| async move {
+             body,
+             ws: Option<warp::filters::ws::Ws>| async move {
                 let started = Instant::now();
                 let span = tracing::info_span!("request", method = %method, path = %path.as_str());
-                let result = handle(&state, &method, path.as_str(), &query, &headers, body)
-                    .instrument(span.clone())
-                    .await;
+                let request = Request {
+                    method: &method,
+                    path: path.as_str(),
+                    query: &query,
+                    headers: &headers,
+                    ws,
+                };
+                let result = handle(&state, request, body).instrument(span.clone()).await;
                 let response = match result {
                     Ok(Answer::Reply(reply)) => reply_response(reply),
                     Ok(Answer::Raw(r)) => r,
@@ -294,18 +302,28 @@ enum Answer {
     Raw(warp::reply::Response),
 }
 
-async fn handle<S, B>(
-    state: &AppState,
-    method: &Method,
-    path: &str,
-    query: &str,
-    headers: &HeaderMap,
-    body: S,
-) -> Result<Answer, ApiError>
+/// A request as the router sees it (its body apart).
+struct Request<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a HeaderMap,
+    /// The WebSocket handshake, when the request asks for one.
+    ws: Option<warp::filters::ws::Ws>,
+}
+
+async fn handle<S, B>(state: &AppState, request: Request<'_>, body: S) -> Result<Answer, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf + Send + 'static,
 {
+    let Request {
+        method,
+        path,
+        query,
+        headers,
+        ws,
+    } = request;
     // Who first (401), then what (404, 405), then whether they may (403). The path is
     // decoded before anything looks at it: `/%61pi/...` is `/api/...` and needs a
     // token like it.
@@ -398,6 +416,21 @@ where
             let (mode, _) = mutation(&[])?;
             handlers::delete_image(arc, b, name, mode).await
         }
+        Route::Logs(id) => {
+            return streams::logs(arc, id, query, headers)
+                .await
+                .map(Answer::Raw)
+        }
+        Route::Exec(id) => {
+            let body = read_body(headers, body, limit).await?;
+            streams::exec(arc, id, &body).await
+        }
+        Route::Console(id) => return streams::console(arc, id, query, ws).await.map(Answer::Raw),
+        Route::ExecInteractive(id) => {
+            return streams::exec_interactive(arc, id, query, ws)
+                .await
+                .map(Answer::Raw)
+        }
     };
     reply.map(Answer::Reply)
 }
@@ -434,6 +467,10 @@ pub fn error_response(e: &ApiError) -> warp::reply::Response {
         }
         StatusCode::UNAUTHORIZED => {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::UPGRADE_REQUIRED => {
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         }
         StatusCode::METHOD_NOT_ALLOWED => {
             if let Some(v) = e

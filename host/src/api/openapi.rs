@@ -14,7 +14,7 @@ use warp::http::StatusCode;
 use crate::api::dto::{MIN_MEMORY, RESERVED_LABEL_PREFIX};
 use crate::api::error::Code;
 use crate::api::routes::Endpoint;
-use crate::api::{auth, dto, dto_events, error, handlers, routes};
+use crate::api::{auth, dto, dto_events, error, handlers, routes, streams};
 use crate::config::{Config, Role};
 use unicompute_plugin_api::ErrorCode;
 
@@ -30,6 +30,7 @@ use unicompute_plugin_api::ErrorCode;
         handlers::backend_images, handlers::reload, handlers::openapi,
         handlers::events, handlers::list_operations, handlers::get_operation,
         handlers::cancel_operation, handlers::add_image, handlers::delete_image,
+        streams::logs, streams::console, streams::exec, streams::exec_interactive,
     ),
     components(schemas(
         unicompute_plugin_api::Instance, unicompute_plugin_api::Usage, unicompute_plugin_api::Image,
@@ -43,6 +44,7 @@ use unicompute_plugin_api::ErrorCode;
         (name = "backends", description = "Configured backends and their plugins"),
         (name = "events", description = "Every change, as it happens (Server-Sent Events)"),
         (name = "images", description = "Pull, upload and delete images and templates"),
+        (name = "streams", description = "What an instance prints, its console, commands run in it"),
         (name = "operations", description = "Work run in the background (`?async=true`), its progress and result"),
         (name = "server", description = "The server itself"),
     ),
@@ -140,6 +142,18 @@ pub fn error_codes(e: Endpoint) -> Vec<Code> {
             ],
         ),
         Endpoint::DeleteImage => (true, &[InvalidBackend, ImageNotFound, ImageInUse]),
+        Endpoint::Logs => (true, &[InvalidRequest, InstanceNotFound]),
+        Endpoint::Exec => (true, &[InvalidRequest, InstanceNotFound, InvalidState]),
+        Endpoint::Console | Endpoint::ExecInteractive => (
+            true,
+            &[
+                InvalidRequest,
+                InstanceNotFound,
+                InvalidState,
+                UpgradeRequired,
+                ConsoleInUse,
+            ],
+        ),
     };
     codes.extend_from_slice(more);
     if plugin {
@@ -574,6 +588,7 @@ mod tests {
             ["application/json"]["examples"];
         assert_eq!(ex["docker"]["value"]["name"], "nginx-web");
         let links = &doc["paths"]["/api/v1/compute/instances"]["post"]["responses"]["201"]["links"];
-        assert_eq!(links.as_object().map(|l| l.len()), Some(10), "{links}");
+        // Ten operations on an instance, and its logs, console, exec and interactive exec.
+        assert_eq!(links.as_object().map(|l| l.len()), Some(14), "{links}");
     }
 }

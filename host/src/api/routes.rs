@@ -75,12 +75,20 @@ pub enum Endpoint {
     AddImage,
     /// `DELETE /api/v1/compute/backends/{backend}/images/{name}`
     DeleteImage,
+    /// `GET /api/v1/compute/instances/{id}/logs`
+    Logs,
+    /// `GET /api/v1/compute/instances/{id}/console` (a WebSocket)
+    Console,
+    /// `POST /api/v1/compute/instances/{id}/exec` (runs to completion)
+    Exec,
+    /// `GET /api/v1/compute/instances/{id}/exec` (a WebSocket: interactive)
+    ExecInteractive,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order the router tries them (a literal segment wins
     /// over a parameter at the first place they differ, whatever the order here).
-    pub const ALL: [Endpoint; 25] = [
+    pub const ALL: [Endpoint; 29] = [
         Endpoint::Healthz,
         Endpoint::OpenApi,
         Endpoint::ListInstances,
@@ -106,6 +114,10 @@ impl Endpoint {
         Endpoint::CancelOperation,
         Endpoint::AddImage,
         Endpoint::DeleteImage,
+        Endpoint::Logs,
+        Endpoint::Console,
+        Endpoint::Exec,
+        Endpoint::ExecInteractive,
     ];
 
     /// The method (a `GET` endpoint also answers `HEAD`).
@@ -123,8 +135,13 @@ impl Endpoint {
             | Endpoint::BackendImages
             | Endpoint::Events
             | Endpoint::ListOperations
-            | Endpoint::GetOperation => "GET",
-            Endpoint::CreateInstance | Endpoint::Reload | Endpoint::AddImage => "POST",
+            | Endpoint::GetOperation
+            | Endpoint::Logs
+            | Endpoint::Console
+            | Endpoint::ExecInteractive => "GET",
+            Endpoint::CreateInstance | Endpoint::Reload | Endpoint::AddImage | Endpoint::Exec => {
+                "POST"
+            }
             Endpoint::UpdateInstance
             | Endpoint::Start
             | Endpoint::Stop
@@ -164,6 +181,9 @@ impl Endpoint {
             Endpoint::Events => "/api/v1/compute/events",
             Endpoint::ListOperations => "/api/v1/compute/operations",
             Endpoint::GetOperation | Endpoint::CancelOperation => "/api/v1/compute/operations/{id}",
+            Endpoint::Logs => "/api/v1/compute/instances/{id}/logs",
+            Endpoint::Console => "/api/v1/compute/instances/{id}/console",
+            Endpoint::Exec | Endpoint::ExecInteractive => "/api/v1/compute/instances/{id}/exec",
         }
     }
 
@@ -195,6 +215,10 @@ impl Endpoint {
             Endpoint::CancelOperation => "cancelOperation",
             Endpoint::AddImage => "addBackendImage",
             Endpoint::DeleteImage => "deleteBackendImage",
+            Endpoint::Logs => "getInstanceLogs",
+            Endpoint::Console => "openInstanceConsole",
+            Endpoint::Exec => "execInstance",
+            Endpoint::ExecInteractive => "execInstanceInteractive",
         }
     }
 
@@ -208,7 +232,9 @@ impl Endpoint {
             | Endpoint::Restart
             | Endpoint::Pause
             | Endpoint::Unpause
-            | Endpoint::AddImage => true,
+            | Endpoint::AddImage
+            | Endpoint::Exec => true,
+            Endpoint::Logs | Endpoint::Console | Endpoint::ExecInteractive => false,
             Endpoint::Healthz
             | Endpoint::OpenApi
             | Endpoint::ListInstances
@@ -242,6 +268,9 @@ impl Endpoint {
             | Endpoint::Unpause
             | Endpoint::AddImage
             | Endpoint::DeleteImage => true,
+            Endpoint::Logs | Endpoint::Console | Endpoint::Exec | Endpoint::ExecInteractive => {
+                false
+            }
             Endpoint::Healthz
             | Endpoint::OpenApi
             | Endpoint::ListInstances
@@ -289,6 +318,10 @@ impl Endpoint {
             Endpoint::CancelOperation => Route::CancelOperation(p(0)),
             Endpoint::AddImage => Route::AddImage(p(0)),
             Endpoint::DeleteImage => Route::DeleteImage(p(0), p(1)),
+            Endpoint::Logs => Route::Logs(p(0)),
+            Endpoint::Console => Route::Console(p(0)),
+            Endpoint::Exec => Route::Exec(p(0)),
+            Endpoint::ExecInteractive => Route::ExecInteractive(p(0)),
         }
     }
 }
@@ -339,6 +372,14 @@ pub enum Route<'a> {
     /// `DELETE /api/v1/compute/backends/:backend/images/:name` (the name may hold
     /// `/`, sent as `%2F`)
     DeleteImage(&'a str, &'a str),
+    /// `GET /api/v1/compute/instances/:id/logs`
+    Logs(&'a str),
+    /// `GET /api/v1/compute/instances/:id/console`
+    Console(&'a str),
+    /// `POST /api/v1/compute/instances/:id/exec`
+    Exec(&'a str),
+    /// `GET /api/v1/compute/instances/:id/exec`
+    ExecInteractive(&'a str),
 }
 
 fn not_allowed(method: &str, allowed: &str) -> ApiError {

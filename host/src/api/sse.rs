@@ -186,7 +186,7 @@ impl Subscriber {
 
 /// A stream that is `Sync` because only one poller can reach it at a time (warp's
 /// body wants `Sync`; the subscriber's futures are `Send` only).
-struct SyncStream<S>(Mutex<Pin<Box<S>>>);
+pub(crate) struct SyncStream<S>(pub(crate) Mutex<Pin<Box<S>>>);
 
 impl<S: Stream> Stream for SyncStream<S> {
     type Item = S::Item;

@@ -94,6 +94,11 @@ pub enum Error {
         /// What.
         what: String,
     },
+    /// Another client holds the instance's console.
+    #[error(
+        "the console of instance {0} is in use by another client (take it over with ?force=true)"
+    )]
+    ConsoleBusy(String),
     /// The server itself failed (a task that could not run).
     #[error("{0}")]
     Internal(String),

@@ -18,6 +18,7 @@ mod images;
 mod instances;
 mod operations;
 mod reload;
+mod streams;
 mod sync;
 mod views;
 
@@ -42,6 +43,7 @@ pub use operations::{
     Progress, Work,
 };
 pub use reload::{PluginFileReport, ReloadReport, Verdict};
+pub use streams::{ConsoleLease, Consoles};
 pub use views::{BackendDetail, BackendView, ClusterBackendView, ClusterHealth, ClusterView};
 
 use crate::config::Config;
@@ -69,6 +71,8 @@ pub struct Service {
     /// Markers sent after the plugins' events, answered when the events before them
     /// have been applied ([`Service::events_applied`]).
     barriers: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// Who holds each instance's console.
+    consoles: Arc<Consoles>,
 }
 
 /// Where the plugins' events arrive, tagged with the backend's name.
@@ -173,6 +177,7 @@ impl Service {
             locks: Mutex::default(),
             busy: Mutex::default(),
             barriers: Mutex::default(),
+            consoles: Arc::default(),
         })
     }
 

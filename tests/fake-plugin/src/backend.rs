@@ -10,10 +10,10 @@ use chrono::Utc;
 use serde::Deserialize;
 use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{
-    Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, ErrorCode, Event,
-    EventSink, HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage, Metadata,
-    NetworkUsage, PluginError, Progress, PullRequest, Resources, StopOptions, StorageUsage,
-    UpdateRequest, UploadRequest, UploadTarget, Usage,
+    Backend, BackendContext, BackendDescription, ByteStream, CpuUsage, CreateRequest, ErrorCode,
+    Event, EventSink, HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage,
+    Metadata, NetworkUsage, PluginError, Progress, PullRequest, Resources, StopOptions,
+    StorageUsage, StreamKind, StreamRequest, UpdateRequest, UploadRequest, UploadTarget, Usage,
 };
 
 #[cfg(not(feature = "v2"))]
@@ -211,7 +211,14 @@ impl Backend for FakeBackend {
         Ok(BackendDescription {
             version: VERSION.into(),
             api_version: "1".into(),
-            capabilities: vec!["containers".into(), "pause".into(), "live-update".into()],
+            capabilities: vec![
+                "containers".into(),
+                "pause".into(),
+                "live-update".into(),
+                "logs".into(),
+                "console".into(),
+                "exec".into(),
+            ],
             supported_types: vec![InstanceType::Container],
             extra: Default::default(),
         })
@@ -664,6 +671,19 @@ impl Backend for FakeBackend {
             Err(e) => Err(PluginError::backend(format!(
                 "cannot remove the staged upload: {e}"
             ))),
+        }
+    }
+
+    fn open_stream(&self, request: StreamRequest) -> Result<ByteStream, PluginError> {
+        let inst = self.with(&request.id, request.kind.name(), |inst| Ok(inst.clone()))?;
+        let running = inst.state == InstanceState::Running;
+        match request.kind {
+            StreamKind::Logs(o) => Ok(crate::streams::logs(&inst, o)),
+            StreamKind::Console(_) | StreamKind::Exec(_) if !running => Err(
+                PluginError::invalid_state(format!("instance {} is not running", inst.id)),
+            ),
+            StreamKind::Console(_) => Ok(crate::streams::console(&inst)),
+            StreamKind::Exec(o) => crate::streams::exec(&inst, o),
         }
     }
 

@@ -15,8 +15,11 @@
 //! `max_upload_bytes`; a commit refuses an empty file or one starting with
 //! `not an image` (`INVALID_REQUEST`) and removes it. `delete_image` is `IMAGE_IN_USE`
 //! while an instance's `config.image` names the image.
+//!
+//! Streams (interface 1.3): see [`streams`].
 
 mod backend;
+pub mod streams;
 
 pub use backend::{FakeBackend, FakeConfig};
 
