@@ -451,11 +451,37 @@ fn exec_output_exit_codes_input_and_terminal() {
     let got = read_all(&rt, &s);
     assert_eq!(got.exit, Some(5), "{got:?}");
 
-    // A client that leaves an exec: its pump ends (cat sees the end of its input).
+    // A client that leaves an exec while nothing is written: its pump ends (cat sees
+    // the end of its input); so does a follow of a silent container.
     let mut o = exec(&["cat"]);
     o.stdin = true;
     let s = open(&t, &id, StreamKind::Exec(o)).unwrap();
     drop(s);
+    let s = open(
+        &t,
+        &id,
+        logs(LogsOptions {
+            follow: true,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    drop(s);
+    wait_pumps_end(&t);
+
+    // The backend shutting down ends its streams.
+    let s = open(
+        &t,
+        &id,
+        logs(LogsOptions {
+            follow: true,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    t.backend.shutdown();
+    let got = read_all(&rt, &s);
+    assert!(got.ended && got.out.is_empty(), "{got:?}");
     wait_pumps_end(&t);
 }
 
@@ -508,6 +534,13 @@ fn console_of_a_tty_container_takes_input_resizes_and_detaches() {
         wait_pumps_end(&t);
         assert!(running(&engine, &container_of(&t, &id)));
     }
+    // The logs of a terminal are all standard output.
+    let got = read_all(&rt, &open(&t, &id, logs(LogsOptions::default())).unwrap());
+    assert!(
+        got.out().contains(&format!("hello-42-{marker}-1")),
+        "{got:?}"
+    );
+    assert!(got.err.is_empty(), "{got:?}");
 }
 
 #[test]
