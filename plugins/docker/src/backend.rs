@@ -4,16 +4,17 @@
 //! `ops/`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::watch;
 use tracing::Instrument;
+use unicompute_plugin_api::ByteStream;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CreateRequest, EventSink, HostResources, Image,
-    Instance, PluginError, PullRequest, StopOptions, UpdateRequest, UploadRequest, UploadTarget,
-    Usage,
+    Instance, PluginError, PullRequest, StopOptions, StreamRequest, UpdateRequest, UploadRequest,
+    UploadTarget, Usage,
 };
 
 use crate::client::{self, Engine};
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) creating: Mutex<HashSet<String>>,
     /// The pulls under way, by operation token, for `cancel`.
     pub(crate) pulls: crate::ops::Pulls,
+    /// How many stream pumps run (see [`DockerBackend::open_streams`]).
+    pub(crate) streams: Arc<AtomicUsize>,
 }
 
 impl DockerBackend {
@@ -85,11 +88,19 @@ impl DockerBackend {
             abandoned: Mutex::default(),
             creating: Mutex::default(),
             pulls: Default::default(),
+            streams: Arc::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         rt.spawn(crate::events::run(Arc::clone(&shared), rx));
         tracing::info!(backend = %shared.name, "docker backend ready");
         Ok(DockerBackend { shared, shutdown })
+    }
+
+    /// How many streams (logs, consoles, execs) still have a pump running: a stream's
+    /// pump ends soon after its client drops it, or when the backend shuts down.
+    /// For diagnostics and tests.
+    pub fn open_streams(&self) -> usize {
+        self.shared.streams.load(Ordering::SeqCst)
     }
 
     /// Runs one operation on the plugin's runtime.
@@ -254,6 +265,13 @@ impl Backend for DockerBackend {
     fn cancel(&self, operation: &str) -> Result<bool> {
         // Pulls are the only long work that stops half-way without leaving a trace.
         Ok(self.shared.pulls.cancel(operation))
+    }
+
+    fn open_stream(&self, request: StreamRequest) -> Result<ByteStream> {
+        let stop = self.shutdown.subscribe();
+        self.run(request.kind.name(), request.id.clone(), |s| async move {
+            s.open_stream(request, stop).await
+        })
     }
 
     fn shutdown(&self) {

@@ -772,7 +772,15 @@ fn backend_info_host_resources_and_images() {
     assert!(!d.version.is_empty());
     assert!(d.api_version.starts_with("1."), "{}", d.api_version);
     assert_eq!(d.supported_types, vec![InstanceType::Container]);
-    for cap in ["containers", "images", "networks", "volumes"] {
+    for cap in [
+        "containers",
+        "images",
+        "networks",
+        "volumes",
+        "logs",
+        "console",
+        "exec",
+    ] {
         assert!(d.capabilities.iter().any(|c| c == cap), "{cap}");
     }
     assert!(d.extra.contains_key("negotiatedApiVersion"));

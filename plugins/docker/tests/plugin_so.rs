@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use common::{request, unique, Cleanup, FileLock, Recorder};
 use unicompute_plugin_api::load::load_plugin;
-use unicompute_plugin_api::{Backend, ErrorCode, Event, InstanceState, StopOptions};
+use unicompute_plugin_api::stream::{ExecOptions, StreamKind, StreamRequest};
+use unicompute_plugin_api::{Backend, ErrorCode, Event, Input, InstanceState, Output, StopOptions};
 
 fn plugin_path() -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>/libunicompute_docker.so
@@ -80,6 +81,52 @@ fn the_cdylib_loads_and_serves_the_hosts_calls() {
 
     let usage = backend.usage(&id).unwrap();
     assert!(usage.memory.used > 0);
+
+    // Streams cross the boundary: output apart, input, the exit code, then the end.
+    let exec = |command: &[&str], stdin: bool| StreamRequest {
+        id: id.clone(),
+        kind: StreamKind::Exec(ExecOptions {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            stdin,
+            ..Default::default()
+        }),
+    };
+    let b = Arc::clone(&backend);
+    let req = exec(&["sh", "-c", "read x; echo o$x; echo e >&2; exit 3"], true);
+    let stream = host_rt
+        .block_on(async move { tokio::task::spawn_blocking(move || b.open_stream(req)).await })
+        .unwrap()
+        .unwrap();
+    let got = host_rt.block_on(async move {
+        assert!(stream.send(Input::Data(b"k\n".to_vec())).await);
+        let mut got = Vec::new();
+        loop {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next());
+            match next.await.expect("the stream stalled") {
+                Some(o) => got.push(o),
+                None => break got,
+            }
+        }
+    });
+    let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), Vec::new());
+    for o in got {
+        match o {
+            Output::Stdout(d) => out.extend(d),
+            Output::Stderr(d) => err.extend(d),
+            Output::Exit(c) => exit.push(c),
+            Output::Error(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(
+        (&out[..], &err[..], &exit[..]),
+        (&b"ok\n"[..], &b"e\n"[..], &[3][..])
+    );
+    let mut unknown = exec(&["true"], false);
+    unknown.id = unique("nobody");
+    assert_eq!(
+        backend.open_stream(unknown).unwrap_err().code,
+        ErrorCode::InstanceNotFound
+    );
     // Events cross the boundary as well: a kill by hand is reported.
     let kill = std::process::Command::new("docker")
         .args(["kill", &name])

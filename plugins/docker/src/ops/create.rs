@@ -115,6 +115,10 @@ impl Shared {
             exposed_ports: (!prepared.exposed.is_empty()).then(|| prepared.exposed.clone()),
             volumes: (!prepared.anonymous.is_empty()).then(|| prepared.anonymous.clone()),
             healthcheck: prepared.healthcheck.clone(),
+            // A console to attach to; stdin stays open across attaches (no
+            // `StdinOnce`), as `docker create -it` leaves it.
+            tty: spec.tty.then_some(true),
+            open_stdin: spec.open_stdin.then_some(true),
             host_config: Some(HostConfig {
                 binds: Some(binds),
                 mounts: (!mounts.is_empty()).then_some(mounts),

@@ -31,6 +31,9 @@ impl Shared {
             "live-update",
             "events",
             "usage",
+            "logs",
+            "console",
+            "exec",
         ]
         .into_iter()
         .map(String::from)

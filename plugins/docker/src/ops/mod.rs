@@ -24,6 +24,7 @@ mod lifecycle;
 mod limits;
 mod list;
 mod pins;
+mod streams;
 mod update;
 mod usage;
 

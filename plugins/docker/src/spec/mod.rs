@@ -50,6 +50,14 @@ pub struct DockerSpec {
     /// own (if any) applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthcheckSpec>,
+    /// Gives the container a terminal (`docker run -t`): its console is a TTY, and
+    /// its output is one stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// Keeps the container's standard input open (`docker run -i`), so that its
+    /// console takes input.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_stdin: bool,
 }
 
 fn default_network_mode() -> String {
@@ -274,6 +282,33 @@ mod tests {
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(v["networkMode"], "bridge");
         assert_eq!(v["restartPolicy"], "no");
+    }
+
+    #[test]
+    fn tty_and_open_stdin_are_optional_booleans() {
+        let cfg = serde_json::json!({"image": "x"});
+        let spec = DockerSpec::from_config(cfg.as_object().unwrap()).unwrap();
+        assert!(!spec.tty && !spec.open_stdin);
+        let v = serde_json::to_value(&spec).unwrap();
+        assert!(
+            v.get("tty").is_none() && v.get("openStdin").is_none(),
+            "{v}"
+        );
+        let cfg = serde_json::json!({"image": "x", "tty": true, "openStdin": true});
+        let spec = DockerSpec::from_config(cfg.as_object().unwrap()).unwrap();
+        assert!(spec.tty && spec.open_stdin);
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!((&v["tty"], &v["openStdin"]), (&true.into(), &true.into()));
+        for bad in [
+            serde_json::json!({"image": "x", "tty": "yes"}),
+            serde_json::json!({"image": "x", "openStdin": 1}),
+            serde_json::json!({"image": "x", "open_stdin": true}),
+        ] {
+            assert!(
+                DockerSpec::from_config(bad.as_object().unwrap()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
