@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{harness, unique, SYSTEM};
+use common::{harness, libvirt, make_template, unique, workdir, SYSTEM};
 use serde_json::json;
 use unicompute_plugin_api::stream::{
     ByteStream, ConsoleOptions, ExecOptions, Input, LogsOptions, Output, StreamKind, StreamRequest,
@@ -488,4 +488,76 @@ fn unknown_ids_are_not_found() {
         "{caps:?}"
     );
     assert!(!caps.iter().any(|c| c == "exec"), "{caps:?}");
+}
+
+#[test]
+fn exec_needs_an_agent_that_answers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let logs = workdir();
+    let h = harness(SYSTEM, json!({"console_log_dir": logs.path()}));
+    make_template(&h.templates, "blank", "64M");
+    let name = h.cleanup.domain(&unique("agent"));
+    let id = unique("id");
+    let b = &h.backend;
+    b.create(CreateRequest {
+        id: id.clone(),
+        name: name.clone(),
+        config: json!({"image": "blank", "networkType": "none"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        resources: serde_json::from_value(
+            json!({"cpu": {"cores": 1}, "memory": {"limit": 128u64 << 20}}),
+        )
+        .unwrap(),
+        labels: BTreeMap::new(),
+        start: false,
+        created_at: chrono::Utc::now(),
+        operation: None,
+    })
+    .expect("create");
+    let exec = || StreamRequest {
+        id: id.clone(),
+        kind: StreamKind::Exec(ExecOptions {
+            command: vec!["true".into()],
+            ..ExecOptions::default()
+        }),
+    };
+    let e = b.open_stream(exec()).expect_err("exec when created");
+    assert_eq!(e.code, ErrorCode::InvalidState, "{e:?}");
+
+    // The domain gets an agent channel, but nothing in the guest (a blank disk)
+    // answers on it.
+    let conn = libvirt(SYSTEM);
+    let dom = conn.lookup_domain_by_name(&name).expect("domain");
+    let xml = dom
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+        .unwrap()
+        .replace(
+            "</devices>",
+            "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>",
+        );
+    conn.define_domain_xml(&xml)
+        .expect("redefine with an agent channel");
+    b.start(&id).expect("start");
+    let t = Instant::now();
+    let e = b
+        .open_stream(exec())
+        .expect_err("exec without an agent answering");
+    assert_eq!(e.code, ErrorCode::OperationNotSupported, "{e:?}");
+    assert!(e.message.contains("did not answer"), "{e:?}");
+    eprintln!(
+        "exec refused in {:.2} s: {}",
+        t.elapsed().as_secs_f64(),
+        e.message
+    );
+    // Refused before anything else: an empty command.
+    let e = b
+        .open_stream(StreamRequest {
+            id: id.clone(),
+            kind: StreamKind::Exec(ExecOptions::default()),
+        })
+        .expect_err("no command");
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
+    b.delete(&id, true).expect("delete");
 }

@@ -61,6 +61,8 @@ const CONSOLE_IDLE: Duration = Duration::from_millis(10);
 const EXEC_POLL: Duration = Duration::from_millis(100);
 /// How long the guest agent may take to answer one command (seconds).
 const AGENT_TIMEOUT: i32 = 10;
+/// How long the guest agent may take to answer the ping before an exec (seconds).
+const PING_TIMEOUT: i32 = 5;
 
 /// The runtime of the log followers: one worker thread, timers; started on first use.
 fn runtime() -> PResult<&'static Runtime> {
@@ -190,7 +192,11 @@ impl Inner {
                 "the qemu guest agent runs commands as its own user in its own directory (user and workdir are not supported)",
             ));
         }
-        agent(&found.dom, &serde_json::json!({"execute": "guest-ping"})).map_err(|e| {
+        agent(
+            &found.dom,
+            &serde_json::json!({"execute": "guest-ping"}),
+            PING_TIMEOUT,
+        ).map_err(|e| {
             unsupported(
                 "exec",
                 format!("exec needs the qemu guest agent: the agent of instance {id} did not answer ({})", e.message),
@@ -514,9 +520,9 @@ impl Console {
 // ---- exec ----------------------------------------------------------------------
 
 /// A guest agent command and its `return`.
-fn agent(dom: &Domain, command: &serde_json::Value) -> PResult<serde_json::Value> {
+fn agent(dom: &Domain, command: &serde_json::Value, timeout: i32) -> PResult<serde_json::Value> {
     let reply = dom
-        .qemu_agent_command(&command.to_string(), AGENT_TIMEOUT, 0)
+        .qemu_agent_command(&command.to_string(), timeout, 0)
         .map_err(|e| PluginError::backend(format!("the guest agent failed: {}", e.message())))?;
     let mut reply: serde_json::Value = serde_json::from_str(&reply).map_err(|e| {
         PluginError::backend(format!(
@@ -572,6 +578,7 @@ fn exec(dom: &Domain, options: ExecOptions, mut end: StreamEnd) {
     let pid = match agent(
         dom,
         &serde_json::json!({"execute": "guest-exec", "arguments": args}),
+        AGENT_TIMEOUT,
     ) {
         Ok(r) => match r.get("pid").and_then(|p| p.as_i64()) {
             Some(pid) => pid,
@@ -593,6 +600,7 @@ fn exec(dom: &Domain, options: ExecOptions, mut end: StreamEnd) {
         match agent(
             dom,
             &serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+            AGENT_TIMEOUT,
         ) {
             Ok(s) if s.get("exited").and_then(|e| e.as_bool()) == Some(true) => break s,
             Ok(_) => std::thread::sleep(EXEC_POLL),
