@@ -21,7 +21,8 @@
 #   - watches the ACPI power button (the kernel's "Power Button" input devices):
 #     on a press it prints "UCGUEST acpi power button", then "UCGUEST powering off",
 #     and powers off (busybox `poweroff -f`);
-#   - prints "UCGUEST ready" and idles.
+#   - prints "UCGUEST ready", starts a shell on ttyS0 (busybox sh, interactive, its
+#     controlling terminal the serial port; started again when it exits) and idles.
 # Console on ttyS0 (the serial port). Without a seed it prints "UCGUEST no seed".
 #
 # Cached: the image is CACHE_DIR/uc-guest-KEY.raw, KEY a digest of this script and
@@ -183,6 +184,14 @@ else
   say "no seed"
 fi
 say "ready"
+# A shell on the serial console (the console stream is typed into), started again
+# whenever it exits; its prompt and what it echoes go to the console log too.
+(
+  while :; do
+    setsid -c sh -i </dev/ttyS0 >/dev/ttyS0 2>&1
+    sleep 1
+  done
+) &
 while :; do sleep 3600; done
 EOF
 chmod 0755 "$work/initramfs/init"

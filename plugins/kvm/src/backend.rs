@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
+use unicompute_plugin_api::stream::{ByteStream, StreamRequest};
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CreateRequest, EventSink, HostResources, Image,
     Instance, PluginError, PullRequest, StopOptions, UpdateRequest, UploadRequest, UploadTarget,
@@ -222,6 +223,11 @@ impl Backend for KvmBackend {
             tracing::info!(backend = %self.inner.name, operation, "disk copy cancelled");
         }
         Ok(cancelled)
+    }
+
+    fn open_stream(&self, request: StreamRequest) -> std::result::Result<ByteStream, PluginError> {
+        let _span = tracing::info_span!("kvm", backend = %self.inner.name, op = "open_stream", stream = request.kind.name(), instance = %request.id).entered();
+        self.inner.open_stream(request)
     }
 
     fn shutdown(&self) {

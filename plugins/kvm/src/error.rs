@@ -155,6 +155,8 @@ pub enum LibvirtOp {
     ListPoolVolumes,
     /// looking up the disk volume.
     LookUpDiskVolume,
+    /// opening the console.
+    OpenConsole,
     /// looking up the storage pool.
     LookUpPool,
     /// pinging libvirt.
@@ -231,6 +233,7 @@ impl LibvirtOp {
             LibvirtOp::ListDomains => "listing domains",
             LibvirtOp::ListPoolVolumes => "listing the pool's volumes",
             LibvirtOp::LookUpDiskVolume => "looking up the disk volume",
+            LibvirtOp::OpenConsole => "opening the console",
             LibvirtOp::LookUpPool => "looking up the storage pool",
             LibvirtOp::Ping => "pinging libvirt",
             LibvirtOp::RaiseVcpuMaximum => "raising the vcpu maximum",
@@ -283,6 +286,7 @@ impl LibvirtOp {
             | LibvirtOp::ListDomains
             | LibvirtOp::ListPoolVolumes
             | LibvirtOp::LookUpDiskVolume
+            | LibvirtOp::OpenConsole
             | LibvirtOp::LookUpPool
             | LibvirtOp::Ping
             | LibvirtOp::RaiseVcpuMaximum

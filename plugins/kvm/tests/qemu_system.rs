@@ -317,7 +317,12 @@ fn every_lifecycle_call_update_and_usage() {
 
 #[test]
 fn domain_destroyed_with_virsh_is_seen_by_an_event() {
-    let h = harness(SYSTEM, json!({}));
+    // The domain is undefined behind the backend's back, so neither its delete nor
+    // the cleanup guard (which finds logs through the domain) removes its console
+    // log: it goes to a directory of the test's own, removed with it (also when the
+    // test fails), not to libvirt's log directory.
+    let logs = common::workdir();
+    let h = harness(SYSTEM, json!({"console_log_dir": logs.path()}));
     make_template(&h.templates, "blank", "64M");
     let name = h.cleanup.domain(&unique("virsh"));
     let id = unique("id");
@@ -366,6 +371,10 @@ fn domain_destroyed_with_virsh_is_seen_by_an_event() {
     assert_eq!(
         h.backend.get(&id).unwrap_err().code,
         ErrorCode::InstanceNotFound
+    );
+    assert!(
+        unicompute_kvm::console_log::path(logs.path(), &id).exists(),
+        "the run's console log is in the test's directory"
     );
 }
 

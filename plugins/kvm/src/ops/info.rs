@@ -43,6 +43,8 @@ impl Inner {
                 "live-update",
                 "cloud-init",
                 "events",
+                "logs",
+                "console",
             ]
             .map(String::from)
             .to_vec(),

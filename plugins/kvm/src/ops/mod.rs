@@ -8,6 +8,7 @@ mod info;
 mod lifecycle;
 mod limits;
 mod list;
+pub(crate) mod streams;
 mod update;
 mod usage;
 

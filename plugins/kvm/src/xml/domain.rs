@@ -316,6 +316,9 @@ impl DomainSpec {
     }
 }
 
+/// The name of the QEMU guest agent's virtio-serial channel.
+pub const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+
 /// The parts of a domain's XML we read back.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DomainDoc {
@@ -357,6 +360,24 @@ struct DevicesDoc {
     interface: Vec<InterfaceDoc>,
     #[serde(default)]
     serial: Vec<SerialDoc>,
+    #[serde(default)]
+    channel: Vec<ChannelDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ChannelDoc {
+    #[serde(rename = "@type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    target: Option<ChannelTargetDoc>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ChannelTargetDoc {
+    #[serde(rename = "@type", default)]
+    kind: Option<String>,
+    #[serde(rename = "@name", default)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -487,6 +508,18 @@ impl DomainDoc {
     /// Network interfaces.
     pub fn interfaces(&self) -> &[InterfaceDoc] {
         &self.devices.interface
+    }
+
+    /// Whether the domain has a QEMU guest agent channel: `<channel type='unix'>`
+    /// with `<target type='virtio' name='org.qemu.guest_agent.0'/>`.
+    pub fn has_guest_agent(&self) -> bool {
+        self.devices.channel.iter().any(|c| {
+            c.kind.as_deref() == Some("unix")
+                && c.target.as_ref().is_some_and(|t| {
+                    t.kind.as_deref() == Some("virtio")
+                        && t.name.as_deref() == Some(GUEST_AGENT_CHANNEL)
+                })
+        })
     }
 
     /// The file the first serial port's output is kept in (`<serial><log file>`).

@@ -13,7 +13,9 @@ mod pool;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use domain::{DiskDoc, DomainDoc, DomainSpec, DomainXml, InterfaceDoc, Nic};
+pub use domain::{
+    DiskDoc, DomainDoc, DomainSpec, DomainXml, InterfaceDoc, Nic, GUEST_AGENT_CHANNEL,
+};
 pub use metadata::{InstanceMeta, LabelXml, LabelsXml, NAMESPACE, NS_PREFIX};
 pub use pool::{PoolDoc, PoolXml, VolumeDoc, VolumeXml};
 

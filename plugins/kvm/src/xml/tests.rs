@@ -197,3 +197,32 @@ fn serial_console_output_is_kept_in_a_log_file() {
     .unwrap();
     assert_eq!(doc.console_log(), None);
 }
+
+#[test]
+fn a_guest_agent_channel_is_recognised() {
+    let with = |channels: &str| {
+        DomainDoc::parse(&format!(
+            "<domain type='kvm'><name>a</name><uuid>u</uuid><devices>\
+             <serial type='pty'/>{channels}<console type='pty'/></devices></domain>"
+        ))
+        .unwrap()
+        .has_guest_agent()
+    };
+    assert!(with(
+        "<channel type='unix'><source mode='bind' path='/run/x.sock'/>\
+         <target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>\
+         <address type='virtio-serial' controller='0' bus='0' port='1'/></channel>"
+    ));
+    // Another channel first (spice), then the agent's.
+    assert!(with(
+        "<channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>\
+         <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+    ));
+    assert!(!with(""));
+    assert!(!with(
+        "<channel type='unix'><target type='virtio' name='org.example.other'/></channel>"
+    ));
+    assert!(!with(
+        "<channel type='pty'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+    ));
+}
