@@ -1,6 +1,10 @@
 //! The plugin side of the boundary: what [`crate::export_plugin!`] expands to.
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::sync::lock;
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -13,7 +17,7 @@ use crate::call::Call;
 use crate::error::PluginError;
 use crate::ffi::{
     BackendFfi, BackendFfiBox, BackendFfi_TO, EventSinkBox, HostLoggerBox, StreamFfiBox,
-    StreamFfi_TO,
+    StreamFfi_TO, StreamsEntry, StreamsExtFfi,
 };
 use crate::model::Event;
 use crate::stream::{Exported, StreamRequest};
@@ -88,7 +92,11 @@ pub extern "C" fn create_backend<P: Plugin>(
         P::create(ctx)
     }));
     match result {
-        Ok(Ok(backend)) => ROk(BackendFfi_TO::from_value(Dispatcher { backend }, TD_Opaque)),
+        Ok(Ok(backend)) => {
+            let backend: Arc<dyn Backend> = Arc::from(backend);
+            lock(&BACKENDS).insert(name.as_str().to_owned(), Arc::downgrade(&backend));
+            ROk(BackendFfi_TO::from_value(Dispatcher { backend }, TD_Opaque))
+        }
         Ok(Err(e)) => RErr(to_json(&e)),
         Err(panic) => RErr(to_json(&PluginError::internal(format!(
             "plugin {} panicked while creating backend: {}",
@@ -100,8 +108,55 @@ pub extern "C" fn create_backend<P: Plugin>(
 
 /// Turns `(op, payload)` calls into calls of the author's [`Backend`].
 struct Dispatcher {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
 }
+
+/// The backends this plugin made, by the host's name (the newest of a name), for the
+/// streams extension: its entry names a backend, not a vtable.
+static BACKENDS: Mutex<BTreeMap<String, Weak<dyn Backend>>> = Mutex::new(BTreeMap::new());
+
+#[doc(hidden)]
+pub extern "C" fn open_stream(
+    backend: RStr<'_>,
+    request: RStr<'_>,
+) -> RResult<StreamFfiBox, RString> {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let target = lock(&BACKENDS)
+            .get(backend.as_str())
+            .and_then(Weak::upgrade);
+        let Some(target) = target else {
+            return Err(PluginError::unavailable(format!(
+                "backend {} is not running in this plugin",
+                backend.as_str()
+            )));
+        };
+        let request: StreamRequest = serde_json::from_str(request.as_str())
+            .map_err(|e| PluginError::invalid(format!("bad stream request: {e}")))?;
+        target.open_stream(request)
+    }));
+    match result {
+        Ok(Ok(stream)) => ROk(StreamFfi_TO::from_value(
+            Exported(Arc::new(stream)),
+            TD_Opaque,
+        )),
+        Ok(Err(e)) => RErr(to_json(&e)),
+        Err(panic) => {
+            let message = panic_message(&*panic);
+            tracing::error!(panic = %message, "open_stream panicked");
+            RErr(to_json(&PluginError::internal(
+                "the plugin panicked opening a stream",
+            )))
+        }
+    }
+}
+
+/// The streams entry [`crate::export_plugin!`] exports.
+#[doc(hidden)]
+pub const STREAMS_ENTRY: StreamsEntry = StreamsEntry {
+    version: 1,
+    layout: <StreamsExtFfi as abi_stable::StableAbi>::LAYOUT,
+    ext: StreamsExtFfi { open: open_stream },
+};
 
 /// Runs one operation on a backend, as the plugin's dispatcher does (decode, then
 /// [`Call::run`]). Public for in-process tests of plugins.
@@ -130,28 +185,6 @@ impl BackendFfi for Dispatcher {
 
     fn shutdown(&self) {
         let _ = catch_unwind(AssertUnwindSafe(|| self.backend.shutdown()));
-    }
-
-    fn open_stream(&self, request: RStr<'_>) -> RResult<StreamFfiBox, RString> {
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let request: StreamRequest = serde_json::from_str(request.as_str())
-                .map_err(|e| PluginError::invalid(format!("bad stream request: {e}")))?;
-            self.backend.open_stream(request)
-        }));
-        match result {
-            Ok(Ok(stream)) => ROk(StreamFfi_TO::from_value(
-                Exported(std::sync::Arc::new(stream)),
-                TD_Opaque,
-            )),
-            Ok(Err(e)) => RErr(to_json(&e)),
-            Err(panic) => {
-                let message = panic_message(&*panic);
-                tracing::error!(panic = %message, "open_stream panicked");
-                RErr(to_json(&PluginError::internal(
-                    "the plugin panicked opening a stream",
-                )))
-            }
-        }
     }
 }
 
@@ -190,6 +223,13 @@ macro_rules! export_plugin {
         pub fn __unicompute_root_module() -> $crate::ffi::PluginModRef {
             $crate::export::module::<__UnicomputePlugin>()
         }
+
+        // The streams extension (interface 1.3), an entry of its own: see
+        // `unicompute_plugin_api::ffi::StreamsEntry`.
+        #[no_mangle]
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        pub static unicompute_streams_v1: $crate::ffi::StreamsEntry = $crate::export::STREAMS_ENTRY;
 
         // What abi_stable's #[export_root_module] expands to, spelled through our
         // re-export so that plugin crates need no abi_stable dependency of their own.

@@ -1,8 +1,10 @@
 //! The frozen ABI: an abi_stable root module and four small trait objects.
 //!
-//! Nothing here changes within interface 1.x but by the rules of abi_stable's prefix
-//! types: entries are only added after the last one, with a default for plugins built
-//! before them (1.3 added [`BackendFfi::open_stream`] and [`StreamFfi`]). Operations and their data cross as
+//! Nothing here changes within interface 1.x: abi_stable refuses a library whose root
+//! module or vtables have fewer fields than the host's, so nothing is ever added to
+//! them. What 1.3 added (streams) is a separate, optional, versioned entry:
+//! [`StreamsEntry`], exported as the symbol [`STREAMS_SYMBOL`] and checked on its own,
+//! so a plugin without it loads as before and answers 501 for streams. Operations and their data cross as
 //! `(operation name, JSON document)`, so new operations and new fields are added
 //! without touching the layout that abi_stable checks. A plugin author never uses this
 //! module directly: [`crate::export_plugin!`] builds the module, and
@@ -29,20 +31,6 @@ pub trait BackendFfi: Send + Sync {
     /// Stops background work; the backend gets no more calls.
     #[sabi(last_prefix_field)]
     fn shutdown(&self);
-
-    /// Opens a byte stream (1.3): `request` is a JSON [`crate::stream::StreamRequest`],
-    /// the error a JSON [`crate::PluginError`]. A plugin built before 1.3 has no such
-    /// entry in its vtable: this default answers for it, `OPERATION_NOT_SUPPORTED`.
-    fn open_stream(&self, request: RStr<'_>) -> RResult<StreamFfiBox, RString> {
-        let _ = request;
-        RResult::RErr(not_supported_json("streams"))
-    }
-}
-
-pub(crate) fn not_supported_json(what: &str) -> RString {
-    serde_json::to_string(&crate::PluginError::not_supported(what))
-        .unwrap_or_default()
-        .into()
 }
 
 /// One chunk of a stream as it crosses the boundary (1.3).
@@ -77,6 +65,35 @@ pub trait StreamFfi: Send + Sync {
 
 /// A stream trait object, owned.
 pub type StreamFfiBox = StreamFfi_TO<'static, RBox<()>>;
+
+/// The streams extension of a plugin (1.3).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct StreamsExtFfi {
+    /// Opens a stream on the plugin's backend named `backend` (as the host named it
+    /// in `create_backend`): `request` is a JSON [`crate::stream::StreamRequest`], the
+    /// error a JSON [`crate::PluginError`].
+    pub open: extern "C" fn(backend: RStr<'_>, request: RStr<'_>) -> RResult<StreamFfiBox, RString>,
+}
+
+/// The symbol a plugin with streams exports: a [`StreamsEntry`].
+pub const STREAMS_SYMBOL: &str = "unicompute_streams_v1";
+
+/// What [`STREAMS_SYMBOL`] holds. Its own layout is frozen (`version` says which);
+/// the layout of `ext` is checked by the host with abi_stable's checker against
+/// `layout` before the first use.
+#[repr(C)]
+pub struct StreamsEntry {
+    /// 1.
+    pub version: u32,
+    /// The layout of [`StreamsExtFfi`] as the plugin was built.
+    pub layout: &'static abi_stable::type_layout::TypeLayout,
+    /// The extension.
+    pub ext: StreamsExtFfi,
+}
+
+// SAFETY: a `'static` layout description and a function pointer, never written.
+unsafe impl Sync for StreamsEntry {}
 
 /// A backend trait object, owned.
 pub type BackendFfiBox = BackendFfi_TO<'static, RBox<()>>;

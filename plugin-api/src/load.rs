@@ -18,6 +18,7 @@ use crate::call::{
 use crate::error::PluginError;
 use crate::ffi::{
     BackendFfiBox, EventSinkFfi, EventSinkFfi_TO, HostLoggerFfi, HostLoggerFfi_TO, PluginModRef,
+    StreamsEntry, StreamsExtFfi, STREAMS_SYMBOL,
 };
 use crate::model::{
     BackendDescription, CreateRequest, Event, HostResources, Image, Instance, PullRequest,
@@ -77,6 +78,8 @@ pub struct LoadedPlugin {
     /// The file it was loaded from.
     pub path: PathBuf,
     module: PluginModRef,
+    /// The streams extension, when the plugin exports one this host can use.
+    streams: Option<&'static StreamsExtFfi>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -118,11 +121,43 @@ pub fn load_plugin(
     }
     let logger = logger(&handshake);
     (module.init())(HostLoggerFfi_TO::from_value(HostLogger(logger), TD_Opaque));
+    let streams = streams_entry(path);
     Ok(LoadedPlugin {
         handshake,
         path: path.to_owned(),
         module,
+        streams,
     })
+}
+
+/// The plugin's streams extension (1.3): its [`STREAMS_SYMBOL`] if it exports one,
+/// of a version and a layout this host checks. Anything else is no streams (501), and
+/// the plugin loads all the same.
+fn streams_entry(path: &Path) -> Option<&'static StreamsExtFfi> {
+    // The library is open already (the root module): this takes another reference to
+    // it, never released, as libraries are never unloaded.
+    let lib = abi_stable::library::RawLibrary::load_at(path).ok()?;
+    let lib: &'static abi_stable::library::RawLibrary = Box::leak(Box::new(lib));
+    let mut name = STREAMS_SYMBOL.as_bytes().to_vec();
+    name.push(0);
+    // SAFETY: the symbol of this name is a `StreamsEntry` static (`export_plugin!`);
+    // its `version` field, first, says which layout follows.
+    let entry: &'static StreamsEntry = unsafe {
+        let sym = lib.get::<*const StreamsEntry>(&name).ok()?;
+        let ptr: *const StreamsEntry = *sym;
+        if ptr.is_null() || (*ptr.cast::<u32>()) != 1 {
+            return None;
+        }
+        &*ptr
+    };
+    let ours = <StreamsExtFfi as abi_stable::StableAbi>::LAYOUT;
+    match abi_stable::abi_stability::abi_checking::check_layout_compatibility(ours, entry.layout) {
+        Ok(()) => Some(&entry.ext),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "the plugin's streams extension is not usable");
+            None
+        }
+    }
 }
 
 /// Never fails for a well-formed root module; separate so tests can name the type.
@@ -138,7 +173,11 @@ impl LoadedPlugin {
             .map_err(|e| PluginError::config(format!("backend {name}: {e}")))?;
         let sink = EventSinkFfi_TO::from_value(Sink(events), TD_Opaque);
         match (self.module.create_backend())(RStr::from_str(name), RStr::from_str(&config), sink) {
-            RResult::ROk(ffi) => Ok(RemoteBackend { ffi }),
+            RResult::ROk(ffi) => Ok(RemoteBackend {
+                ffi,
+                name: name.to_owned(),
+                streams: self.streams,
+            }),
             RResult::RErr(e) => Err(decode_error(e.as_str())),
         }
     }
@@ -152,6 +191,8 @@ fn decode_error(json: &str) -> PluginError {
 /// A backend living in a plugin, seen through the [`Backend`] trait.
 pub struct RemoteBackend {
     ffi: BackendFfiBox,
+    name: String,
+    streams: Option<&'static StreamsExtFfi>,
 }
 
 impl RemoteBackend {
@@ -245,7 +286,13 @@ impl Backend for RemoteBackend {
     fn open_stream(&self, request: StreamRequest) -> Result<ByteStream> {
         let json = serde_json::to_string(&request)
             .map_err(|e| PluginError::internal(format!("cannot encode a stream request: {e}")))?;
-        match self.ffi.open_stream(RStr::from_str(&json)) {
+        let Some(ext) = self.streams else {
+            return Err(PluginError::not_supported(request.kind.name()).with_detail(
+                "reason",
+                "the plugin offers no streams (built before interface 1.3)",
+            ));
+        };
+        match (ext.open)(RStr::from_str(&self.name), RStr::from_str(&json)) {
             RResult::ROk(ffi) => Ok(ByteStream::from_object(Remote(Arc::new(ffi)))),
             RResult::RErr(e) => Err(decode_error(e.as_str())),
         }

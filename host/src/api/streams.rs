@@ -62,7 +62,7 @@ fn parse_since(v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
         return Ok(t.with_timezone(&chrono::Utc));
     }
     let secs: f64 = v.trim().parse().map_err(|_| bad())?;
-    if !secs.is_finite() || secs < 0.0 || secs > 253_402_300_799.0 {
+    if !secs.is_finite() || !(0.0..=253_402_300_799.0).contains(&secs) {
         return Err(bad());
     }
     let whole = secs.trunc() as i64;
