@@ -17,7 +17,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use unicompute_tests::docker::{backend_name, ensure_image, ContainerGuard, TEST_IMAGE};
+use unicompute_tests::docker::{
+    backend_name, ensure_image, sweep_stale, ContainerGuard, TEST_IMAGE,
+};
 use unicompute_tests::sse::Sse;
 use unicompute_tests::*;
 
@@ -177,19 +179,25 @@ fn bench_slow(secs: u64) {
 }
 
 fn bench_docker(lines: usize) {
+    ensure_image();
+    sweep_stale();
+    let backend = backend_name();
+    let tmp = TempDir::new("uc-bench-streams");
     let s = Server::start_with(ServerOptions {
         plugins: vec![workspace_plugin("docker")],
-        toml: format!("[backends.{}]\nplugin = \"docker\"\n", backend_name()),
+        toml: format!(
+            "[backends.{backend}]\nplugin = \"docker\"\nallowed_host_paths = [\"{0}\"]\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
+            tmp.0.display()
+        ),
         ..Default::default()
     });
-    ensure_image();
     let name = unique("sbd");
     let _guard = ContainerGuard(name.clone());
     let r = s.call(
         "POST",
         INSTANCES,
         ADMIN,
-        Some(&json!({"name": name, "backend": backend_name(),
+        Some(&json!({"name": name, "backend": backend,
             "config": {"image": TEST_IMAGE, "command": ["sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 0.01; done"]},
             "start": true})),
     );
