@@ -14,19 +14,23 @@
 //! ```
 //!
 //! Without `instance.config`, the scenario creates from the first image the backend
-//! lists.
+//! lists. Streams (interface 1.3) are checked when the backend offers them: logs end
+//! without follow, a follow opens and closes, `exec echo` answers its output and exit
+//! code 0, the console opens; the console and exec of a stopped instance are
+//! `INVALID_STATE`; a stream refused while `describe` lists it fails.
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound, Utc};
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
+use unicompute_plugin_api::stream::{ConsoleOptions, ExecOptions, LogsOptions};
 use unicompute_plugin_api::{
-    Backend, CreateRequest, ErrorCode, EventSink, Instance, InstanceState, JsonMap, PluginError,
-    Resources, StopOptions, UpdateRequest,
+    Backend, ByteStream, CreateRequest, ErrorCode, EventSink, Instance, InstanceState, JsonMap,
+    Output, PluginError, Resources, StopOptions, StreamKind, StreamRequest, UpdateRequest,
 };
 
 use crate::plugins::loader;
@@ -305,7 +309,8 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
     if created.is_none() {
         return;
     }
-    steps_on(r, b, &id, &name, spec.stop_timeout);
+    let caps = desc.map(|d| d.capabilities).unwrap_or_default();
+    steps_on(r, b, &id, &name, spec.stop_timeout, &caps);
     let deleted = r.step("delete (force)", || {
         b.delete(&id, true).map_err(|e| code(&e))
     });
@@ -327,7 +332,14 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
     });
 }
 
-fn steps_on<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, name: &str, timeout: u64) {
+fn steps_on<W: Write>(
+    r: &mut Runner<'_, W>,
+    b: &dyn Backend,
+    id: &str,
+    name: &str,
+    timeout: u64,
+    caps: &[String],
+) {
     use InstanceState::*;
     let graceful = StopOptions {
         force: false,
@@ -372,6 +384,7 @@ fn steps_on<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, name: &s
         }
         Ok(())
     });
+    streams_running(r, b, id, caps);
     match b.pause(id) {
         Err(e) if e.code == ErrorCode::OperationNotSupported => {
             r.skip("pause", "not offered by this backend");
@@ -387,6 +400,7 @@ fn steps_on<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, name: &s
     r.step("stop again changes nothing", || {
         ok(b.stop(id, graceful), &[Stopped])
     });
+    streams_stopped(r, b, id, caps);
     r.step("start after stop", || ok(b.start(id), &[Running]));
     r.step("stop (force)", || ok(b.stop(id, hard), &[Stopped]));
     r.step("restart", || ok(b.restart(id, hard), &[Running]));
@@ -407,4 +421,149 @@ fn steps_on<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, name: &s
         }
         Ok(())
     });
+}
+
+/// Reads a stream to its end within `limit`: its output and exit code, or why not.
+fn drain(stream: ByteStream, limit: Duration) -> Check<(Vec<u8>, Option<i64>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let mut out = Vec::new();
+        let mut exit = None;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => return Err(format!("the stream did not end within {limit:?}")),
+                Ok(None) => return Ok((out, exit)),
+                Ok(Some(Output::Stdout(d))) | Ok(Some(Output::Stderr(d))) => out.extend(d),
+                Ok(Some(Output::Exit(c))) => exit = Some(c),
+                Ok(Some(Output::Error(e))) => {
+                    return Err(format!("the stream failed: {}", code(&e)))
+                }
+            }
+        }
+    })
+}
+
+fn open(b: &dyn Backend, id: &str, kind: StreamKind) -> Result<ByteStream, PluginError> {
+    b.open_stream(StreamRequest {
+        id: id.to_owned(),
+        kind,
+    })
+}
+
+/// Whether the backend offers `what` on this instance (a refusal is a SKIP line with
+/// its reason).
+fn offered<W: Write>(
+    r: &mut Runner<'_, W>,
+    what: &str,
+    caps: &[String],
+    res: &Result<ByteStream, PluginError>,
+) -> bool {
+    let listed = caps.iter().any(|c| c == what);
+    match res {
+        Err(e) if e.code == ErrorCode::OperationNotSupported => {
+            if listed {
+                r.step(
+                    &format!("{what} (listed in capabilities)"),
+                    || -> Check<()> {
+                        Err(format!(
+                            "describe lists {what} but the stream is refused: {}",
+                            code(e)
+                        ))
+                    },
+                );
+            } else {
+                r.skip(what, "not offered by this backend");
+            }
+            false
+        }
+        _ => true,
+    }
+}
+
+/// Streams of a running instance (interface 1.3), when the backend offers them.
+fn streams_running<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, caps: &[String]) {
+    let logs = open(b, id, StreamKind::Logs(LogsOptions::default()));
+    if offered(r, "logs", caps, &logs) {
+        r.step("logs without follow end", || {
+            drain(logs.map_err(|e| code(&e))?, Duration::from_secs(30)).map(|_| ())
+        });
+        r.step("logs of an unknown id are INSTANCE_NOT_FOUND", || {
+            expect_not_found(
+                open(
+                    b,
+                    "chk-does-not-exist",
+                    StreamKind::Logs(LogsOptions::default()),
+                ),
+                "logs of an unknown id",
+            )
+        });
+        r.step("a logs follow opens and closes", || {
+            let follow = LogsOptions {
+                follow: true,
+                tail: Some(0),
+                ..LogsOptions::default()
+            };
+            drop(open(b, id, StreamKind::Logs(follow)).map_err(|e| code(&e))?);
+            Ok(())
+        });
+    }
+    let marker = format!(
+        "uc-check-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let exec = open(
+        b,
+        id,
+        StreamKind::Exec(ExecOptions {
+            command: vec!["echo".into(), marker.clone()],
+            ..ExecOptions::default()
+        }),
+    );
+    if offered(r, "exec", caps, &exec) {
+        r.step("exec echo: its output and exit code 0", || {
+            let (out, exit) = drain(exec.map_err(|e| code(&e))?, Duration::from_secs(60))?;
+            let text = String::from_utf8_lossy(&out);
+            if !text.contains(&marker) || exit != Some(0) {
+                return Err(format!("output {text:?}, exit {exit:?}"));
+            }
+            Ok(())
+        });
+    }
+    let console = open(b, id, StreamKind::Console(ConsoleOptions::default()));
+    if offered(r, "console", caps, &console) {
+        r.step("console opens and closes", || {
+            drop(console.map_err(|e| code(&e))?);
+            Ok(())
+        });
+    }
+}
+
+/// Console and exec of a stopped instance are `INVALID_STATE`.
+fn streams_stopped<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, caps: &[String]) {
+    for (what, kind) in [
+        ("console", StreamKind::Console(ConsoleOptions::default())),
+        (
+            "exec",
+            StreamKind::Exec(ExecOptions {
+                command: vec!["true".into()],
+                ..ExecOptions::default()
+            }),
+        ),
+    ] {
+        if !caps.iter().any(|c| c == what) {
+            continue;
+        }
+        r.step(
+            &format!("{what} of a stopped instance is INVALID_STATE"),
+            || match open(b, id, kind) {
+                Err(e) if e.code == ErrorCode::InvalidState => Ok(()),
+                Err(e) => Err(format!("got {}", code(&e))),
+                Ok(_) => Err(format!("{what} of a stopped instance opened")),
+            },
+        );
+    }
 }

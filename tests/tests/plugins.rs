@@ -42,6 +42,31 @@ fn check_passes_on_the_fake_and_example_plugins() {
 }
 
 #[test]
+fn check_covers_streams_where_a_plugin_offers_them() {
+    let (ok, out) = check(&fake_plugin(), None);
+    assert!(ok, "{out}");
+    for step in [
+        "PASS  logs without follow end",
+        "PASS  logs of an unknown id are INSTANCE_NOT_FOUND",
+        "PASS  a logs follow opens and closes",
+        "PASS  exec echo: its output and exit code 0",
+        "PASS  console opens and closes",
+        "PASS  console of a stopped instance is INVALID_STATE",
+        "PASS  exec of a stopped instance is INVALID_STATE",
+    ] {
+        assert!(out.contains(step), "{step} in: {out}");
+    }
+    // A plugin without streams (built before 1.3 or offering none) is told so.
+    let (ok, out) = check(&example_plugin(""), None);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("SKIP  logs: not offered by this backend"),
+        "{out}"
+    );
+    assert!(!out.contains("PASS  logs"), "{out}");
+}
+
+#[test]
 fn check_fails_on_a_broken_plugin_naming_the_step() {
     let broken = build_external("tests/fake-plugin", "unicompute_fake", "broken-stop");
     let (ok, out) = check(&broken, None);
