@@ -121,6 +121,12 @@ fn a_real_guest_shows_its_boot_in_logs_answers_on_its_console_and_follow_sees_it
             .is_some(),
         "the power-off line reached the follower"
     );
+    assert!(
+        sse.until(Duration::from_secs(10), |f| f.event.as_deref()
+            == Some("end"))
+            .is_some(),
+        "the follow ended with the guest"
+    );
     sse.close();
     // Stopped: the logs stay readable, the console is refused.
     assert!(s

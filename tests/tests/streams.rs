@@ -117,6 +117,16 @@ fn logs_follow_delivers_every_line_in_order_and_a_client_that_leaves_closes_the_
     );
     let f = again.next_event(Duration::from_secs(10)).expect("a line");
     assert_eq!(f.text, "line 0");
+    // A follow ends when its instance stops (as Docker's does), whatever the backend.
+    let r = s.call("PUT", &format!("{INSTANCES}/{id}/stop"), ADMIN, None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        again
+            .until(Duration::from_secs(10), |f| f.event.as_deref()
+                == Some("end"))
+            .is_some(),
+        "the follow ended with the instance"
+    );
     again.close();
     assert_eq!(s.get("/healthz").status, 200);
 }

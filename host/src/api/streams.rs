@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use crate::api::error::{ApiError, Code};
 use crate::api::handlers::{flag, parse_body, Reply};
 use crate::api::sse::SyncStream;
+use crate::events::Kind;
 use crate::service::{ConsoleLease, Service};
 
 fn pairs(query: &str) -> Vec<(String, String)> {
@@ -164,13 +167,20 @@ pub async fn logs(
 ) -> Result<warp::reply::Response, ApiError> {
     let options = parse_logs(query)?;
     let follow = options.follow;
+    // Subscribed before the stream opens: a stop in between is not missed.
+    let stop = follow.then(|| stopped(svc, id));
     let stream = svc.open_stream(id, StreamKind::Logs(options)).await?;
+    let stream = Followed {
+        stream,
+        stop,
+        until: None,
+    };
     if wants_sse(headers) {
         let heartbeat = Duration::from_secs(svc.config().server.events_heartbeat_secs.max(1));
         return Ok(sse_response(stream, follow.then_some(heartbeat)));
     }
     let body = futures_util::stream::unfold(Some(stream), |s| async move {
-        let stream = s?;
+        let mut stream = s?;
         loop {
             match stream.next().await {
                 Some(Output::Stdout(d)) | Some(Output::Stderr(d)) => {
@@ -203,8 +213,87 @@ pub async fn logs(
 /// pieces).
 const MAX_LINE: usize = 64 * 1024;
 
-struct Lines {
+/// How long a follow goes on reading after its instance stopped: what it printed last
+/// may still be on its way (a serial log is read every 100 ms).
+const DRAIN_AFTER_STOP: Duration = Duration::from_millis(500);
+
+/// Resolves when instance `id` stops running or is deleted (a follow then ends, as
+/// Docker's does, whatever the backend).
+fn stopped(svc: &Arc<Service>, id: &str) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let mut live = svc.hub.subscribe(None).live;
+    let svc = Arc::clone(svc);
+    let id = id.to_owned();
+    Box::pin(async move {
+        let ended = |svc: &Service| {
+            svc.get(&id)
+                .map(|i| {
+                    !matches!(
+                        i.state,
+                        InstanceState::Running | InstanceState::Paused | InstanceState::Restarting
+                    )
+                })
+                .unwrap_or(true)
+        };
+        if ended(&svc) {
+            return;
+        }
+        loop {
+            match live.recv().await {
+                Ok(e) if e.instance_id.as_deref() == Some(id.as_str()) => {
+                    if matches!(e.kind, Kind::InstanceDeleted) || ended(&svc) {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if ended(&svc) {
+                        return;
+                    }
+                }
+                // The server is stopping: its streams end.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// A logs stream that ends, for a follow, once its instance has stopped and what it
+/// printed last has come.
+struct Followed {
     stream: ByteStream,
+    stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Once stopped: the end of the drain.
+    until: Option<tokio::time::Instant>,
+}
+
+impl Followed {
+    async fn next(&mut self) -> Option<Output> {
+        if let Some(until) = self.until {
+            return tokio::time::timeout_at(until, self.stream.next())
+                .await
+                .ok()
+                .flatten();
+        }
+        let Some(stop) = &mut self.stop else {
+            return self.stream.next().await;
+        };
+        tokio::select! {
+            out = self.stream.next() => out,
+            _ = stop => {
+                self.stop = None;
+                let until = tokio::time::Instant::now() + DRAIN_AFTER_STOP;
+                self.until = Some(until);
+                tokio::time::timeout_at(until, self.stream.next())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        }
+    }
+}
+
+struct Lines {
+    stream: Followed,
     partial: [Vec<u8>; 2],
     ready: std::collections::VecDeque<Bytes>,
     heartbeat: Option<tokio::time::Interval>,
@@ -286,7 +375,7 @@ impl Lines {
     }
 }
 
-fn sse_response(stream: ByteStream, heartbeat: Option<Duration>) -> warp::reply::Response {
+fn sse_response(stream: Followed, heartbeat: Option<Duration>) -> warp::reply::Response {
     let lines = Lines {
         stream,
         partial: [Vec::new(), Vec::new()],
