@@ -280,6 +280,30 @@ fn complete(doc: &mut Value, config: &Config) {
             }
         }
     }
+    // Who may call each operation: `x-required-role`, and said in its description.
+    for e in Endpoint::ALL {
+        if e == Endpoint::Healthz {
+            continue;
+        }
+        let path = sample_path(e, &["x"]);
+        let Ok(route) = routes::route(e.method(), &path) else {
+            continue;
+        };
+        let role = format!("{:?}", auth::required_role(&route)).to_lowercase();
+        let Some(op) = doc.pointer_mut(&format!(
+            "/paths/{}/{}",
+            escape(e.path()),
+            e.method().to_ascii_lowercase()
+        )) else {
+            continue;
+        };
+        op["x-required-role"] = json!(role);
+        let said = format!("Role: `{role}` (or above).");
+        op["description"] = match op["description"].as_str() {
+            Some(d) if !d.is_empty() => json!(format!("{d}\n\n{said}")),
+            _ => json!(said),
+        };
+    }
     for e in Endpoint::ALL.into_iter().filter(|e| e.can_be_async()) {
         let Some(op) = doc.pointer_mut(&format!(
             "/paths/{}/{}",
@@ -571,6 +595,34 @@ mod tests {
             let p = not.pointer(path).unwrap_or_else(|| panic!("{path}: {u}"));
             assert_eq!(p["properties"][field], json!({"type": "null"}), "{path}");
         }
+    }
+
+    #[test]
+    fn every_operation_says_its_role() {
+        let doc = document(&config());
+        let role = |path: &str, method: &str| {
+            doc["paths"][path][method]["x-required-role"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let i = "/api/v1/compute/instances/{id}";
+        assert_eq!(role(&format!("{i}/logs"), "get"), "viewer");
+        assert_eq!(role(&format!("{i}/console"), "get"), "admin");
+        assert_eq!(role(&format!("{i}/exec"), "post"), "admin");
+        assert_eq!(role(&format!("{i}/exec"), "get"), "admin");
+        assert_eq!(role(&format!("{i}/start"), "put"), "operator");
+        for e in Endpoint::ALL {
+            if e != Endpoint::Healthz {
+                assert!(
+                    !role(e.path(), &e.method().to_ascii_lowercase()).is_empty(),
+                    "{e:?}"
+                );
+            }
+        }
+        assert!(doc["paths"][format!("{i}/console")]["get"]["description"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("Role: `admin` (or above).")));
     }
 
     #[test]
