@@ -170,7 +170,7 @@ fn exec_interactive(c: &Client, id: &str, req: &ExecRequest, a: &ExecArgs) -> R 
     let session = Session {
         console: false,
         read_input: a.interactive,
-        resize: size.is_some(),
+        resize: a.tty,
         timeout: a.timeout.map(Duration::from_secs),
     };
     // Raw mode as docker: a terminal asked (-t) for input from a terminal (-i).
@@ -218,7 +218,7 @@ pub fn console(c: &Client, a: &ConsoleArgs) -> R {
     let session = Session {
         console: true,
         read_input: true,
-        resize: size.is_some(),
+        resize: true,
         timeout: None,
     };
     let end = with_terminal(stdin_tty, || session.pump(&mut t));
@@ -283,7 +283,8 @@ struct Session {
     console: bool,
     /// Standard input goes to the remote side.
     read_input: bool,
-    /// Window size changes go to the remote side.
+    /// Window size changes (SIGWINCH, so only with a terminal here) go to the
+    /// remote side.
     resize: bool,
     timeout: Option<Duration>,
 }
