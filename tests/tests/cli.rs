@@ -964,3 +964,121 @@ fn uc_exec_runs_in_a_real_docker_container() {
     ok(&s, &["rm", "-f", &name]);
     drop(lock);
 }
+
+/// `uc` on a terminal: a pty made by script(1). The console is in raw mode (a key
+/// goes at once, without a newline; Ctrl-] detaches), follows the window's size, and
+/// the terminal's settings are back after a detach, after `exec -it`, and after a
+/// SIGTERM.
+#[test]
+fn on_a_terminal_the_console_is_raw_and_the_terminal_restored() {
+    let s = Server::fake("");
+    let x = unique("pty");
+    ok(&s, &["create", &x, "--image", "busybox", "--start"]);
+    let tmp = TempDir::new("uc-pty");
+    let (dir, uc) = (tmp.0.display(), uc_binary());
+    let uc = uc.display();
+    let inner = format!(
+        "stty -g > {dir}/before; \
+         '{uc}' exec -it {x} -- fail 3; echo \"exec-status $?\"; stty -g > {dir}/after-exec; \
+         (while [ ! -e {dir}/go ]; do sleep 0.05; done; stty cols 91 rows 33 </dev/tty) & \
+         '{uc}' console {x}; echo \"console-status $?\"; stty -g > {dir}/after-console; \
+         '{uc}' console {x} </dev/tty & echo \"pid $!\"; wait $!; echo \"term-status $?\"; \
+         stty -g > {dir}/after-term"
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qfec", &inner, "/dev/null"]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("UNICOMPUTE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .env("UNICOMPUTE_URL", &s.base)
+        .env("UNICOMPUTE_TOKEN", ADMIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut input = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let _child = Kill(child);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    // Waits for `what` to appear `nth` times (1: once); answers the output so far.
+    let wait_for = |what: &str, nth: usize| -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
+            if text.matches(what).count() >= nth {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {what:?} in {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A file the shell writes after the line the test waits for: once it is whole.
+    let read = |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(tmp.0.join(name)).unwrap_or_default();
+            if text.ends_with('\n') || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    wait_for("exec-status 3", 1);
+    assert_eq!(read("after-exec"), read("before"), "exec -it restored it");
+
+    wait_for(&format!("Connected to the console of {x}"), 1);
+    std::fs::write(tmp.0.join("go"), "").expect("go");
+    wait_for("resized 91x33", 1);
+    // No newline: only raw mode lets it through now.
+    input.write_all(b"raw-key").expect("write");
+    wait_for("raw-key", 1);
+    input.write_all(b"\x1d").expect("write");
+    let text = wait_for("console-status 0", 1);
+    assert!(text.contains("Detached from the console"), "{text:?}");
+    assert_eq!(
+        read("after-console"),
+        read("before"),
+        "the detach restored it"
+    );
+
+    // SIGTERM while raw: restored, 143.
+    let text = wait_for(&format!("Connected to the console of {x}"), 2);
+    let pid: i32 = text
+        .split("pid ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("the pid");
+    input.write_all(b"typed").expect("write");
+    wait_for("typed", 1);
+    // SAFETY: kill(2) on the uc this test started (through script and sh).
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    wait_for("term-status 143", 1);
+    assert!(!read("before").is_empty());
+    assert_eq!(read("after-term"), read("before"), "SIGTERM restored it");
+    ok(&s, &["rm", "-f", &x]);
+}
