@@ -18,7 +18,7 @@ use crate::{
 
 type R = Result<(), Failure>;
 
-fn print_json(v: &impl serde::Serialize) {
+pub(crate) fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("json"));
 }
 
@@ -219,6 +219,9 @@ pub fn run(cli: &Cli, c: &Client) -> R {
         }
         Command::Usage(a) => usage(c, a, out),
         Command::Events(a) => events(c, a, out),
+        Command::Logs(a) => crate::streams::logs(c, a),
+        Command::Exec(a) => crate::streams::exec(c, a, out),
+        Command::Console(a) => crate::streams::console(c, a),
         Command::Ops(o) => ops(c, o, out, q),
         Command::Backends(b) => backends(c, b, out, q),
         Command::Images(i) => images(c, i, out, q),

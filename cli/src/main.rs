@@ -3,6 +3,8 @@
 
 mod cmd;
 mod fmt;
+mod streams;
+mod term;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +24,8 @@ pub mod exit {
     pub const CONFLICT: u8 = 4;
     /// Auth (401, 403).
     pub const AUTH: u8 = 5;
+    /// `exec --timeout` passed (as timeout(1)).
+    pub const TIMED_OUT: u8 = 124;
     /// Ended by Ctrl-C (SIGINT), as shells count it.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -33,7 +37,7 @@ pub mod exit {
     about = "Manage unicompute containers and VMs",
     long_about = "Manage the containers and VMs of a unicompute server through its HTTP API.\n\
                   An instance is named by its id (i-...) or its name.",
-    after_help = "Exit codes: 0 ok, 1 server/backend/connection error, 2 usage error, 3 not found, 4 conflict, 5 auth."
+    after_help = "Exit codes: 0 ok, 1 server/backend/connection error, 2 usage error, 3 not found, 4 conflict, 5 auth, 130 Ctrl-C; exec: the command's."
 )]
 pub struct Cli {
     /// The server's URL.
@@ -99,6 +103,12 @@ pub enum Command {
     Usage(UsageArgs),
     /// Follow the server's events
     Events(EventsArgs),
+    /// Print an instance's logs (-f follows them)
+    Logs(LogsArgs),
+    /// Run a command in a running instance (exits with its status)
+    Exec(ExecArgs),
+    /// Attach to an instance's console (Ctrl-] detaches)
+    Console(ConsoleArgs),
     /// Operations (asynchronous work: pulls, uploads, async calls)
     #[command(subcommand, visible_alias = "operations")]
     Ops(OpsCommand),
@@ -269,6 +279,91 @@ pub struct EventsArgs {
     pub since: Option<u64>,
 }
 
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  uc logs web\n  uc logs -f --tail 10 web\n  uc logs --since 10m --timestamps web\n  uc logs --stderr web | grep -i error"
+)]
+pub struct LogsArgs {
+    /// Keep printing new output until Ctrl-C
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines ('all': every line)
+    #[arg(short = 'n', long, value_name = "N", value_parser = streams::parse_tail)]
+    pub tail: Option<String>,
+    /// Only output since WHEN: RFC 3339 (2026-01-02T15:04:05Z), epoch seconds, or a duration ago (90s, 10m, 1h30m, 2d)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Prefix each line with its instant
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// Only standard output
+    #[arg(long, conflicts_with = "stderr")]
+    pub stdout: bool,
+    /// Only standard error
+    #[arg(long)]
+    pub stderr: bool,
+    /// The instance: id or name
+    #[arg(value_name = "ID|NAME")]
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Without -i or -t the command runs to completion with no input; its output is printed \
+when it ends (stdout to stdout, stderr to stderr), and uc exits with its status (124: the timeout passed).\n\
+With -i and/or -t it runs live over a WebSocket: -i sends uc's input to it, -t gives it a terminal \
+(raw mode when uc's input is a terminal too); its output, stdout and stderr together, comes to stdout.\n\n\
+Examples:\n  uc exec web -- ls -l /etc\n  uc exec -e MODE=debug -w /srv web -- ./check.sh\n  \
+uc exec -it web -- sh\n  tar cf - dir | uc exec -i web -- tar xf - -C /tmp"
+)]
+pub struct ExecArgs {
+    /// Send uc's standard input to the command (its end: end of file)
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Run the command on a terminal (raw mode here when the input is a terminal)
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Environment variable (KEY=VALUE; repeatable)
+    #[arg(short, long, value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub env: Vec<String>,
+    /// Working directory
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User (name or uid[:gid])
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Give up after SECONDS (exit 124)
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+    /// The instance: id or name
+    #[arg(value_name = "ID|NAME")]
+    pub name: String,
+    /// The command and its arguments (after --, or after the instance)
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Ctrl-] detaches (the instance goes on). One client at a time: another gets exit 4 \
+unless it takes the console over with --force. With a piped input, uc sends it, then leaves once the \
+console has been quiet for a second.\n\nExamples:\n  uc console vm1\n  uc console --force vm1\n  \
+printf 'uname -a\\n' | uc console vm1"
+)]
+pub struct ConsoleArgs {
+    /// Take the console over from the client that holds it
+    #[arg(short, long)]
+    pub force: bool,
+    /// The instance: id or name
+    #[arg(value_name = "ID|NAME")]
+    pub name: String,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum OpsCommand {
     /// List operations
@@ -380,22 +475,32 @@ impl From<Error> for Failure {
 /// The exit code of an error.
 pub fn exit_code(e: &Error) -> u8 {
     match e {
+        // An operation's error, or one a stream ended with (no HTTP status of its
+        // own): by its code.
+        Error::Operation { code, .. }
+        | Error::Api {
+            status: 0, code, ..
+        } => code_exit(code),
         Error::Api { status, .. } => match status {
             404 => exit::NOT_FOUND,
             409 => exit::CONFLICT,
             401 | 403 => exit::AUTH,
             _ => exit::OTHER,
         },
-        Error::Operation { code, .. } => match code.as_str() {
-            c if c.ends_with("NOT_FOUND") => exit::NOT_FOUND,
-            "INVALID_STATE"
-            | "INSTANCE_ALREADY_EXISTS"
-            | "IMAGE_IN_USE"
-            | "IMAGE_ALREADY_EXISTS"
-            | "OPERATION_CANCELLED" => exit::CONFLICT,
-            "UNAUTHORIZED" | "FORBIDDEN" => exit::AUTH,
-            _ => exit::OTHER,
-        },
+        _ => exit::OTHER,
+    }
+}
+
+fn code_exit(code: &str) -> u8 {
+    match code {
+        c if c.ends_with("NOT_FOUND") => exit::NOT_FOUND,
+        "INVALID_STATE"
+        | "INSTANCE_ALREADY_EXISTS"
+        | "IMAGE_IN_USE"
+        | "IMAGE_ALREADY_EXISTS"
+        | "OPERATION_CANCELLED"
+        | "CONSOLE_IN_USE" => exit::CONFLICT,
+        "UNAUTHORIZED" | "FORBIDDEN" => exit::AUTH,
         _ => exit::OTHER,
     }
 }

@@ -51,6 +51,11 @@ pub struct ExecRequest {
     /// Seconds before the server stops waiting.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u64>,
+    /// Interactive exec only: whether the command gets the client's input (the
+    /// query's `stdin`; the server's default, true, when `None`). The exec to
+    /// completion takes its input from `stdin` instead.
+    #[serde(skip)]
+    pub attach_stdin: Option<bool>,
 }
 
 /// What an exec to completion answers.
@@ -137,10 +142,14 @@ impl Terminal {
                 }
                 Ok(Message::Close(_)) => TermEvent::Closed,
                 Ok(_) => continue,
+                // A signal (SIGWINCH) interrupting the read is no end either: the
+                // frame read so far stays in the socket's buffer.
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) =>
                 {
                     TermEvent::Idle
@@ -148,6 +157,18 @@ impl Terminal {
                 Err(_) => TermEvent::Closed,
             };
         }
+    }
+
+    /// How long [`Terminal::recv`] waits before it answers [`TermEvent::Idle`]
+    /// (250 ms unless set; `None` waits for ever).
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.socket
+            .get_ref()
+            .set_read_timeout(timeout)
+            .map_err(|e| Error::Connect {
+                url: String::new(),
+                message: e.to_string(),
+            })
     }
 
     /// Closes the session.
@@ -246,6 +267,9 @@ impl Client {
             q.push(("user", u.clone()));
         }
         q.push(("tty", request.tty.to_string()));
+        if let Some(s) = request.attach_stdin {
+            q.push(("stdin", s.to_string()));
+        }
         if let Some((c, r)) = size {
             q.push(("cols", c.to_string()));
             q.push(("rows", r.to_string()));

@@ -568,4 +568,517 @@ fn completions_and_man_pages_come_from_the_command_definitions_without_a_server(
     }
     assert!(!page("uc-images-pull.1").is_empty());
     assert!(!page("uc-ops-cancel.1").is_empty());
+    for (page_name, option) in [
+        ("uc-logs.1", "follow"),
+        ("uc-exec.1", "interactive"),
+        ("uc-console.1", "force"),
+    ] {
+        assert!(
+            page(page_name).contains(option),
+            "{page_name} lacks --{option}"
+        );
+    }
+    // One page for uc, each command and each subcommand; the count printed is the
+    // files written.
+    let written = std::fs::read_dir(&dir.0).expect("dir").count();
+    assert_eq!(
+        r.stdout,
+        format!("{written} man pages written to {}\n", dir.0.display())
+    );
+}
+
+/// `uc ARGS` as admin with `input` on its standard input (a pipe, closed after it).
+fn uc_input(s: &Server, args: &[&str], input: &[u8]) -> Run {
+    let mut child = uc_cmd(&s.base, Some(ADMIN))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run uc");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write the input");
+    drop(stdin);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().expect("wait for uc");
+    let r = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    assert!(!r.stderr.contains("panicked"), "uc panicked: {}", r.stderr);
+    r
+}
+
+/// A spawned `uc` whose output lines come on a channel; killed if still running
+/// when dropped.
+struct Spawned {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Spawned {
+    fn new(mut cmd: Command) -> Spawned {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn uc");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Spawned { child, lines }
+    }
+
+    /// Lines until one satisfies `f` (within 10 s), all of them.
+    fn until(&self, f: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                let done = f(&l);
+                seen.push(l);
+                if done {
+                    return seen;
+                }
+            }
+        }
+        panic!("no such line in {seen:?}");
+    }
+
+    /// Waits (10 s at most) for the end: the exit code and standard error.
+    fn wait(&mut self) -> (i32, String) {
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "uc did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).expect("stderr");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        (status.code().unwrap_or(-1), err)
+    }
+
+    fn sigint(&self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn logs_print_the_output_follow_it_and_end_cleanly() {
+    let s = Server::fake("");
+    let (x, y) = (unique("logs"), unique("logs-f"));
+    ok(&s, &["create", &x, "--image", "busybox", "--start"]);
+    let id_y = ok(
+        &s,
+        &[
+            "create",
+            &y,
+            "--image",
+            "busybox",
+            "-l",
+            "fake/log-every-ms=20",
+            "--start",
+        ],
+    );
+    assert_eq!(
+        ok(&s, &["logs", &x]),
+        format!("hello from {x}\nwarn from {x}\n")
+    );
+    assert_eq!(
+        ok(&s, &["logs", "--tail", "1", &x]),
+        format!("warn from {x}\n")
+    );
+    assert_eq!(ok(&s, &["logs", "-n", "all", &x]).lines().count(), 2);
+    assert_eq!(
+        ok(&s, &["logs", "--stderr", &x]),
+        format!("warn from {x}\n")
+    );
+    assert_eq!(
+        ok(&s, &["logs", "--stdout", &x]),
+        format!("hello from {x}\n")
+    );
+    let stamped = ok(&s, &["logs", "-t", "--stdout", &x]);
+    assert!(
+        stamped.starts_with("20") && stamped.ends_with(&format!("Z hello from {x}\n")),
+        "{stamped}"
+    );
+    // A duration ago: the fake's lines were written at its creation, just now.
+    assert_eq!(ok(&s, &["logs", "--since", "1h", &x]).lines().count(), 2);
+    assert_eq!(uc(&s, &["logs", "--stdout", "--stderr", &x]).code, 2);
+    assert_eq!(uc(&s, &["logs", "--tail", "-1", &x]).code, 2);
+    let r = uc(&s, &["logs", &unique("nosuch")]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+
+    // A follow, by id: the numbered lines as they come, then 130 on Ctrl-C.
+    let mut cmd = uc_cmd(&s.base, Some(ADMIN));
+    cmd.args(["logs", "-f", id_y.trim()]);
+    let mut follow = Spawned::new(cmd);
+    let seen = follow.until(|l| l == "line 3");
+    assert_eq!(
+        seen[..2],
+        [format!("hello from {y}"), format!("warn from {y}")]
+    );
+    assert_eq!(seen[2], "line 0");
+    follow.sigint();
+    let (code, err) = follow.wait();
+    assert_eq!(code, 130, "{err}");
+
+    // A closed pipe ends a follow quietly.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{}' logs -f {y} | head -3", uc_binary().display()))
+        .env("UNICOMPUTE_URL", &s.base)
+        .env("UNICOMPUTE_TOKEN", ADMIN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("hello from {y}\nwarn from {y}\nline 0\n")
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    ok(&s, &["rm", "-f", &x, &y]);
+}
+
+#[test]
+fn exec_exits_with_the_commands_status() {
+    let s = Server::fake("");
+    let (x, stopped) = (unique("exec"), unique("exec-stopped"));
+    ok(&s, &["create", &x, "--image", "busybox", "--start"]);
+    ok(&s, &["create", &stopped, "--image", "busybox"]);
+
+    let r = uc(&s, &["exec", &x, "--", "echo", "a", "b"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (0, "a b\n", "")
+    );
+    // Without --, as docker: the command's own flags are its.
+    assert_eq!(ok(&s, &["exec", &x, "echo", "-n", "c"]), "-n c\n");
+    let r = uc(&s, &["exec", &x, "--", "fail", "3"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (3, "", "failing\n")
+    );
+    let r = uc(&s, &["exec", &x, "--", "nosuch"]);
+    assert_eq!(r.code, 127, "{}", r.stderr);
+    assert!(r.stderr.contains("nosuch: not found"), "{}", r.stderr);
+    let json: Value =
+        serde_json::from_str(&uc(&s, &["exec", "-o", "json", &x, "--", "fail", "4"]).stdout)
+            .expect("json");
+    assert_eq!(json["exitCode"], 4);
+    assert_eq!(json["stderr"], "failing\n");
+    // Without -i the command gets no input, even from a pipe (cat ends at once).
+    let r = uc_input(&s, &["exec", &x, "--", "cat"], b"ignored\n");
+    assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{}", r.stderr);
+
+    // -i: the input to the command, its end an end of file.
+    let r = uc_input(&s, &["exec", "-i", &x, "--", "cat"], b"hi\nthere\n");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "hi\nthere\n"),
+        "{}",
+        r.stderr
+    );
+    let r = uc_input(&s, &["exec", "-i", &x, "--", "fail", "5"], b"");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (5, "failing\n"),
+        "{}",
+        r.stderr
+    );
+    let r = uc_input(
+        &s,
+        &["exec", "-it", &x, "--", "echo", "on", "a", "tty"],
+        b"",
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "on a tty\n"),
+        "{}",
+        r.stderr
+    );
+
+    // Timeouts: 124, as timeout(1), the server's and uc's own.
+    let t = Instant::now();
+    let r = uc(&s, &["exec", "--timeout", "1", &x, "--", "sleep", "30"]);
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    assert!(r.stderr.contains("did not end within 1 s"), "{}", r.stderr);
+    let r = uc_input(
+        &s,
+        &["exec", "-i", "--timeout", "1", &x, "--", "sleep", "30"],
+        b"",
+    );
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    assert!(t.elapsed() < Duration::from_secs(20));
+
+    // Not running: a conflict, said clearly.
+    for args in [
+        vec!["exec", stopped.as_str(), "--", "echo", "x"],
+        vec!["exec", "-i", stopped.as_str(), "--", "cat"],
+    ] {
+        let r = uc(&s, &args);
+        assert_eq!(r.code, 4, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with("Error: ") && r.stderr.contains("(INVALID_STATE)"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert_eq!(uc(&s, &["exec", &unique("nosuch"), "--", "echo"]).code, 3);
+    assert_eq!(uc(&s, &["exec", &x]).code, 2, "a command is needed");
+    ok(&s, &["rm", "-f", &x, &stopped]);
+}
+
+#[test]
+fn console_echoes_is_one_clients_and_force_takes_it_over() {
+    let s = Server::fake("");
+    let x = unique("console");
+    ok(&s, &["create", &x, "--image", "busybox", "--start"]);
+
+    // Piped input: sent, the echo printed, then uc leaves once the console is quiet.
+    let r = uc_input(&s, &["console", &x], b"hello console\n");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "hello console\n");
+    assert!(
+        r.stderr.contains(&format!(
+            "Connected to the console of {x}; Ctrl-] to detach"
+        )),
+        "{}",
+        r.stderr
+    );
+
+    // A first client holds it (its input open)...
+    let mut cmd = uc_cmd(&s.base, Some(ADMIN));
+    cmd.args(["console", &x]).stdin(Stdio::piped());
+    let mut first = Spawned::new(cmd);
+    let mut input = first.child.stdin.take().expect("stdin");
+    input.write_all(b"first\n").expect("write");
+    first.until(|l| l == "first");
+    // ... so a second is refused: a conflict, with the way out.
+    let r = uc(&s, &["console", &x]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("(CONSOLE_IN_USE)"), "{}", r.stderr);
+    assert!(r.stderr.contains("--force"), "{}", r.stderr);
+    // --force takes it over; the first says so and ends with the conflict code.
+    let r = uc_input(&s, &["console", "--force", &x], b"second\n");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "second\n"), "{}", r.stderr);
+    let (code, err) = first.wait();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("took the console over"), "{err}");
+    drop(input);
+
+    // Ctrl-] detaches at once, even with the input still open; what follows it is
+    // not sent.
+    let mut cmd = uc_cmd(&s.base, Some(ADMIN));
+    cmd.args(["console", &x]).stdin(Stdio::piped());
+    let mut third = Spawned::new(cmd);
+    let mut input = third.child.stdin.take().expect("stdin");
+    input.write_all(b"bye\n\x1dnot sent\n").expect("write");
+    let (code, err) = third.wait();
+    assert_eq!(code, 0, "{err}");
+    drop(input);
+    // Free again after the detach.
+    let r = uc_input(&s, &["console", &x], b"again\n");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "again\n"), "{}", r.stderr);
+
+    // Not running: a conflict.
+    ok(&s, &["stop", "-f", &x]);
+    assert_eq!(uc(&s, &["console", &x]).code, 4);
+    ok(&s, &["rm", "-f", &x]);
+}
+
+#[test]
+fn uc_exec_runs_in_a_real_docker_container() {
+    let lock = FileLock::engine_shared();
+    ensure_image();
+    sweep_stale();
+    let backend = backend_name();
+    let tmp = TempDir::new("uc-cli-exec");
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![workspace_plugin("docker")],
+        toml: format!(
+            "[backends.{backend}]\nplugin = \"docker\"\nallowed_host_paths = [\"{0}\"]\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
+            tmp.0.display()
+        ),
+        ..Default::default()
+    });
+    let name = unique("uc-exec");
+    let _guard = unicompute_tests::docker::ContainerGuard(name.clone());
+    ok(
+        &s,
+        &[
+            "create", &name, "--image", TEST_IMAGE, "--start", "--", "sleep", "300",
+        ],
+    );
+    let r = uc(
+        &s,
+        &[
+            "exec",
+            "-e",
+            "WHO=uc",
+            "-w",
+            "/tmp",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo out $WHO $(pwd); echo err >&2; exit 7",
+        ],
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (7, "out uc /tmp\n", "err\n")
+    );
+    let r = uc_input(&s, &["exec", "-i", &name, "--", "cat"], b"through docker\n");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "through docker\n"),
+        "{}",
+        r.stderr
+    );
+    let r = uc(&s, &["exec", &name, "--", "/no/such/program"]);
+    assert_ne!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    ok(&s, &["rm", "-f", &name]);
+    drop(lock);
+}
+
+/// `uc` on a terminal: a pty made by script(1). The console is in raw mode (a key
+/// goes at once, without a newline; Ctrl-] detaches), follows the window's size, and
+/// the terminal's settings are back after a detach, after `exec -it`, and after a
+/// SIGTERM.
+#[test]
+fn on_a_terminal_the_console_is_raw_and_the_terminal_restored() {
+    let s = Server::fake("");
+    let x = unique("pty");
+    ok(&s, &["create", &x, "--image", "busybox", "--start"]);
+    let tmp = TempDir::new("uc-pty");
+    let (dir, uc) = (tmp.0.display(), uc_binary());
+    let uc = uc.display();
+    let inner = format!(
+        "stty -g > {dir}/before; \
+         '{uc}' exec -it {x} -- fail 3; echo \"exec-status $?\"; stty -g > {dir}/after-exec; \
+         (while [ ! -e {dir}/go ]; do sleep 0.05; done; stty cols 91 rows 33 </dev/tty) & \
+         '{uc}' console {x}; echo \"console-status $?\"; stty -g > {dir}/after-console; \
+         '{uc}' console {x} </dev/tty & echo \"pid $!\"; wait $!; echo \"term-status $?\"; \
+         stty -g > {dir}/after-term"
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qfec", &inner, "/dev/null"]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("UNICOMPUTE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .env("UNICOMPUTE_URL", &s.base)
+        .env("UNICOMPUTE_TOKEN", ADMIN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut input = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let _child = Kill(child);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    // Waits for `what` to appear `nth` times (1: once); answers the output so far.
+    let wait_for = |what: &str, nth: usize| -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
+            if text.matches(what).count() >= nth {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {what:?} in {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A file the shell writes after the line the test waits for: once it is whole.
+    let read = |name: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(tmp.0.join(name)).unwrap_or_default();
+            if text.ends_with('\n') || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    wait_for("exec-status 3", 1);
+    assert_eq!(read("after-exec"), read("before"), "exec -it restored it");
+
+    wait_for(&format!("Connected to the console of {x}"), 1);
+    std::fs::write(tmp.0.join("go"), "").expect("go");
+    wait_for("resized 91x33", 1);
+    // No newline: only raw mode lets it through now.
+    input.write_all(b"raw-key").expect("write");
+    wait_for("raw-key", 1);
+    input.write_all(b"\x1d").expect("write");
+    let text = wait_for("console-status 0", 1);
+    assert!(text.contains("Detached from the console"), "{text:?}");
+    assert_eq!(
+        read("after-console"),
+        read("before"),
+        "the detach restored it"
+    );
+
+    // SIGTERM while raw: restored, 143.
+    let text = wait_for(&format!("Connected to the console of {x}"), 2);
+    let pid: i32 = text
+        .split("pid ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("the pid");
+    input.write_all(b"typed").expect("write");
+    wait_for("typed", 1);
+    // SAFETY: kill(2) on the uc this test started (through script and sh).
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    wait_for("term-status 143", 1);
+    assert!(!read("before").is_empty());
+    assert_eq!(read("after-term"), read("before"), "SIGTERM restored it");
+    ok(&s, &["rm", "-f", &x]);
 }

@@ -6,7 +6,8 @@
 //!   follow stays open, quiet, until the client leaves (a thousand idle followers).
 //! - console: echoes its input; a resize prints `resized COLSxROWS`.
 //! - exec: `echo ARGS...` (stdout), `fail CODE` (stderr `failing`, exit CODE), `cat`
-//!   (echoes stdin until its end), `yes` (output without end, for limits), `sleep
+//!   (echoes stdin until its end; at once 0 when asked without input, as a real `cat`
+//!   whose stdin is not attached), `yes` (output without end, for limits), `sleep
 //!   SECS`, anything else exit 127 with `NAME: not found` on stderr.
 //! - label `fake/panic=stream`: the pump panics after the first output (the stream ends
 //!   for that client only).
@@ -154,6 +155,7 @@ async fn run(mut end: StreamEnd, o: ExecOptions, panic: bool) -> Result<(), ()> 
                 .map_err(err)?;
             args.first().and_then(|c| c.parse().ok()).unwrap_or(1)
         }
+        "cat" if !o.stdin => 0,
         "cat" => {
             while let Some(input) = end.recv().await {
                 match input {
