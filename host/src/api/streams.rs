@@ -544,18 +544,19 @@ pub async fn exec(svc: &Arc<Service>, id: &str, body: &[u8]) -> Result<Reply, Ap
     };
     let stream = svc.open_stream(id, StreamKind::Exec(options)).await?;
     let stream = Arc::new(stream);
-    if let Some(data) = input {
-        // Fed alongside the reads: a command may write before it reads everything.
+    // Fed alongside the reads (a command may write before it reads everything), and
+    // stopped with the answer: a command that never reads must not keep the stream.
+    let _feeder = input.map(|data| {
         let s = Arc::clone(&stream);
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             for chunk in data.chunks(unicompute_plugin_api::stream::MAX_CHUNK) {
                 if !s.send(Input::Data(chunk.to_vec())).await {
                     return;
                 }
             }
             let _ = s.send(Input::CloseStdin).await;
-        });
-    }
+        }))
+    });
     let limit = config.server.exec_output_limit_bytes;
     let (mut out, mut err, mut truncated) = (Vec::new(), Vec::new(), false);
     let mut keep = |buf: &mut Vec<u8>, d: Vec<u8>| {
@@ -605,6 +606,15 @@ pub async fn exec(svc: &Arc<Service>, id: &str, body: &[u8]) -> Result<Reply, Ap
         body: Some(body),
         location: None,
     })
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn upgrade_required() -> ApiError {
