@@ -13,7 +13,8 @@
 #
 # What the guest does (its /init, below), every line it prints starting "UCGUEST ":
 #   - mounts proc, sys, devtmpfs; loads virtio_pci, virtio_blk, vfat (with the
-#     codepages), isofs, button and evdev (each with its dependencies);
+#     codepages), isofs, button, evdev and virtio_console (each with its
+#     dependencies);
 #   - finds the NoCloud seed (a vfat or iso9660 disk holding `user-data`) and prints
 #     "UCGUEST seed DEV", "UCGUEST instance-id ID" and, for every line of user-data
 #     that starts with "#uc-marker ", "UCGUEST marker REST" (a YAML comment, so a real
@@ -21,12 +22,18 @@
 #   - watches the ACPI power button (the kernel's "Power Button" input devices):
 #     on a press it prints "UCGUEST acpi power button", then "UCGUEST powering off",
 #     and powers off (busybox `poweroff -f`);
+#   - starts the guest agent stand-in (scripts/guest-agent.awk, an awk program for
+#     exec: guest-ping, guest-exec, guest-exec-status) on the virtio-serial port
+#     named org.qemu.guest_agent.0 and prints "UCGUEST guest agent on /dev/vportNpM"
+#     (in the background: "UCGUEST no guest agent port" after 5 s when the domain has
+#     no such channel); a user-data line "#uc-agent-debug" makes it print every line
+#     it reads and writes on the console ("UCGUEST agent < ..", "UCGUEST agent > ..");
 #   - prints "UCGUEST ready", starts a shell on ttyS0 (busybox sh, interactive, its
 #     controlling terminal the serial port; started again when it exits) and idles.
 # Console on ttyS0 (the serial port). Without a seed it prints "UCGUEST no seed".
 #
-# Cached: the image is CACHE_DIR/uc-guest-KEY.raw, KEY a digest of this script and
-# the versions of the kernel, busybox-static and syslinux packages; a cached image is
+# Cached: the image is CACHE_DIR/uc-guest-KEY.raw, KEY a digest of this script, of
+# scripts/guest-agent.awk and of the versions of the kernel, busybox-static and syslinux packages; a cached image is
 # printed at once. Concurrent runs take a lock (flock) and build once. The kernel's
 # .deb is kept in CACHE_DIR/debs (older ones are removed).
 #
@@ -59,7 +66,9 @@ kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2; exit}')
 [ -n "$kver" ] && [ "$kver" != "(none)" ] || die "no candidate for $kpkg"
 bbver=$(dpkg-query -W -f='${Version}' busybox-static)
 slver=$(dpkg-query -W -f='${Version}' syslinux)
-key=$( { sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1; echo "$kpkg $kver $bbver $slver"; } \
+agent_awk=$here/guest-agent.awk
+[ -f "$agent_awk" ] || die "missing $agent_awk"
+key=$( { sha256sum "${BASH_SOURCE[0]}" "$agent_awk" | cut -d' ' -f1; echo "$kpkg $kver $bbver $slver"; } \
   | sha256sum | cut -c1-16)
 image=$cache/uc-guest-$key.raw
 
@@ -108,12 +117,14 @@ add_module() { # name
   cp "$file" "$work/initramfs/lib/modules/$name.ko"
 }
 mkdir -p "$work/initramfs"/{bin,dev,proc,sys,mnt,lib/modules,etc}
-for m in virtio_pci virtio_blk fat vfat nls_cp437 nls_ascii nls_utf8 isofs button evdev; do
+# virtio_console: the virtio-serial ports (the guest agent's channel).
+for m in virtio_pci virtio_blk fat vfat nls_cp437 nls_ascii nls_utf8 isofs button evdev virtio_console; do
   add_module "$m"
 done
 printf '%s\n' "${order[@]}" >"$work/initramfs/etc/modules"
 
 cp "$busybox" "$work/initramfs/bin/busybox"
+cp "$agent_awk" "$work/initramfs/etc/uc-agent.awk"
 for applet in $("$busybox" --list); do
   [ "$applet" = busybox ] || ln -sf busybox "$work/initramfs/bin/$applet"
 done
@@ -179,10 +190,33 @@ if [ -n "$seed" ]; then
   grep '^#uc-marker ' /mnt/user-data | while IFS= read -r line; do
     say "marker ${line#\#uc-marker }"
   done
+  grep -q '^#uc-agent-debug' /mnt/user-data && agent_debug=1
   umount /mnt
 else
   say "no seed"
 fi
+
+# The guest agent stand-in (/etc/uc-agent.awk) on the virtio-serial port named
+# org.qemu.guest_agent.0, when the domain has that channel. The port is opened once,
+# read and written through that one descriptor (a port admits one opener); awk ends
+# when the host side goes away (end of input) and the port is opened again.
+agent() {
+  i=0
+  while [ $i -lt 50 ]; do
+    for p in /sys/class/virtio-ports/*; do
+      [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+      port=/dev/${p##*/}
+      say "guest agent on $port"
+      while :; do
+        UC_AGENT_DEBUG=$agent_debug awk -f /etc/uc-agent.awk <>"$port" >&0 2>/dev/console
+        sleep 1
+      done
+    done
+    i=$((i + 1)); sleep 0.1
+  done
+  say "no guest agent port"
+}
+agent &
 say "ready"
 # A shell on the serial console (the console stream is typed into), started again
 # whenever it exits; its prompt and what it echoes go to the console log too.

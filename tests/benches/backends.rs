@@ -214,6 +214,8 @@ fn bench_kvm(runs: usize) {
             seed: None,
             nic: None,
             console_log: None,
+            // As the plugin makes them (a guest agent channel by default).
+            guest_agent: true,
             meta: InstanceMeta {
                 xmlns: None,
                 id: name.clone(),

@@ -3,7 +3,8 @@
 //! template. It prints `UCGUEST ...` lines on its serial console: the cloud-init
 //! user-data's marker lines (`#uc-marker X` → `UCGUEST marker X`) and its own power-off
 //! when the ACPI power button is pressed (`UCGUEST acpi power button`, then
-//! `UCGUEST powering off`). See the script for the whole list.
+//! `UCGUEST powering off`), and where its QEMU guest agent stand-in serves exec
+//! (`UCGUEST guest agent on ...`). See the script for the whole list.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,6 +23,9 @@ pub const POWER_WATCHED: &str = "UCGUEST power button watched";
 pub const POWER_BUTTON: &str = "UCGUEST acpi power button";
 /// Printed by the guest right before it powers itself off.
 pub const POWERING_OFF: &str = "UCGUEST powering off";
+/// Printed (before the port's path) once the guest's agent stand-in serves the QEMU
+/// guest agent channel (`scripts/guest-agent.awk`).
+pub const AGENT: &str = "UCGUEST guest agent on ";
 /// Printed when the guest has done everything at boot.
 pub const READY: &str = "UCGUEST ready";
 

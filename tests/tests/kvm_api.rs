@@ -1,6 +1,7 @@
 //! The KVM backend end to end: the real binary, the real kvm plugin, libvirtd with
 //! QEMU/KVM. Guests have no OS (an empty template), except in the real-guest test
-//! (`scripts/guest-template.sh`); networking is checked in the domain XML only. Also:
+//! (`scripts/guest-template.sh`, exec through its guest agent stand-in); networking
+//! is checked in the domain XML only. Also:
 //! a server killed in the middle of a create leaves a volume that the next server
 //! sweeps.
 
@@ -696,6 +697,51 @@ fn a_real_guest_gets_its_user_data_stops_by_its_own_power_off_and_its_console_lo
     let text = guest::read_log(&log);
     assert!(text.contains(&marker), "{text}");
 
+    // Exec to completion through the guest agent (the guest's stand-in serves the
+    // channel the plugin gave the domain).
+    assert!(xml.contains("org.qemu.guest_agent.0"), "{xml}");
+    assert!(
+        guest::wait_for_line(&log, guest::AGENT, Duration::from_secs(300)).is_some(),
+        "the guest agent did not start:\n{}",
+        guest::read_log(&log)
+    );
+    let exec = format!("{one}/exec");
+    let t = Instant::now();
+    let r = s.call(
+        "POST",
+        &exec,
+        ADMIN,
+        Some(&json!({"command": ["sh", "-c", "echo o; echo e >&2; exit 3"]})),
+    );
+    let exec_took = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json,
+        json!({"exitCode": 3, "stdout": "o\n", "stderr": "e\n", "truncated": false, "timedOut": false})
+    );
+    let r = s.call(
+        "POST",
+        &exec,
+        ADMIN,
+        Some(&json!({"command": ["sh", "-c", "cat; echo \"$A\""], "stdin": "fed\n", "env": {"A": "1"}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (&r.json["stdout"], &r.json["exitCode"]),
+        (&json!("fed\n1\n"), &json!(0)),
+        "{}",
+        r.text
+    );
+    // What the agent cannot do is 501, saying so.
+    let r = s.call(
+        "POST",
+        &exec,
+        ADMIN,
+        Some(&json!({"command": ["true"], "user": "root"})),
+    );
+    assert_eq!(r.status, 501, "{}", r.text);
+    assert!(r.text.contains("guest agent"), "{}", r.text);
+
     // A graceful stop (no force, the default timeout): the guest's own power-off.
     let stopping = Instant::now();
     let r = s.call(
@@ -719,8 +765,9 @@ fn a_real_guest_gets_its_user_data_stops_by_its_own_power_off_and_its_console_lo
         "shut off (shutdown)"
     );
     eprintln!(
-        "real guest through the API ({domain_type}): create+start to marker {:.1} s, graceful stop {:.2} s",
+        "real guest through the API ({domain_type}): create+start to marker {:.1} s, exec {:.2} s, graceful stop {:.2} s",
         to_marker.as_secs_f64(),
+        exec_took.as_secs_f64(),
         stop_took.as_secs_f64()
     );
 

@@ -133,6 +133,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seed: None,
                 nic: None,
                 console_log: None,
+                // As the plugin makes them (a guest agent channel by default).
+                guest_agent: true,
                 meta: InstanceMeta {
                     xmlns: None,
                     id: name.clone(),

@@ -109,6 +109,11 @@ pub struct InstanceConfig {
     /// cloud-init seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init: Option<CloudInit>,
+    /// Whether the domain gets a QEMU guest agent channel (`org.qemu.guest_agent.0`),
+    /// which exec needs: `true` unless the client says `false`. `None` only in the
+    /// metadata of domains made before the field existed (they have no channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<bool>,
 }
 
 impl InstanceConfig {
@@ -120,6 +125,8 @@ impl InstanceConfig {
         let mut parsed: InstanceConfig =
             serde_json::from_value(serde_json::Value::Object(config.clone()))
                 .map_err(|e| format!("invalid kvm config: {e}"))?;
+        // On by default: a cloud image with qemu-guest-agent then has exec.
+        parsed.guest_agent = Some(parsed.guest_agent.unwrap_or(true));
         match parsed.network_type {
             NetworkType::Network => {
                 if parsed.network_source.as_deref().unwrap_or("").is_empty() {
@@ -141,6 +148,11 @@ impl InstanceConfig {
             }
         }
         Ok(parsed)
+    }
+
+    /// Whether the domain gets a guest agent channel.
+    pub fn wants_guest_agent(&self) -> bool {
+        self.guest_agent != Some(false)
     }
 
     /// The config as kept in the domain's metadata and shown in the instance: the
@@ -330,6 +342,7 @@ impl Plan {
             disk: (disk.clone(), format.to_owned()),
             seed: seed.clone(),
             nic: self.nic.clone(),
+            guest_agent: self.config.wants_guest_agent(),
             console_log: settings.resolved_console_log_dir().map(|dir| {
                 crate::console_log::path(&dir, &req.id)
                     .to_string_lossy()
@@ -385,9 +398,25 @@ mod tests {
         assert_eq!(c.disk_format, DiskFormat::Qcow2);
         assert_eq!(c.network_type, NetworkType::Network);
         assert_eq!(c.network_source.as_deref(), Some("default"));
+        assert_eq!(c.guest_agent, Some(true));
+        assert!(c.wants_guest_agent());
         let j = c.to_json();
         assert_eq!(j["diskFormat"], "qcow2");
         assert_eq!(j["networkSource"], "default");
+        assert_eq!(j["guestAgent"], true);
+        // The opt-out is kept and shown.
+        let c = InstanceConfig::from_request(
+            &obj(json!({"image": "u", "guestAgent": false})),
+            "default",
+        )
+        .unwrap();
+        assert_eq!(c.guest_agent, Some(false));
+        assert!(!c.wants_guest_agent());
+        assert_eq!(c.to_json()["guestAgent"], false);
+        // A domain made before the field existed: nothing is claimed.
+        let old: InstanceConfig = serde_json::from_value(json!({"image": "u"})).unwrap();
+        assert_eq!(old.guest_agent, None);
+        assert!(!old.to_json().contains_key("guestAgent"));
     }
 
     #[test]
@@ -407,6 +436,9 @@ mod tests {
             json!({"image": "u", "networkType": "none", "networkSource": "x"}),
             json!({"image": "u", "volumes": []}),
             json!({"image": "u", "cloudInit": {"userdata": "x"}}),
+            json!({"image": "u", "guestAgent": "no"}),
+            json!({"image": "u", "guestAgent": 0}),
+            json!({"image": "u", "guest_agent": false}),
         ] {
             assert!(
                 InstanceConfig::from_request(&obj(bad.clone()), "default").is_err(),

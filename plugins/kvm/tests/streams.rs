@@ -1,8 +1,11 @@
 //! Byte streams of a kvm instance on the real `qemu:///system`, with the real test
 //! guest (`scripts/guest-template.sh`): logs (the serial console log, its tail, a
 //! follow that sees what the guest prints later and pins no thread), the console
-//! (a round trip through the guest's shell, twice: a closed console frees it), and
-//! the refusals (unknown id, stopped domain, timestamps, exec without an agent).
+//! (a round trip through the guest's shell, twice: a closed console frees it), exec
+//! through the guest agent (the guest's stand-in, `scripts/guest-agent.awk`: output,
+//! exit code, input, a missing program), and the refusals (unknown id, stopped
+//! domain, timestamps, a domain without an agent channel, an agent that does not
+//! answer).
 //! Nothing is ever sent to the guest's network (it has none).
 
 mod common;
@@ -95,6 +98,58 @@ fn read_all(rt: &tokio::runtime::Runtime, s: &ByteStream, within: Duration) -> V
         })
         .await
         .expect("the stream ends")
+    })
+}
+
+/// What an exec gave: its stdout, its stderr, its exit code.
+type Ran = (String, String, i64);
+
+/// Runs `command` through exec to its end, feeding it `input` (then the end of its
+/// input) when there is some.
+fn run(
+    rt: &tokio::runtime::Runtime,
+    b: &unicompute_kvm::KvmBackend,
+    id: &str,
+    command: &[&str],
+    input: Option<&[u8]>,
+) -> Result<Ran, unicompute_plugin_api::PluginError> {
+    let s = b.open_stream(StreamRequest {
+        id: id.into(),
+        kind: StreamKind::Exec(ExecOptions {
+            command: command.iter().map(|c| c.to_string()).collect(),
+            stdin: input.is_some(),
+            ..ExecOptions::default()
+        }),
+    })?;
+    rt.block_on(async {
+        if let Some(input) = input {
+            // In two pieces: the plugin collects them until the end of input.
+            let (a, z) = input.split_at(input.len() / 2);
+            assert!(s.send(Input::Data(a.to_vec())).await);
+            assert!(s.send(Input::Data(z.to_vec())).await);
+            assert!(s.send(Input::CloseStdin).await);
+        }
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            loop {
+                match s.next().await {
+                    Some(Output::Stdout(d)) => out.extend(d),
+                    Some(Output::Stderr(d)) => err.extend(d),
+                    Some(Output::Exit(code)) => {
+                        assert!(s.next().await.is_none(), "the exec ends after its exit");
+                        return Ok((
+                            String::from_utf8_lossy(&out).into_owned(),
+                            String::from_utf8_lossy(&err).into_owned(),
+                            code,
+                        ));
+                    }
+                    Some(Output::Error(e)) => return Err(e),
+                    None => panic!("the exec ended without an exit code"),
+                }
+            }
+        })
+        .await
+        .expect("the exec ends within 60 s")
     })
 }
 
@@ -356,17 +411,84 @@ fn logs_and_console_of_the_real_guest() {
         ))
         .expect_err("timestamps");
     assert_eq!(e.code, ErrorCode::OperationNotSupported, "{e:?}");
-    let e = b
-        .open_stream(StreamRequest {
-            id: id.clone(),
-            kind: StreamKind::Exec(ExecOptions {
-                command: vec!["ls".into()],
+
+    // Exec through the guest agent (the domain has its channel by default; the
+    // guest's stand-in serves it once it printed where).
+    assert!(
+        guest::wait_for_line(&log, guest::AGENT, BOOT).is_some(),
+        "the guest agent did not start:\n{}",
+        guest::read_log(&log)
+    );
+    let t = Instant::now();
+    let ran = run(
+        &rt,
+        b,
+        &id,
+        &["sh", "-c", "echo o; echo e >&2; exit 3"],
+        None,
+    )
+    .expect("exec");
+    let exec_rt = t.elapsed();
+    assert_eq!(ran, ("o\n".into(), "e\n".into(), 3));
+    // Input: collected until its end, then handed to the command (input-data).
+    let input = format!("fed {token}\nthrough the agent\n");
+    let ran = run(&rt, b, &id, &["cat"], Some(input.as_bytes())).expect("exec cat");
+    assert_eq!(ran, (input, String::new(), 0));
+    // Arguments reach the program as they are (quotes, spaces, non-ASCII).
+    let arg = "it's \"quoted\" \\ $(not run) é";
+    let ran = run(&rt, b, &id, &["printf", "[%s]", arg], None).expect("exec printf");
+    assert_eq!(ran, (format!("[{arg}]"), String::new(), 0));
+    // A program that does not exist: the agent cannot start it (qemu-ga's spawn
+    // fails; there is no process and so no exit code): an error that says so.
+    let e = run(&rt, b, &id, &["uc-no-such-program"], None).expect_err("a missing program");
+    assert_eq!(e.code, ErrorCode::BackendError, "{e:?}");
+    assert!(
+        e.message.contains("could not start uc-no-such-program")
+            && e.message.contains("No such file or directory"),
+        "{e:?}"
+    );
+    // A shell's own "not found" is an exit code like any other.
+    let ran = run(&rt, b, &id, &["sh", "-c", "uc-no-such-program"], None).expect("exec sh");
+    assert_eq!(ran.2, 127, "{ran:?}");
+    // What the agent cannot do.
+    for (options, what) in [
+        (
+            ExecOptions {
+                tty: true,
                 ..ExecOptions::default()
-            }),
-        })
-        .expect_err("exec without an agent");
-    assert_eq!(e.code, ErrorCode::OperationNotSupported, "{e:?}");
-    assert!(e.message.contains("no guest agent channel"), "{e:?}");
+            },
+            "tty",
+        ),
+        (
+            ExecOptions {
+                user: Some("root".into()),
+                ..ExecOptions::default()
+            },
+            "user",
+        ),
+        (
+            ExecOptions {
+                workdir: Some("/".into()),
+                ..ExecOptions::default()
+            },
+            "workdir",
+        ),
+    ] {
+        let e = b
+            .open_stream(StreamRequest {
+                id: id.clone(),
+                kind: StreamKind::Exec(ExecOptions {
+                    command: vec!["true".into()],
+                    ..options
+                }),
+            })
+            .expect_err(what);
+        assert_eq!(e.code, ErrorCode::OperationNotSupported, "{what}: {e:?}");
+        assert!(
+            e.message.contains("guest agent") && e.message.contains(what),
+            "{what}: {e:?}"
+        );
+    }
 
     // A graceful stop: the follower sees the guest power itself off; the open
     // console ends.
@@ -431,10 +553,11 @@ fn logs_and_console_of_the_real_guest() {
     assert!(got.is_empty());
 
     eprintln!(
-        "streams ({domain_type}): start to ready {:.1} s, console round trips {:.2} s and {:.2} s, {} bytes of log",
+        "streams ({domain_type}): start to ready {:.1} s, console round trips {:.2} s and {:.2} s, exec round trip {:.2} s, {} bytes of log",
         booted.as_secs_f64(),
         first_rt.as_secs_f64(),
         second_rt.as_secs_f64(),
+        exec_rt.as_secs_f64(),
         file.len()
     );
     b.delete(&id, false).expect("delete");
@@ -487,7 +610,7 @@ fn unknown_ids_are_not_found() {
         caps.iter().any(|c| c == "logs") && caps.iter().any(|c| c == "console"),
         "{caps:?}"
     );
-    assert!(!caps.iter().any(|c| c == "exec"), "{caps:?}");
+    assert!(caps.iter().any(|c| c == "exec"), "{caps:?}");
 }
 
 #[test]
@@ -526,19 +649,12 @@ fn exec_needs_an_agent_that_answers() {
     let e = b.open_stream(exec()).expect_err("exec when created");
     assert_eq!(e.code, ErrorCode::InvalidState, "{e:?}");
 
-    // The domain gets an agent channel, but nothing in the guest (a blank disk)
-    // answers on it.
+    // The domain has an agent channel (the default), but nothing in the guest (a
+    // blank disk) answers on it.
     let conn = libvirt(SYSTEM);
     let dom = conn.lookup_domain_by_name(&name).expect("domain");
-    let xml = dom
-        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
-        .unwrap()
-        .replace(
-            "</devices>",
-            "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices>",
-        );
-    conn.define_domain_xml(&xml)
-        .expect("redefine with an agent channel");
+    let xml = dom.xml_desc(0).unwrap();
+    assert!(xml.contains("org.qemu.guest_agent.0"), "{xml}");
     b.start(&id).expect("start");
     let t = Instant::now();
     let e = b
@@ -559,5 +675,49 @@ fn exec_needs_an_agent_that_answers() {
         })
         .expect_err("no command");
     assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}");
+    b.delete(&id, true).expect("delete");
+
+    // guestAgent: false: no channel; exec says so.
+    let name = h.cleanup.domain(&unique("noagent"));
+    let id = unique("id");
+    let inst = b
+        .create(CreateRequest {
+            id: id.clone(),
+            name: name.clone(),
+            config: json!({"image": "blank", "networkType": "none", "guestAgent": false})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            resources: serde_json::from_value(
+                json!({"cpu": {"cores": 1}, "memory": {"limit": 128u64 << 20}}),
+            )
+            .unwrap(),
+            labels: BTreeMap::new(),
+            start: true,
+            created_at: chrono::Utc::now(),
+            operation: None,
+        })
+        .expect("create without an agent channel");
+    assert_eq!(inst.config["guestAgent"], false, "{:?}", inst.config);
+    let xml = conn
+        .lookup_domain_by_name(&name)
+        .unwrap()
+        .xml_desc(0)
+        .unwrap();
+    assert!(!xml.contains("<channel"), "{xml}");
+    let e = b
+        .open_stream(StreamRequest {
+            id: id.clone(),
+            kind: StreamKind::Exec(ExecOptions {
+                command: vec!["true".into()],
+                ..ExecOptions::default()
+            }),
+        })
+        .expect_err("exec without an agent channel");
+    assert_eq!(e.code, ErrorCode::OperationNotSupported, "{e:?}");
+    assert!(
+        e.message.contains("no guest agent channel") && e.message.contains("guestAgent"),
+        "{e:?}"
+    );
     b.delete(&id, true).expect("delete");
 }

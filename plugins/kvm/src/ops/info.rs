@@ -45,6 +45,7 @@ impl Inner {
                 "events",
                 "logs",
                 "console",
+                "exec",
             ]
             .map(String::from)
             .to_vec(),

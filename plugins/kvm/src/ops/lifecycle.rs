@@ -79,7 +79,14 @@ impl Inner {
         }
         if graceful {
             let deadline = Instant::now() + Duration::from_secs(options.timeout);
-            if dom.shutdown().is_ok() {
+            // The ACPI power button: libvirt's default would ask the guest agent
+            // first when the domain has one (new domains do, for exec). A driver
+            // that takes no flags (test:///) gets the default.
+            if dom
+                .shutdown_flags(sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                .or_else(|_| dom.shutdown())
+                .is_ok()
+            {
                 while Instant::now() < deadline && dom.is_active().unwrap_or(false) {
                     std::thread::sleep(STOP_POLL);
                 }

@@ -20,10 +20,14 @@
 //!   (a console is interactive and rare); closing it aborts the stream, which frees
 //!   the console for the next one.
 //! - **Exec** runs the command through the guest agent (`guest-exec`, then
-//!   `guest-exec-status` until it exits) when the domain has an agent channel and the
-//!   agent answers; else `OPERATION_NOT_SUPPORTED`, saying why. The agent gives the
-//!   output when the command has exited, and runs it without a terminal, as the
-//!   agent's user, in the agent's directory.
+//!   `guest-exec-status` until it exits) when the domain has an agent channel (new
+//!   domains have one unless `config.guestAgent` is `false`) and the agent answers;
+//!   else `OPERATION_NOT_SUPPORTED`, saying why. The client's input is collected until
+//!   it closes it and handed over as `input-data`. The agent gives the output when the
+//!   command has exited, and runs it without a terminal, as the agent's user, in the
+//!   agent's directory; given an environment, it passes only that one (a `PATH` is
+//!   added when the client names none). A program the agent cannot start (it does
+//!   not exist) is an error, not an exit code: the agent has no process to report.
 
 use std::fs::File;
 use std::io;
@@ -177,7 +181,7 @@ impl Inner {
         if !found.doc.has_guest_agent() {
             return Err(unsupported(
                 "exec",
-                format!("exec needs the qemu guest agent: instance {id} has no guest agent channel ({GUEST_AGENT_CHANNEL}) in its domain"),
+                format!("exec needs the qemu guest agent: instance {id} has no guest agent channel ({GUEST_AGENT_CHANNEL}) in its domain (it was created with guestAgent false, or before the plugin added the channel)"),
             ));
         }
         if options.tty {
@@ -544,6 +548,21 @@ fn agent(dom: &Domain, command: &serde_json::Value, timeout: i32) -> PResult<ser
         .unwrap_or_default())
 }
 
+/// The `PATH` given to a command whose client sets an environment without one: the
+/// agent passes only the given variables (qemu-ga replaces its own environment), and
+/// the API's `env` adds to the environment.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `env` with [`DEFAULT_PATH`] first when it sets no `PATH`.
+fn with_path(env: Vec<String>) -> Vec<String> {
+    if env.iter().any(|e| e.starts_with("PATH=")) {
+        return env;
+    }
+    std::iter::once(DEFAULT_PATH.to_owned())
+        .chain(env)
+        .collect()
+}
+
 /// Runs one exec: the client's input first (until it closes it) when `stdin`, then
 /// `guest-exec`, then `guest-exec-status` until the command exits; its output, then
 /// its exit code. When the client leaves, the command is left to finish in the guest
@@ -567,7 +586,7 @@ fn exec(dom: &Domain, options: ExecOptions, mut end: StreamEnd) {
         "capture-output": true,
     });
     if !options.env.is_empty() {
-        args["env"] = serde_json::json!(options.env);
+        args["env"] = serde_json::json!(with_path(options.env));
     }
     if options.stdin {
         args["input-data"] = serde_json::json!(b64.encode(&input));
@@ -589,7 +608,15 @@ fn exec(dom: &Domain, options: ExecOptions, mut end: StreamEnd) {
                 )
             }
         },
-        Err(e) => return fail(&end, e),
+        Err(e) => {
+            return fail(
+                &end,
+                PluginError::backend(format!(
+                    "the guest agent could not start {}: {}",
+                    options.command[0], e.message
+                )),
+            )
+        }
     };
     let started = Instant::now();
     let status = loop {
@@ -650,6 +677,13 @@ fn exec(dom: &Domain, options: ExecOptions, mut end: StreamEnd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_environment_without_path_gets_one() {
+        assert_eq!(with_path(vec!["A=1".into()]), [DEFAULT_PATH, "A=1"]);
+        let own = vec!["PATH=/opt".to_owned(), "A=1".to_owned()];
+        assert_eq!(with_path(own.clone()), own);
+    }
 
     fn tail_of(text: &[u8], n: u64) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();

@@ -82,7 +82,33 @@ struct DevicesXml {
     disk: Vec<DiskXml>,
     interface: Vec<InterfaceXml>,
     serial: SerialXml,
+    channel: Vec<ChannelXml>,
     memballoon: BalloonXml,
+}
+
+/// `<channel type="unix"><source mode="bind"/><target type="virtio" name=".."/>`:
+/// a virtio-serial port whose host end is a unix socket that QEMU listens on
+/// (libvirt picks its path, under its own state directory, and connects to it).
+#[derive(Debug, Serialize)]
+struct ChannelXml {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    source: ChannelSourceXml,
+    target: ChannelTargetXml,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelSourceXml {
+    #[serde(rename = "@mode")]
+    mode: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct ChannelTargetXml {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    #[serde(rename = "@name")]
+    name: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,6 +236,8 @@ pub struct DomainSpec {
     pub nic: Option<Nic>,
     /// The file the serial console's output is kept in, if any.
     pub console_log: Option<String>,
+    /// Whether the domain gets a QEMU guest agent channel ([`GUEST_AGENT_CHANNEL`]).
+    pub guest_agent: bool,
     /// Our metadata.
     pub meta: InstanceMeta,
 }
@@ -306,6 +334,18 @@ impl DomainSpec {
                         .clone()
                         .map(|file| LogXml { file, append: "on" }),
                 },
+                channel: self
+                    .guest_agent
+                    .then_some(ChannelXml {
+                        kind: "unix",
+                        source: ChannelSourceXml { mode: "bind" },
+                        target: ChannelTargetXml {
+                            kind: "virtio",
+                            name: GUEST_AGENT_CHANNEL,
+                        },
+                    })
+                    .into_iter()
+                    .collect(),
                 memballoon: BalloonXml {
                     model: "virtio",
                     stats: BalloonStatsXml { period: 5 },

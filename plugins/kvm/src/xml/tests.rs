@@ -25,6 +25,7 @@ fn meta() -> InstanceMeta {
                 meta_data: None,
                 network_config: None,
             }),
+            guest_agent: Some(false),
         },
         pool: "unicompute".into(),
         disk: "/p/i-1.qcow2".into(),
@@ -45,6 +46,7 @@ fn spec() -> DomainSpec {
         seed: Some("/p/i-1-seed.img".into()),
         nic: Some(Nic::Bridge("br0'\"><evil/>".into())),
         console_log: Some("/var/log/libvirt/qemu/i-1-serial.log".into()),
+        guest_agent: true,
         meta: meta(),
     }
 }
@@ -225,4 +227,36 @@ fn a_guest_agent_channel_is_recognised() {
     assert!(!with(
         "<channel type='pty'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
     ));
+}
+
+#[test]
+fn a_new_domain_has_a_guest_agent_channel_unless_opted_out() {
+    let parse = |xml: &str| {
+        DomainDoc::parse(&xml.replace(
+            "<domain type=\"kvm\">",
+            "<domain type=\"kvm\"><uuid>u-1</uuid>",
+        ))
+        .unwrap()
+    };
+    let xml = spec().to_xml().unwrap();
+    assert!(
+        xml.contains(
+            "<channel type=\"unix\"><source mode=\"bind\"/>\
+             <target type=\"virtio\" name=\"org.qemu.guest_agent.0\"/></channel>"
+        ),
+        "{xml}"
+    );
+    assert!(parse(&xml).has_guest_agent());
+    // The opt-out: no channel at all.
+    let xml = DomainSpec {
+        guest_agent: false,
+        ..spec()
+    }
+    .to_xml()
+    .unwrap();
+    assert!(!xml.contains("<channel"), "{xml}");
+    assert!(!parse(&xml).has_guest_agent());
+    // The applied config (with the opt-out) round-trips through the metadata.
+    let doc = parse(&xml);
+    assert_eq!(doc.meta().unwrap().config.guest_agent, Some(false));
 }
