@@ -65,6 +65,15 @@ const CONSOLE_IDLE: Duration = Duration::from_millis(10);
 const EXEC_POLL: Duration = Duration::from_millis(100);
 /// How long the guest agent may take to answer one command (seconds).
 const AGENT_TIMEOUT: i32 = 10;
+/// How many more times a ping is asked when the agent's port was between openers.
+const PING_RETRIES: usize = 3;
+
+/// Whether libvirt's error says the agent's port closed or is not open yet (rather
+/// than that the agent is slow or absent).
+fn agent_flapped(message: &str) -> bool {
+    message.contains("disappeared") || message.contains("not connected")
+}
+
 /// How long the guest agent may take to answer the ping before an exec (seconds).
 const PING_TIMEOUT: i32 = 5;
 
@@ -196,11 +205,28 @@ impl Inner {
                 "the qemu guest agent runs commands as its own user in its own directory (user and workdir are not supported)",
             ));
         }
-        agent(
+        // The ping is asked again (a few times, a second apart) when the agent's port
+        // is between two openers (an agent restarting closes and opens it): only a
+        // ping, which runs nothing, is ever repeated.
+        let mut ping = agent(
             &found.dom,
             &serde_json::json!({"execute": "guest-ping"}),
             PING_TIMEOUT,
-        ).map_err(|e| {
+        );
+        for _ in 0..PING_RETRIES {
+            match &ping {
+                Err(e) if agent_flapped(&e.message) => {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    ping = agent(
+                        &found.dom,
+                        &serde_json::json!({"execute": "guest-ping"}),
+                        PING_TIMEOUT,
+                    );
+                }
+                _ => break,
+            }
+        }
+        ping.map_err(|e| {
             unsupported(
                 "exec",
                 format!("exec needs the qemu guest agent: the agent of instance {id} did not answer ({})", e.message),
