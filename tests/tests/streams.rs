@@ -325,8 +325,9 @@ fn bad_stream_requests_get_the_right_code() {
         Some((409, "INVALID_STATE".into()))
     );
     assert_eq!(
-        refused(format!("{INSTANCES}/{id}/exec")),
-        Some((400, "INVALID_REQUEST".into()))
+        refused(format!("{INSTANCES}/{id}/exec?tty=false")),
+        Some((400, "INVALID_REQUEST".into())),
+        "options in the query but no command"
     );
     assert_eq!(
         refused(format!("{INSTANCES}/{id}/console?cols=80")),
@@ -429,6 +430,36 @@ fn interactive_exec_carries_input_and_ends_with_the_exit_code() {
     assert_eq!(
         w.next(Duration::from_secs(10)),
         Some(Got::Control(json!({"type": "exit", "exitCode": 4})))
+    );
+}
+
+#[test]
+fn interactive_exec_takes_its_options_as_the_first_message_when_the_query_has_none() {
+    let s = Server::fake("");
+    let (id, _) = instance(&s, json!({}), true);
+    let path = format!("{INSTANCES}/{id}/exec");
+    let mut w = ws::connect(&s.base, &path, ADMIN).expect("exec");
+    w.send_control(json!({"command": ["cat"], "tty": false}));
+    let mut seen = Vec::new();
+    w.send_bytes(b"first-message\n");
+    assert!(w.read_until("first-message", Duration::from_secs(10), &mut seen));
+    w.send_control(json!({"type": "eof"}));
+    assert_eq!(
+        w.next(Duration::from_secs(10)),
+        Some(Got::Control(json!({"type": "exit", "exitCode": 0})))
+    );
+    // Bad options: said in an error message, then the close (1008).
+    let mut w = ws::connect(&s.base, &path, ADMIN).expect("exec");
+    w.send_control(json!({"command": []}));
+    let got = w.next(Duration::from_secs(10));
+    let Some(Got::Control(v)) = got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["code"], "INVALID_REQUEST");
+    assert_eq!(
+        w.next(Duration::from_secs(10)),
+        Some(Got::Closed(Some(1008)))
     );
 }
 

@@ -682,11 +682,14 @@ pub async fn console(
 }
 
 /// Run a command interactively, on a WebSocket (protocol in `docs/api.md`, Streams):
-/// the command's output as binary messages, then `{"type":"exit","exitCode":N}`.
+/// the command's output as binary messages, then `{"type":"exit","exitCode":N}`. The
+/// options are in the query, or, when the query has none, the first (text) message is
+/// them as JSON: the run-to-completion body, `{"command": [..], "env", "workdir",
+/// "user", "tty", "stdin", "cols", "rows"}` (`tty` and `stdin` default to true).
 #[utoipa::path(get, path = "/api/v1/compute/instances/{id}/exec", operation_id = "execInstanceInteractive", tag = "streams",
     params(
         ("id" = String, Path, min_length = 1, description = "The instance's id"),
-        ("command" = Vec<String>, Query, explode = true, description = "The program, then each argument: repeated (`command=sh&command=-c&command=ls`)"),
+        ("command" = Option<Vec<String>>, Query, explode = true, description = "The program, then each argument: repeated (`command=sh&command=-c&command=ls`); without it, the first message holds the options as JSON"),
         ("env" = Option<Vec<String>>, Query, explode = true, description = "`NAME=value`, repeatable"),
         ("workdir" = Option<String>, Query, description = "Working directory"),
         ("user" = Option<String>, Query, description = "User"),
@@ -729,14 +732,113 @@ pub async fn exec_interactive(
             other => return Err(unknown(other)),
         }
     }
-    check_command(&options.command)?;
     options.env = env_list(Some(ExecEnv::List(env)))?;
     options.size = parse_size(cols, rows)?;
+    if options.command.is_empty() && seen.is_empty() && options.env.is_empty() {
+        // No options in the query: they come as the first message (below).
+        svc.get(id)?;
+        let ws = ws.ok_or_else(upgrade_required)?;
+        must_run(svc, id, "exec")?;
+        let (svc, id) = (Arc::clone(svc), id.to_owned());
+        let reply = ws
+            .max_message_size(1 << 20)
+            .on_upgrade(move |socket| exec_first_message(svc, id, socket));
+        return Ok(warp::reply::Reply::into_response(reply));
+    }
+    check_command(&options.command)?;
     svc.get(id)?;
     let ws = ws.ok_or_else(upgrade_required)?;
     must_run(svc, id, "exec")?;
     let stream = svc.open_stream(id, StreamKind::Exec(options)).await?;
     Ok(upgrade(ws, stream, None))
+}
+
+/// An interactive exec's options as its first WebSocket message: the body of the
+/// run-to-completion exec (`stdin` and `tty` are flags here, both true by default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct InteractiveExec {
+    command: Vec<String>,
+    #[serde(default)]
+    env: Option<ExecEnv>,
+    #[serde(default)]
+    workdir: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default = "yes")]
+    tty: bool,
+    #[serde(default = "yes")]
+    stdin: bool,
+    #[serde(default)]
+    cols: Option<u16>,
+    #[serde(default)]
+    rows: Option<u16>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How long a client has to send an interactive exec's first message.
+const FIRST_MESSAGE_WITHIN: Duration = Duration::from_secs(30);
+
+async fn exec_first_message(svc: Arc<Service>, id: String, socket: WebSocket) {
+    let (tx, mut rx) = socket.split();
+    let first = tokio::time::timeout(FIRST_MESSAGE_WITHIN, rx.next()).await;
+    let options = match first {
+        Ok(Some(Ok(m))) if m.is_text() => parse_first(m.to_str().unwrap_or("")),
+        Ok(Some(Ok(_))) => Err(ApiError::invalid(
+            "the first message of an exec without a query is its JSON options, as text",
+        )),
+        Err(_) => Err(ApiError::invalid(format!(
+            "no exec options within {} s: send them as the first message, or in the query",
+            FIRST_MESSAGE_WITHIN.as_secs()
+        ))),
+        _ => return,
+    };
+    let opened = match options {
+        Ok(o) => svc
+            .open_stream(&id, StreamKind::Exec(o))
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match (opened, tx.reunite(rx)) {
+        (Ok(stream), Ok(socket)) => pump(socket, stream, None).await,
+        (Err(e), Ok(socket)) => {
+            let (mut tx, _) = socket.split();
+            let env = e.envelope();
+            let _ = tx
+                .send(control_text(
+                    serde_json::json!({"type": "error", "error": env.error}),
+                ))
+                .await;
+            let _ = tx
+                .send(Message::close_with(1008u16, "bad exec options"))
+                .await;
+            let _ = tx.close().await;
+        }
+        (_, Err(_)) => {}
+    }
+}
+
+fn parse_first(text: &str) -> Result<ExecOptions, ApiError> {
+    let req: InteractiveExec = parse_body(text.as_bytes())?;
+    check_command(&req.command)?;
+    let size = match (req.cols, req.rows) {
+        (Some(c), Some(r)) => parse_size(Some(&c.to_string()), Some(&r.to_string()))?,
+        (None, None) => None,
+        _ => return Err(ApiError::invalid("cols and rows go together")),
+    };
+    Ok(ExecOptions {
+        command: req.command,
+        env: env_list(req.env)?,
+        workdir: req.workdir,
+        user: req.user,
+        tty: req.tty,
+        stdin: req.stdin,
+        size,
+    })
 }
 
 fn upgrade(ws: Ws, stream: ByteStream, lease: Option<ConsoleLease>) -> warp::reply::Response {
