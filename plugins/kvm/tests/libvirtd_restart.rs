@@ -223,7 +223,10 @@ fn run(
     let req = CreateRequest {
         id: id.clone(),
         name: name.clone(),
-        config: json!({"image": "blank", "networkType": "none"})
+        // No guest agent channel: this private libvirtd's state directory is a long
+        // temporary path, and the channel's socket under it would pass the 108 bytes
+        // of a UNIX socket path (the system libvirtd's is short).
+        config: json!({"image": "blank", "networkType": "none", "guestAgent": false})
             .as_object()
             .cloned()
             .unwrap_or_default(),
