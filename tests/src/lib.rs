@@ -136,8 +136,11 @@ static BUILDS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
 
 /// Builds a plugin project outside the workspace (relative to the workspace root)
 /// with cargo, as its author would, and returns the `.so`. `features` may be empty.
-/// Each (project, features) is built once per test process; each feature set gets
-/// its own target directory so builds do not overwrite each other's library.
+/// Each (project, features) is built once per test process. Every project and
+/// feature set shares one target directory (`target/ext`: the dependencies are
+/// built once, not once per feature set); the library is then copied to a path of
+/// its own per feature set, so a later build does not overwrite a library a
+/// server has loaded.
 pub fn build_external(project: &str, lib: &str, features: &str) -> PathBuf {
     let release = profile() == "release";
     let key = format!("{project}#{features}#{release}");
@@ -146,11 +149,7 @@ pub fn build_external(project: &str, lib: &str, features: &str) -> PathBuf {
     if let Some((_, p)) = builds.iter().find(|(k, _)| *k == key) {
         return p.clone();
     }
-    let dir = target_dir().join("ext").join(if features.is_empty() {
-        "default"
-    } else {
-        features
-    });
+    let dir = target_dir().join("ext");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.arg("build")
         .arg("--quiet")
@@ -166,8 +165,23 @@ pub fn build_external(project: &str, lib: &str, features: &str) -> PathBuf {
     }
     let status = cmd.status().expect("cargo runs");
     assert!(status.success(), "building {project} failed");
-    let so = dir.join(profile()).join(format!("lib{lib}.so"));
-    assert!(so.exists(), "{} not built", so.display());
+    let built = dir.join(profile()).join(format!("lib{lib}.so"));
+    assert!(built.exists(), "{} not built", built.display());
+    let out = dir
+        .join("libs")
+        .join(profile())
+        .join(if features.is_empty() {
+            "default"
+        } else {
+            features
+        });
+    std::fs::create_dir_all(&out).expect("make target/ext/libs");
+    let so = out.join(format!("lib{lib}.so"));
+    // A copy then a rename: a server of an earlier test run that still maps the old
+    // file keeps its inode.
+    let part = out.join(format!(".lib{lib}.so.{}", std::process::id()));
+    std::fs::copy(&built, &part).expect("copy the built library");
+    std::fs::rename(&part, &so).expect("put the built library in place");
     builds.push((key, so.clone()));
     so
 }
