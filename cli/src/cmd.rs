@@ -11,6 +11,7 @@ use unicompute_client::{
 };
 
 use crate::fmt::{ago, size, state_colour, table};
+use crate::progress::{self, Drawer, Show};
 use crate::{
     exit, exit_on_sigint, report, BackendsCommand, Cli, ClusterCommand, Command, CreateArgs,
     Failure, ImagesCommand, OpsCommand, Output,
@@ -18,8 +19,13 @@ use crate::{
 
 type R = Result<(), Failure>;
 
-pub(crate) fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+/// Prints a value as JSON or YAML (as `out` says; a table format means JSON).
+pub(crate) fn print_value(out: Output, v: &impl serde::Serialize) {
+    if out == Output::Yaml {
+        print!("{}", yaml_serde::to_string(v).expect("yaml"));
+    } else {
+        println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    }
 }
 
 fn dash(s: Option<String>) -> String {
@@ -116,8 +122,8 @@ pub fn run(cli: &Cli, c: &Client) -> R {
             }
             if q {
                 list.iter().for_each(|i| println!("{}", i.id));
-            } else if out == Output::Json {
-                print_json(&list);
+            } else if out.structured() {
+                print_value(out, &list);
             } else {
                 print!("{}", instance_table(&list));
             }
@@ -128,10 +134,10 @@ pub fn run(cli: &Cli, c: &Client) -> R {
             let list: Vec<Instance> = found.into_iter().map(|(_, i)| i).collect();
             if q {
                 list.iter().for_each(|i| println!("{}", i.id));
-            } else if out == Output::Json {
+            } else if out.structured() {
                 match list.as_slice() {
-                    [one] if a.names.len() == 1 => print_json(one),
-                    _ => print_json(&list),
+                    [one] if a.names.len() == 1 => print_value(out, one),
+                    _ => print_value(out, &list),
                 }
             } else {
                 let blocks: Vec<String> = list.iter().map(describe).collect();
@@ -209,8 +215,8 @@ pub fn run(cli: &Cli, c: &Client) -> R {
                 }
             })?;
             for (n, i) in &done {
-                if out == Output::Json {
-                    print_json(i);
+                if out.structured() {
+                    print_value(out, i);
                 } else {
                     println!("{n}");
                 }
@@ -226,11 +232,11 @@ pub fn run(cli: &Cli, c: &Client) -> R {
         Command::Backends(b) => backends(c, b, out, q),
         Command::Images(i) => images(c, i, out, q),
         // Answered in main, before any server is asked.
-        Command::Completion { .. } | Command::Man { .. } => Ok(()),
+        Command::Completion { .. } | Command::Man { .. } | Command::Remote(_) => Ok(()),
         Command::Cluster(ClusterCommand::Status) => {
             let s = c.cluster_status()?;
-            if out == Output::Json {
-                print_json(&s);
+            if out.structured() {
+                print_value(out, &s);
                 return Ok(());
             }
             println!("Health: {}   Instances: {}\n", s.health, s.total_instances);
@@ -265,7 +271,11 @@ pub fn run(cli: &Cli, c: &Client) -> R {
 }
 
 fn wait_instance(c: &Client, op: &Operation) -> Result<Instance, Error> {
-    let op = c.wait_operation(&op.id, None)?;
+    op_instance(c.wait_operation(&op.id, None)?)
+}
+
+/// The instance an ended operation answers, or its error.
+fn op_instance(op: Operation) -> Result<Instance, Error> {
     if let Some(e) = operation_error(&op) {
         return Err(e);
     }
@@ -280,8 +290,8 @@ fn act(c: &Client, names: &[String], action: Action, stop: Option<&StopOptions>,
         Answer::Done(i) => Ok(i),
         Answer::Accepted(op) => wait_instance(c, &op),
     })?;
-    if out == Output::Json {
-        print_json(&done.iter().map(|(_, i)| i).collect::<Vec<_>>());
+    if out.structured() {
+        print_value(out, &done.iter().map(|(_, i)| i).collect::<Vec<_>>());
     } else {
         for (n, _) in &done {
             println!("{n}");
@@ -406,15 +416,23 @@ fn create(c: &Client, a: &CreateArgs, out: Output, q: bool) -> R {
                 std::fs::read_to_string(f)
                     .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", f.display())))?
             };
-            match serde_json::from_str(&text) {
+            // JSON when it looks like JSON (its errors are the clearer), else YAML.
+            let json =
+                text.trim_start().starts_with('{') || f.extension().is_some_and(|e| e == "json");
+            let parsed = if json {
+                serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))
+            } else {
+                yaml_serde::from_str(&text).map_err(|e| format!("not YAML (nor JSON): {e}"))
+            };
+            match parsed {
                 Ok(Value::Object(m)) => m,
                 Ok(_) => {
                     return Err(Failure::Usage(format!(
-                        "{}: not a JSON object",
+                        "{}: not an object (a JSON or YAML mapping)",
                         f.display()
                     )))
                 }
-                Err(e) => return Err(Failure::Usage(format!("{}: not JSON: {e}", f.display()))),
+                Err(e) => return Err(Failure::Usage(format!("{}: {e}", f.display()))),
             }
         }
         None => Map::new(),
@@ -484,12 +502,29 @@ fn create(c: &Client, a: &CreateArgs, out: Output, q: bool) -> R {
     if a.start {
         body.insert("start".into(), json!(true));
     }
-    let i = match c.create_instance_raw(&Value::Object(body), false)? {
+    // As an operation: a long create (a raw disk copy) draws its progress on a
+    // terminal, and Ctrl-C offers to cancel it.
+    let backend = body["backend"].as_str().unwrap_or_default().to_owned();
+    let name = body["name"].as_str().unwrap_or_default().to_owned();
+    let mut drawer = Drawer::new(
+        if q || out.structured() {
+            Show::Nothing
+        } else {
+            Show::Bar
+        },
+        "",
+    );
+    let stream = progress::subscribe(c, &backend, &drawer);
+    let i = match c.create_instance_raw(&Value::Object(body), true)? {
         Answer::Done(i) => i,
-        Answer::Accepted(op) => wait_instance(c, &op)?,
+        Answer::Accepted(op) => {
+            drawer.set_label(&op.id);
+            let what = format!("the create of {name}");
+            op_instance(progress::follow(c, &op, &what, stream, &mut drawer)?)?
+        }
     };
-    if out == Output::Json && !q {
-        print_json(&i);
+    if out.structured() && !q {
+        print_value(out, &i);
     } else {
         println!("{}", i.id);
     }
@@ -543,7 +578,9 @@ fn usage(c: &Client, a: &crate::UsageArgs, out: Output) -> R {
                 Err(e) => return Err(e.into()),
             }
         }
-        if out == Output::Json {
+        if out == Output::Yaml {
+            print!("---\n{}", yaml_serde::to_string(&all).expect("yaml"));
+        } else if out.structured() {
             println!("{}", Value::Array(all));
         } else {
             if a.watch && tty {
@@ -587,7 +624,7 @@ fn event_line(e: &unicompute_client::Event) -> String {
     if let Some(op) = &e.operation {
         let mut s = format!("{} {} {}", op.id, op.kind, op.status);
         if let Some(p) = &op.progress {
-            s.push_str(&format!(" {}", progress_text(p)));
+            s.push_str(&format!(" {}", progress::text(p)));
         }
         detail.push(s);
     }
@@ -617,19 +654,6 @@ fn event_line(e: &unicompute_client::Event) -> String {
         .join(" ")
 }
 
-fn progress_text(p: &unicompute_client::Progress) -> String {
-    let mut s = p.stage.clone();
-    if let Some(pc) = p.percent {
-        s.push_str(&format!(" {pc:.0}%"));
-    }
-    match (p.bytes_done, p.bytes_total) {
-        (Some(d), Some(t)) => s.push_str(&format!(" {}/{}", size(d), size(t))),
-        (Some(d), None) => s.push_str(&format!(" {}", size(d))),
-        _ => {}
-    }
-    s
-}
-
 fn events(c: &Client, a: &crate::EventsArgs, out: Output) -> R {
     let mut instances = Vec::new();
     for n in &a.instance {
@@ -649,7 +673,12 @@ fn events(c: &Client, a: &crate::EventsArgs, out: Output) -> R {
     let stdout = std::io::stdout();
     for e in stream {
         let e = e?;
-        let line = if out == Output::Json {
+        let line = if out == Output::Yaml {
+            format!(
+                "---\n{}",
+                yaml_serde::to_string(&e.raw).expect("yaml").trim_end()
+            )
+        } else if out.structured() {
             e.raw.to_string()
         } else {
             event_line(&e)
@@ -675,7 +704,7 @@ fn op_rows(list: &[Operation]) -> String {
                 o.status.clone(),
                 dash(o.instance_id.clone()),
                 dash(o.backend.clone()),
-                dash(o.progress.as_ref().map(progress_text)),
+                dash(o.progress.as_ref().map(progress::text)),
                 ago(o.created_at),
             ]
         })
@@ -693,8 +722,8 @@ fn ops(c: &Client, o: &OpsCommand, out: Output, q: bool) -> R {
     let show = |list: &[Operation]| {
         if q {
             list.iter().for_each(|o| println!("{}", o.id));
-        } else if out == Output::Json {
-            print_json(&list);
+        } else if out.structured() {
+            print_value(out, &list);
         } else {
             print!("{}", op_rows(list));
         }
@@ -746,8 +775,8 @@ fn ops(c: &Client, o: &OpsCommand, out: Output, q: bool) -> R {
                     }
                 }
             }
-            if out == Output::Json && ids.len() == 1 && list.len() == 1 {
-                print_json(&list[0]);
+            if out.structured() && ids.len() == 1 && list.len() == 1 {
+                print_value(out, &list[0]);
             } else {
                 show(&list);
             }
@@ -788,8 +817,8 @@ fn backends(c: &Client, b: &BackendsCommand, out: Output, q: bool) -> R {
             let list = c.list_backends()?;
             if q {
                 list.iter().for_each(|b| println!("{}", b.name));
-            } else if out == Output::Json {
-                print_json(&list);
+            } else if out.structured() {
+                print_value(out, &list);
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -817,8 +846,8 @@ fn backends(c: &Client, b: &BackendsCommand, out: Output, q: bool) -> R {
         }
         BackendsCommand::Info { name } => {
             let i = c.backend_info(name)?;
-            if out == Output::Json {
-                print_json(&i);
+            if out.structured() {
+                print_value(out, &i);
                 return Ok(());
             }
             let mut rows = vec![
@@ -883,12 +912,12 @@ fn images(c: &Client, i: &ImagesCommand, out: Output, q: bool) -> R {
             }
             if q {
                 all.values().flatten().for_each(|i| println!("{}", i.name));
-            } else if out == Output::Json {
+            } else if out.structured() {
                 let v: Vec<Value> = all
                     .iter()
                     .map(|(b, l)| json!({"backend": b, "images": l}))
                     .collect();
-                print_json(&v);
+                print_value(out, &v);
             } else {
                 let rows: Vec<Vec<String>> = all
                     .iter()
@@ -918,6 +947,14 @@ fn images(c: &Client, i: &ImagesCommand, out: Output, q: bool) -> R {
             }
             Ok(())
         }
+        ImagesCommand::Upload {
+            backend,
+            name,
+            file,
+        } => {
+            let backend = default_backend(c, backend)?;
+            upload(c, &backend, name.as_deref(), file, out, q)
+        }
         ImagesCommand::Pull { backend, reference } => {
             let backend = default_backend(c, backend)?;
             pull(c, &backend, reference, out, q)
@@ -939,19 +976,17 @@ fn images(c: &Client, i: &ImagesCommand, out: Output, q: bool) -> R {
 }
 
 /// A pull as an operation, its progress from the operation's events: a bar on a
-/// terminal (stderr), plain lines otherwise.
+/// terminal (stderr), plain lines otherwise; Ctrl-C offers to cancel it.
 fn pull(c: &Client, backend: &str, reference: &str, out: Output, q: bool) -> R {
-    // Subscribed first, so that no progress of the new operation is missed.
-    let stream = c
-        .events(
-            &EventFilter {
-                backends: vec![backend.to_owned()],
-                types: vec!["operation".into()],
-                ..Default::default()
-            },
-            None,
-        )
-        .ok();
+    let mut drawer = Drawer::new(
+        if q || out.structured() {
+            Show::Nothing
+        } else {
+            Show::BarOrLines
+        },
+        "",
+    );
+    let stream = progress::subscribe(c, backend, &drawer);
     let op = match c.pull_image(
         backend,
         &PullImage {
@@ -966,74 +1001,91 @@ fn pull(c: &Client, backend: &str, reference: &str, out: Output, q: bool) -> R {
             return Ok(());
         }
     };
-    exit_on_sigint(Some(format!(
-        "\ninterrupted: the pull goes on in the server as operation {0}; cancel it with: uc ops cancel {0}\n",
-        op.id
-    )));
-    let tty = std::io::stderr().is_terminal();
-    let quiet = q || out == Output::Json;
-    let mut last = String::new();
-    let mut draw = |p: &unicompute_client::Progress| {
-        if quiet {
-            return;
-        }
-        let text = progress_text(p);
-        if text == last {
-            return;
-        }
-        last = text.clone();
-        if tty {
-            let pc = p
-                .percent
-                .or_else(|| match (p.bytes_done, p.bytes_total) {
-                    (Some(d), Some(t)) if t > 0 => Some(d as f64 * 100.0 / t as f64),
-                    _ => None,
-                })
-                .unwrap_or(0.0)
-                .clamp(0.0, 100.0);
-            let filled = (pc / 100.0 * 30.0).round() as usize;
-            eprint!(
-                "\r\x1b[2K{:<12} [{}{}] {text}",
-                p.stage,
-                "#".repeat(filled),
-                ".".repeat(30 - filled)
-            );
-        } else {
-            eprintln!("{}: {text}", op.id);
-        }
-        let _ = std::io::stderr().flush();
-    };
-    let mut finished = None;
-    if let Some(stream) = stream {
-        for e in stream {
-            let Ok(e) = e else { break };
-            let Some(o) = e.operation.filter(|o| o.id == op.id) else {
-                continue;
-            };
-            if let Some(p) = &o.progress {
-                draw(p);
-            }
-            if o.ended() {
-                finished = Some(o);
-                break;
-            }
-        }
-    }
-    let op = match finished {
-        Some(o) => o,
-        None => c.wait_operation(&op.id, None)?,
-    };
-    if tty && !quiet && !last.is_empty() {
-        eprintln!();
-    }
+    drawer.set_label(&op.id);
+    let op = progress::follow(
+        c,
+        &op,
+        &format!("the pull of {reference}"),
+        stream,
+        &mut drawer,
+    )?;
     if let Some(e) = operation_error(&op) {
         return Err(Failure::Printed(report(&e, true)));
     }
-    if out == Output::Json {
-        print_json(&op.image);
+    if out.structured() {
+        print_value(out, &op.image);
     } else {
         let name = op.image.as_ref().map_or(reference, |i| i.name.as_str());
         println!("{name}");
+    }
+    Ok(())
+}
+
+/// An upload of a file as a template, its bytes drawn as they are sent. Ctrl-C
+/// abandons it: the server keeps nothing of a body that ends early.
+fn upload(
+    c: &Client,
+    backend: &str,
+    name: Option<&str>,
+    file: &std::path::Path,
+    out: Output,
+    q: bool,
+) -> R {
+    let name = match name {
+        Some(n) => n.to_owned(),
+        None => file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                Failure::Usage(format!("{}: no file name; give --name", file.display()))
+            })?,
+    };
+    let f = std::fs::File::open(file)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+    if !meta.is_file() {
+        return Err(Failure::Usage(format!("{} is not a file", file.display())));
+    }
+    let total = meta.len();
+    exit_on_sigint(Some(format!(
+        "\ninterrupted: the upload of {name} was abandoned; the server keeps nothing of it\n"
+    )));
+    let body = progress::Counting {
+        inner: f,
+        done: 0,
+        total: Some(total),
+        drawer: Drawer::new(
+            if q || out.structured() {
+                Show::Nothing
+            } else {
+                Show::Bar
+            },
+            &name,
+        ),
+    };
+    let r = c.upload_image(backend, &name, body, Some(total), false);
+    if std::io::stderr().is_terminal() && !q && !out.structured() {
+        eprintln!();
+    }
+    let img = match r? {
+        Answer::Done(img) => img,
+        Answer::Accepted(op) => {
+            let op = c.wait_operation(&op.id, None)?;
+            if let Some(e) = operation_error(&op) {
+                return Err(e.into());
+            }
+            op.image.ok_or_else(|| Error::Protocol {
+                status: 200,
+                message: format!("operation {} ended without an image", op.id),
+            })?
+        }
+    };
+    if out.structured() {
+        print_value(out, &img);
+    } else {
+        println!("{}", img.name);
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 mod cmd;
 mod fmt;
+mod progress;
+mod remote;
 mod streams;
 mod term;
 
@@ -37,17 +39,18 @@ pub mod exit {
     about = "Manage unicompute containers and VMs",
     long_about = "Manage the containers and VMs of a unicompute server through its HTTP API.\n\
                   An instance is named by its id (i-...) or its name.",
-    after_help = "Exit codes: 0 ok, 1 server/backend/connection error, 2 usage error, 3 not found, 4 conflict, 5 auth, 130 Ctrl-C; exec: the command's."
+    after_help = "The server: --url, else --remote, else UNICOMPUTE_URL, else UNICOMPUTE_REMOTE, else the \
+current remote of the client config (uc remote), else http://127.0.0.1:8080. The token: --token or \
+--token-file, else UNICOMPUTE_TOKEN, else the remote's own (a remote's token is only ever sent to its URL).\n\n\
+Exit codes: 0 ok, 1 server/backend/connection error, 2 usage error, 3 not found, 4 conflict, 5 auth, 130 Ctrl-C; exec: the command's."
 )]
 pub struct Cli {
-    /// The server's URL.
-    #[arg(
-        long,
-        global = true,
-        env = "UNICOMPUTE_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub url: String,
+    /// The server's URL [env: UNICOMPUTE_URL] [default: the current remote, else http://127.0.0.1:8080]
+    #[arg(long, global = true, conflicts_with = "remote")]
+    pub url: Option<String>,
+    /// A remote of the client config (uc remote ls) [env: UNICOMPUTE_REMOTE]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub remote: Option<String>,
     /// The API token (prefer UNICOMPUTE_TOKEN or --token-file: an argument is visible to other users).
     #[arg(long, global = true, env = "UNICOMPUTE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -64,13 +67,22 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Output formats (no YAML in this version: JSON is every script's).
+/// Output formats.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Aligned tables and plain lines.
     Table,
     /// JSON (one value; `events`: one JSON object a line).
     Json,
+    /// YAML (one document; `events`: a document per event, each starting with ---).
+    Yaml,
+}
+
+impl Output {
+    /// JSON or YAML: the data, not a table.
+    pub fn structured(self) -> bool {
+        self != Output::Table
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +133,9 @@ pub enum Command {
     /// The cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Named servers of the client config (~/.config/unicompute/client.toml)
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion {
         /// The shell
@@ -220,7 +235,7 @@ pub struct CreateArgs {
     /// Start it too
     #[arg(long)]
     pub start: bool,
-    /// The request body from a JSON file ('-': standard input); flags override it
+    /// The request body from a JSON or YAML file ('-': standard input); flags override it
     #[arg(short, long, value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// The command (Docker), after --
@@ -423,7 +438,26 @@ pub enum ImagesCommand {
         #[arg(short, long)]
         backend: Option<String>,
     },
+    /// Upload a disk image (qcow2 or raw) as a template (KVM), with a progress bar
+    #[command(
+        after_help = "Ctrl-C abandons the upload: the server keeps nothing of it.\n\n\
+Examples:\n  uc images upload -b kvm debian-12.qcow2\n  uc images upload -b kvm --name base.raw ./build/disk.raw"
+    )]
+    Upload {
+        /// The backend (default: the only enabled one)
+        #[arg(short, long)]
+        backend: Option<String>,
+        /// The template's name (default: the file's name)
+        #[arg(long)]
+        name: Option<String>,
+        /// The file
+        file: PathBuf,
+    },
     /// Pull an image into a backend (Docker)
+    #[command(
+        after_help = "On a terminal a progress bar follows the pull; Ctrl-C offers to cancel it \
+(elsewhere Ctrl-C leaves it running in the server and says how to cancel it)."
+    )]
     Pull {
         /// The backend (default: the only enabled one)
         #[arg(short, long)]
@@ -589,32 +623,34 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let token = match (&cli.token, &cli.token_file) {
-        (Some(t), _) => Some(t.trim().to_owned()),
-        (None, Some(f)) => match std::fs::read_to_string(f) {
-            Ok(t) => Some(t.trim().to_owned()),
-            Err(e) => {
-                eprintln!("Error: cannot read the token file {}: {e}", f.display());
-                return ExitCode::from(exit::USAGE);
-            }
-        },
-        (None, None) => None,
-    }
-    .filter(|t| !t.is_empty());
-    let client = match Client::new(&cli.url, token) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("Error: --url {}: {}", cli.url, e.message());
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    match cmd::run(&cli, &client) {
+    let ended = |r: Result<(), Failure>, has_token: bool| match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Api(e)) => ExitCode::from(report(&e, client.has_token())),
+        Err(Failure::Api(e)) => ExitCode::from(report(&e, has_token)),
         Err(Failure::Usage(m)) => {
             eprintln!("Error: {m}");
             ExitCode::from(exit::USAGE)
         }
         Err(Failure::Printed(code)) => ExitCode::from(code),
+    };
+    if let Command::Remote(r) = &cli.command {
+        return ended(remote::run(&cli, r), true);
     }
+    let target = match remote::resolve(&cli) {
+        Ok(t) => t,
+        Err(m) => {
+            eprintln!("Error: {m}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let client = match Client::new(&target.url, target.token) {
+        Ok(c) => c,
+        Err(e) => {
+            match &target.remote {
+                Some(r) => eprintln!("Error: remote {r}: {}: {}", target.url, e.message()),
+                None => eprintln!("Error: --url {}: {}", target.url, e.message()),
+            }
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    ended(cmd::run(&cli, &client), client.has_token())
 }

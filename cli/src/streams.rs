@@ -133,14 +133,17 @@ pub fn exec(c: &Client, a: &ExecArgs, out: Output) -> R {
     // As `docker exec` without -i: the command gets no input.
     req.timeout = a.timeout;
     let r = c.exec(&inst.id, &req)?;
-    if out == Output::Json {
-        crate::cmd::print_json(&json!({
-            "exitCode": r.exit_code,
-            "stdout": r.stdout,
-            "stderr": r.stderr,
-            "truncated": r.truncated,
-            "timedOut": r.timed_out,
-        }));
+    if out.structured() {
+        crate::cmd::print_value(
+            out,
+            &json!({
+                "exitCode": r.exit_code,
+                "stdout": r.stdout,
+                "stderr": r.stderr,
+                "truncated": r.truncated,
+                "timedOut": r.timed_out,
+            }),
+        );
     } else {
         let _ = std::io::stdout().write_all(r.stdout.as_bytes());
         let _ = std::io::stdout().flush();

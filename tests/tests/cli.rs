@@ -965,6 +965,74 @@ fn uc_exec_runs_in_a_real_docker_container() {
     drop(lock);
 }
 
+/// A shell command line run on a pseudo-terminal made by script(1), with the
+/// server's URL and the admin token in its environment; what it prints is gathered
+/// as it comes, and what the test writes is typed on the terminal.
+struct Pty {
+    input: std::process::ChildStdin,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    child: std::process::Child,
+}
+
+impl Pty {
+    fn spawn(base: &str, inner: &str) -> Pty {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qfec", inner, "/dev/null"]);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("UNICOMPUTE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .env("UNICOMPUTE_URL", base)
+            .env("UNICOMPUTE_TOKEN", ADMIN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script");
+        let input = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty { input, seen, child }
+    }
+
+    /// Waits for `what` to appear `nth` times (1: once); answers the output so far.
+    fn wait_for(&self, what: &str, nth: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = String::from_utf8_lossy(&self.seen.lock().expect("lock")).into_owned();
+            if text.matches(what).count() >= nth {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {what:?} in {text:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Types `keys` on the terminal.
+    fn write(&mut self, keys: &[u8]) {
+        self.input.write_all(keys).expect("write");
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `uc` on a terminal: a pty made by script(1). The console is in raw mode (a key
 /// goes at once, without a newline; Ctrl-] detaches), follows the window's size, and
 /// the terminal's settings are back after a detach, after `exec -it`, and after a
@@ -985,54 +1053,7 @@ fn on_a_terminal_the_console_is_raw_and_the_terminal_restored() {
          '{uc}' console {x} </dev/tty & echo \"pid $!\"; wait $!; echo \"term-status $?\"; \
          stty -g > {dir}/after-term"
     );
-    let mut cmd = Command::new("script");
-    cmd.args(["-qfec", &inner, "/dev/null"]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("UNICOMPUTE_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .env("UNICOMPUTE_URL", &s.base)
-        .env("UNICOMPUTE_TOKEN", ADMIN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut input = child.stdin.take().expect("stdin");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let _child = Kill(child);
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
-        }
-    });
-    // Waits for `what` to appear `nth` times (1: once); answers the output so far.
-    let wait_for = |what: &str, nth: usize| -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
-            if text.matches(what).count() >= nth {
-                return text;
-            }
-            assert!(Instant::now() < deadline, "no {what:?} in {text:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let mut pty = Pty::spawn(&s.base, &inner);
     // A file the shell writes after the line the test waits for: once it is whole.
     let read = |name: &str| {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1045,17 +1066,17 @@ fn on_a_terminal_the_console_is_raw_and_the_terminal_restored() {
         }
     };
 
-    wait_for("exec-status 3", 1);
+    pty.wait_for("exec-status 3", 1);
     assert_eq!(read("after-exec"), read("before"), "exec -it restored it");
 
-    wait_for(&format!("Connected to the console of {x}"), 1);
+    pty.wait_for(&format!("Connected to the console of {x}"), 1);
     std::fs::write(tmp.0.join("go"), "").expect("go");
-    wait_for("resized 91x33", 1);
+    pty.wait_for("resized 91x33", 1);
     // No newline: only raw mode lets it through now.
-    input.write_all(b"raw-key").expect("write");
-    wait_for("raw-key", 1);
-    input.write_all(b"\x1d").expect("write");
-    let text = wait_for("console-status 0", 1);
+    pty.write(b"raw-key");
+    pty.wait_for("raw-key", 1);
+    pty.write(b"\x1d");
+    let text = pty.wait_for("console-status 0", 1);
     assert!(text.contains("Detached from the console"), "{text:?}");
     assert_eq!(
         read("after-console"),
@@ -1064,21 +1085,559 @@ fn on_a_terminal_the_console_is_raw_and_the_terminal_restored() {
     );
 
     // SIGTERM while raw: restored, 143.
-    let text = wait_for(&format!("Connected to the console of {x}"), 2);
+    let text = pty.wait_for(&format!("Connected to the console of {x}"), 2);
     let pid: i32 = text
         .split("pid ")
         .nth(1)
         .and_then(|t| t.split_whitespace().next())
         .and_then(|p| p.parse().ok())
         .expect("the pid");
-    input.write_all(b"typed").expect("write");
-    wait_for("typed", 1);
+    pty.write(b"typed");
+    pty.wait_for("typed", 1);
     // SAFETY: kill(2) on the uc this test started (through script and sh).
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
-    wait_for("term-status 143", 1);
+    pty.wait_for("term-status 143", 1);
     assert!(!read("before").is_empty());
     assert_eq!(read("after-term"), read("before"), "SIGTERM restored it");
     ok(&s, &["rm", "-f", &x]);
+}
+
+/// Long work on a terminal: a pull draws a bar from its operation's progress, and
+/// Ctrl-C (typed on the terminal) offers to cancel it: `y` cancels the operation in
+/// the server. An upload draws its bytes as they go.
+#[test]
+fn on_a_terminal_long_work_draws_a_bar_and_ctrl_c_offers_to_cancel_it() {
+    // 400 steps of 50 ms: the pull runs 20 s unless cancelled.
+    let s = Server::fake("pull_steps = 400\npull_step_ms = 50\n");
+    let reference = unique("slow");
+    let tmp = TempDir::new("uc-bar");
+    let disk = tmp.0.join("disk.raw");
+    std::fs::write(&disk, vec![0x5a_u8; 8 << 20]).expect("write the file");
+    let template = unique("tpl");
+    let uc = uc_binary();
+    // The shell traps SIGINT (a trapped signal is the default again in uc), so that
+    // the Ctrl-C meant for uc does not end the shell too.
+    let inner = format!(
+        "trap 'echo shell-interrupted' INT; \
+         '{uc}' images pull {reference}; echo \"pull-status $?\"; \
+         '{uc}' images upload --name {template} '{disk}'; echo \"upload-status $?\"",
+        uc = uc.display(),
+        disk = disk.display()
+    );
+    let mut pty = Pty::spawn(&s.base, &inner);
+    // The bar, redrawn in place.
+    let text = pty.wait_for("\x1b[2Kdownloading  [", 3);
+    assert!(text.contains("/400M"), "{text:?}");
+    pty.write(b"\x03");
+    let text = pty.wait_for("[y/N] ", 1);
+    let id = text
+        .split("(operation ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .expect("the prompt names the operation")
+        .to_owned();
+    assert!(
+        text.contains(&format!(
+            "Cancel the pull of {reference} (operation {id})? [y/N] "
+        )),
+        "{text:?}"
+    );
+    pty.write(b"y\n");
+    let text = pty.wait_for("pull-status 130", 1);
+    assert!(
+        text.contains(&format!("Cancelled: operation {id}")),
+        "{text:?}"
+    );
+    let op: Value =
+        serde_json::from_str(&ok(&s, &["ops", "get", &id, "-o", "json"])).expect("json");
+    assert_eq!(op["status"], "cancelled", "{op}");
+    assert!(!ok(&s, &["images", "ls", "-q"])
+        .lines()
+        .any(|l| l == reference));
+
+    let text = pty.wait_for("upload-status 0", 1);
+    let full = format!("[{}] uploading 8.0M/8.0M", "#".repeat(30));
+    assert!(text.contains(&full), "{text:?}");
+    assert!(ok(&s, &["images", "ls", "-q"])
+        .lines()
+        .any(|l| l == template));
+    ok(&s, &["images", "rm", &template]);
+}
+
+/// Ctrl-C on a pull that is not on a terminal: no question, the pull goes on in the
+/// server, and uc says how to cancel it.
+#[test]
+fn off_a_terminal_ctrl_c_leaves_a_pull_running_and_says_how_to_cancel_it() {
+    let s = Server::fake("pull_steps = 400\npull_step_ms = 50\n");
+    let reference = unique("slow");
+    let mut child = uc_cmd(&s.base, Some(ADMIN))
+        .args(["images", "pull", &reference])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run uc");
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    // Progress lines: the operation runs.
+    while !line.contains("downloading") {
+        line.clear();
+        assert!(err.read_line(&mut line).expect("read") > 0, "no progress");
+    }
+    // SAFETY: kill(2) on the uc this test started.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).expect("read");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{rest}");
+    let id = line.split(':').next().expect("op id").to_owned();
+    assert!(
+        rest.contains(&format!(
+            "interrupted: the pull of {reference} goes on in the server as operation {id}; cancel it with: uc ops cancel {id}"
+        )),
+        "{rest}"
+    );
+    let op: Value =
+        serde_json::from_str(&ok(&s, &["ops", "get", &id, "-o", "json"])).expect("json");
+    assert_eq!(op["status"], "running", "{op}");
+    let cancelled = ok(&s, &["ops", "cancel", &id]);
+    assert!(cancelled.contains("cancelled"), "{cancelled}");
+}
+
+/// `uc` with the client config `config` and no URL in its environment (only `env`).
+fn uc_config(config: &std::path::Path, env: &[(&str, &str)], args: &[&str], input: &[u8]) -> Run {
+    let mut cmd = uc_cmd("", None);
+    cmd.env_remove("UNICOMPUTE_URL")
+        .env("UNICOMPUTE_CLIENT_CONFIG", config)
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run uc");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write the input");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait for uc");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!r.stderr.contains("panicked"), "uc panicked: {}", r.stderr);
+    r
+}
+
+/// Remotes, as incus's: `remote add` checks the URL and the token and keeps them in
+/// the client config (mode 0600; a token file by its path), `ls` never shows a
+/// token, `use` picks the current one; --remote and UNICOMPUTE_REMOTE name another;
+/// --url goes elsewhere without any remote's token.
+#[test]
+fn remotes_live_in_the_client_config_and_a_token_goes_only_to_its_own_url() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::fake("");
+    let tmp = TempDir::new("uc-remote");
+    let config = tmp.0.join("cfg").join("client.toml");
+    let viewer_file = tmp.0.join("viewer.token");
+    std::fs::write(&viewer_file, format!("{VIEWER}\n")).expect("token file");
+    let run =
+        |env: &[(&str, &str)], args: &[&str], input: &[u8]| uc_config(&config, env, args, input);
+
+    // Nothing configured: the default URL, and a remote that is not there is named.
+    let r = run(&[], &["--remote", "nope", "ls"], b"");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no remote named 'nope'"), "{}", r.stderr);
+
+    // A wrong token or an unreachable URL: refused, nothing kept.
+    let r = run(
+        &[],
+        &["remote", "add", "a", &s.base, "--token-stdin"],
+        b"wrong\n",
+    );
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the remote was not added"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&[], &["remote", "add", "gone", "http://127.0.0.1:9"], b"");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!config.exists());
+    let r = run(&[], &["remote", "add", "bad name", &s.base], b"");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    let r = run(
+        &[],
+        &["remote", "add", "a", &s.base, "--token-stdin"],
+        ADMIN.as_bytes(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "Remote a added (now the current remote)\n");
+    let mode = std::fs::metadata(&config)
+        .expect("config")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let r = run(
+        &[],
+        &[
+            "remote",
+            "add",
+            "v",
+            &s.base,
+            "--token-file",
+            viewer_file.to_str().expect("utf-8"),
+        ],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "Remote v added\n");
+    let kept = std::fs::read_to_string(&config).expect("config");
+    assert!(kept.contains(ADMIN), "{kept}");
+    assert!(
+        !kept.contains(VIEWER),
+        "a token file is kept by its path: {kept}"
+    );
+    // Taken: a conflict.
+    let r = run(&[], &["remote", "add", "a", &s.base, "--no-check"], b"");
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    // Unreachable but forced.
+    let r = run(
+        &[],
+        &["remote", "add", "gone", "http://127.0.0.1:9", "--no-check"],
+        b"",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let r = run(&[], &["remote", "ls"], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !r.stdout.contains(ADMIN) && !r.stdout.contains(VIEWER),
+        "{}",
+        r.stdout
+    );
+    let rows = columns(&r.stdout, &["NAME", "URL", "AUTH"]);
+    assert_eq!(rows.len(), 3, "{}", r.stdout);
+    assert_eq!(
+        rows[0],
+        vec!["a (current)".to_owned(), s.base.clone(), "token".into()]
+    );
+    assert_eq!(rows[1][0], "gone");
+    assert_eq!(rows[1][2], "none");
+    assert_eq!(rows[2][2], format!("token file {}", viewer_file.display()));
+    let list: Value =
+        serde_json::from_str(&run(&[], &["remote", "ls", "-o", "json"], b"").stdout).expect("json");
+    assert_eq!(list[0]["name"], "a");
+    assert_eq!(list[0]["current"], true);
+    assert_eq!(list[2]["auth"], "token-file");
+
+    // The current remote (admin) is used with no URL and no token given.
+    let x = unique("rmt");
+    let r = run(&[], &["create", &x, "--image", "busybox"], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // --remote and UNICOMPUTE_REMOTE: the viewer's remote cannot create.
+    let r = run(
+        &[],
+        &[
+            "--remote",
+            "v",
+            "create",
+            &unique("rmt"),
+            "--image",
+            "busybox",
+        ],
+        b"",
+    );
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let r = run(&[("UNICOMPUTE_REMOTE", "v")], &["rm", &x], b"");
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    // use: the viewer's is current now; it reads.
+    let r = run(&[], &["remote", "use", "v"], b"");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "Current remote: v\n"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&[], &["ls", "-a", "-q"], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.lines().count() >= 1, "{}", r.stdout);
+    assert_eq!(run(&[], &["rm", &x], b"").code, 5);
+    // A token given on the command line or in the environment wins over the remote's.
+    let r = run(&[("UNICOMPUTE_TOKEN", ADMIN)], &["rm", &x], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(run(&[], &["remote", "use", "nope"], b"").code, 3);
+
+    // --url (or UNICOMPUTE_URL) goes to another server: no remote's token with it.
+    for via_env in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().expect("accept");
+            let mut head = String::new();
+            let mut reader = BufReader::new(&conn);
+            loop {
+                let mut l = String::new();
+                if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+                    break;
+                }
+                head.push_str(&l);
+            }
+            let mut w = &conn;
+            let _ = w.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            head
+        });
+        let r = if via_env {
+            run(&[("UNICOMPUTE_URL", &url)], &["ls"], b"")
+        } else {
+            run(&[], &["--url", &url, "ls"], b"")
+        };
+        assert_ne!(r.code, 0);
+        let head = seen.join().expect("the request");
+        assert!(head.starts_with("GET /api/v1/compute/instances"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("authorization"),
+            "{head}"
+        );
+    }
+
+    // rm: the current one goes, and nothing is current.
+    let r = run(&[], &["remote", "rm", "v"], b"");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "Remote v removed\n"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(run(&[], &["remote", "rm", "v"], b"").code, 3);
+    let list: Value =
+        serde_json::from_str(&run(&[], &["remote", "ls", "-o", "json"], b"").stdout).expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(2));
+    assert!(list
+        .as_array()
+        .expect("list")
+        .iter()
+        .all(|r| r["current"] == false));
+
+    // A config that is not TOML, or has an unknown key: named, exit 2.
+    std::fs::write(
+        &config,
+        "current = \"a\"\n[remotes.a]\nurl = \"x\"\ntokn = \"t\"\n",
+    )
+    .expect("write");
+    let r = run(&[], &["ls"], b"");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&config.display().to_string()) && r.stderr.contains("tokn"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `-o yaml` prints what `-o json` prints, as YAML; `create -f` takes a YAML spec.
+#[test]
+fn yaml_out_and_a_yaml_spec_in() {
+    let s = Server::fake("");
+    let tmp = TempDir::new("uc-yaml");
+    let name = unique("yml");
+    let spec = tmp.0.join("spec.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "# a comment, as YAML allows\nname: {name}\nconfig:\n  image: busybox\n  env:\n    - MODE=yaml\nresources:\n  cpu:\n    cores: 2\nmetadata:\n  labels:\n    team: infra\n"
+        ),
+    )
+    .expect("spec");
+    let id = ok(&s, &["create", "-f", spec.to_str().expect("utf-8")]);
+    let id = id.trim();
+    let yaml: Value = yaml_serde::from_str(&ok(&s, &["get", id, "-o", "yaml"])).expect("yaml");
+    let json: Value = serde_json::from_str(&ok(&s, &["get", id, "-o", "json"])).expect("json");
+    assert_eq!(yaml, json);
+    assert_eq!(yaml["name"], name.as_str());
+    assert_eq!(yaml["resources"]["cpu"]["cores"], 2);
+    assert_eq!(yaml["metadata"]["labels"]["team"], "infra");
+    let list: Value = yaml_serde::from_str(&ok(&s, &["ls", "-a", "-o", "yaml"])).expect("yaml");
+    assert!(list
+        .as_array()
+        .expect("a sequence")
+        .iter()
+        .any(|i| i["id"] == id));
+
+    // A spec that is neither: exit 2, the file named.
+    std::fs::write(&spec, "name: [unclosed\n").expect("spec");
+    let r = uc(&s, &["create", "-f", spec.to_str().expect("utf-8")]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("spec.yaml: not YAML"), "{}", r.stderr);
+    std::fs::write(&spec, "- a\n- list\n").expect("spec");
+    let r = uc(&s, &["create", "-f", spec.to_str().expect("utf-8")]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not an object"), "{}", r.stderr);
+    ok(&s, &["rm", id]);
+}
+
+/// `uc` against the real kvm backend and the bootable test guest: the guest is
+/// uploaded as a template, created from a YAML spec that flags complete, listed,
+/// read (logs), entered (exec through its agent, the console from a pipe), stopped
+/// by its own power-off, removed, and its template removed. Nothing is sent to the
+/// guest's address.
+#[test]
+fn uc_drives_a_real_kvm_guest() {
+    use unicompute_tests::guest;
+    use unicompute_tests::kvm::KvmFixture;
+    let f = KvmFixture::new();
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![workspace_plugin("kvm")],
+        toml: format!(
+            "[backends.kvm]\nplugin = \"kvm\"\n{}domain_type = \"{}\"\n",
+            f.settings_toml(),
+            guest::domain_type()
+        ),
+        ..Default::default()
+    });
+    let template = format!("{}-up.raw", f.prefix);
+    let image = guest::template();
+    let up = ok(
+        &s,
+        &[
+            "images",
+            "upload",
+            "--name",
+            &template,
+            image.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(up, format!("{template}\n"));
+    let rows = columns(
+        &ok(&s, &["images", "ls", "-b", "kvm"]),
+        &["BACKEND", "NAME", "ID", "FORMAT", "SIZE", "CREATED"],
+    );
+    let row = rows
+        .iter()
+        .find(|r| r[1] == template)
+        .unwrap_or_else(|| panic!("{template} in {rows:?}"));
+    assert_eq!(
+        (row[0].as_str(), row[3].as_str()),
+        ("kvm", "raw"),
+        "{row:?}"
+    );
+
+    let tmp = TempDir::new("uc-kvm-cli");
+    let name = format!("{}-cli", f.prefix);
+    let token = format!("{name}-{}", uuid::Uuid::new_v4());
+    let spec = tmp.0.join("vm.yaml");
+    std::fs::write(&spec, "config:\n  networkType: none\n").expect("spec");
+    let user_data = tmp.0.join("user-data");
+    std::fs::write(&user_data, guest::user_data(&token)).expect("user-data");
+    let id = ok(
+        &s,
+        &[
+            "create",
+            &name,
+            "-f",
+            spec.to_str().expect("utf-8"),
+            "--image",
+            &template,
+            "--cpus",
+            "1",
+            "--memory",
+            "256M",
+            "--cloud-init",
+            user_data.to_str().expect("utf-8"),
+            "--start",
+        ],
+    );
+    let id = id.trim().to_owned();
+    let _log = RemoveOnDrop(
+        std::path::Path::new("/var/log/libvirt/qemu").join(format!("{id}-serial.log")),
+    );
+    let rows = columns(&ok(&s, &["ls"]), &LS);
+    let row = rows.iter().find(|r| r[0] == id).expect("listed");
+    assert_eq!(
+        row[..8],
+        [
+            id.as_str(),
+            &name,
+            "kvm",
+            "vm",
+            "running",
+            &template,
+            "1",
+            "256M"
+        ]
+    );
+
+    // Its boot in the logs: the user-data's marker, then the agent and ready.
+    let marker = format!("{}{token}", guest::MARKER_SEEN);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let logs = loop {
+        let logs = ok(&s, &["logs", &name]);
+        if logs.contains(guest::READY) && logs.contains(guest::AGENT) {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "not ready in 300 s:\n{logs}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(logs.contains(&marker), "{logs}");
+    let tail = ok(&s, &["logs", "--tail", "2", &name]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+
+    // exec through the guest agent: its status, both streams.
+    let r = uc(
+        &s,
+        &[
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo out-$((6*7)); echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        (r.stdout.as_str(), r.stderr.as_str()),
+        ("out-42\n", "err\n")
+    );
+
+    // The console from a pipe: typed into the guest's shell, its answer printed.
+    let r = uc_input(
+        &s,
+        &["console", &name],
+        format!("echo cons-$((40+2))-{token}\n").as_bytes(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("cons-42-{token}")),
+        "{}",
+        r.stdout
+    );
+
+    // A graceful stop: the guest powers itself off on the ACPI button.
+    assert_eq!(ok(&s, &["stop", &name]), format!("{name}\n"));
+    let got: Value = serde_json::from_str(&ok(&s, &["get", &name, "-o", "json"])).expect("json");
+    assert_eq!(got["state"], "stopped", "{got}");
+    assert!(ok(&s, &["logs", &name]).contains(guest::POWERING_OFF));
+    // The template is in use while the instance lives.
+    assert_eq!(uc(&s, &["images", "rm", "-b", "kvm", &template]).code, 4);
+    assert_eq!(ok(&s, &["rm", &name]), format!("{name}\n"));
+    assert_eq!(uc(&s, &["get", &name]).code, 3);
+    assert_eq!(
+        ok(&s, &["images", "rm", "-b", "kvm", &template]),
+        format!("{template}\n")
+    );
+    assert!(f.domains().is_empty(), "left: {:?}", f.domains());
+}
+
+/// Removes a file when dropped (a serial log, also on failure).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

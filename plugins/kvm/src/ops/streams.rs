@@ -65,8 +65,10 @@ const CONSOLE_IDLE: Duration = Duration::from_millis(10);
 const EXEC_POLL: Duration = Duration::from_millis(100);
 /// How long the guest agent may take to answer one command (seconds).
 const AGENT_TIMEOUT: i32 = 10;
-/// How many more times a ping is asked when the agent's port was between openers.
-const PING_RETRIES: usize = 3;
+/// How many more times a ping is asked (a second apart) when the agent's port is
+/// between openers or not open yet: an agent that has just started may take a few
+/// seconds to open it on a loaded host (seen: more than 3 s under a CI run).
+const PING_RETRIES: usize = 10;
 
 /// Whether libvirt's error says the agent's port closed or is not open yet (rather
 /// than that the agent is slow or absent).
