@@ -1641,3 +1641,39 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// `usage --watch` redraws its table until Ctrl-C, then ends with 130 and nothing on
+/// stderr; `-o yaml` gives a document per refresh.
+#[test]
+fn usage_watch_refreshes_until_ctrl_c() {
+    let s = Server::fake("");
+    let name = unique("w");
+    ok(&s, &["create", &name, "--image", "busybox", "--start"]);
+    let mut cmd = uc_cmd(&s.base, Some(ADMIN));
+    cmd.args(["usage", "--watch", "--interval", "1", &name]);
+    let mut w = Spawned::new(cmd);
+    let seen = w.until(|l| l.starts_with("ID "));
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let seen = w.until(|l| l.starts_with("ID "));
+    // The row of the first refresh, then the header of the second.
+    assert!(seen[0].contains(&name) && seen[0].contains('%'), "{seen:?}");
+    w.sigint();
+    let (code, err) = w.wait();
+    assert_eq!(code, 130, "{err}");
+    assert_eq!(err, "");
+
+    let mut cmd = uc_cmd(&s.base, Some(ADMIN));
+    cmd.args(["usage", "-w", "--interval", "1", "-o", "yaml", &name]);
+    let mut w = Spawned::new(cmd);
+    w.until(|l| l == "---");
+    let doc = w.until(|l| l == "---");
+    let doc: Value = yaml_serde::from_str(&doc[..doc.len() - 1].join("\n")).expect("yaml");
+    assert_eq!(doc[0]["name"], name.as_str(), "{doc}");
+    assert!(
+        doc[0]["usage"]["memory"]["limit"].as_u64().is_some(),
+        "{doc}"
+    );
+    w.sigint();
+    assert_eq!(w.wait().0, 130);
+    ok(&s, &["rm", "-f", &name]);
+}
