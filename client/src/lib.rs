@@ -34,6 +34,7 @@ pub use types::*;
 pub const OPERATIONS: &[(&str, &str)] = &[
     ("healthz", "healthz"),
     ("openapi", "getOpenApi"),
+    ("metrics", "getMetrics"),
     ("list_instances", "listInstances"),
     ("list_all_instances", "listInstances"),
     ("create_instance", "createInstance"),
@@ -402,6 +403,18 @@ impl Client {
     /// `GET /api/v1/openapi.json`: the served OpenAPI document.
     pub fn openapi(&self) -> Result<Value, Error> {
         self.get("/api/v1/openapi.json", &[])
+    }
+
+    /// `GET /metrics`: the Prometheus text, as served.
+    pub fn metrics(&self) -> Result<String, Error> {
+        let raw = self.send("GET", "/metrics", &[], None)?;
+        if !raw.content_type.starts_with("text/plain") {
+            return Err(self.not_api(&raw));
+        }
+        String::from_utf8(raw.body).map_err(|e| Error::Protocol {
+            status: 200,
+            message: format!("the metrics are not UTF-8: {e}"),
+        })
     }
 
     /// One page of instances (`page` from 1, `page_size` 1-100).

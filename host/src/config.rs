@@ -37,6 +37,17 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Configured backends by name.
     pub backends: BTreeMap<String, BackendConfig>,
+    /// `GET /metrics`.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether a scrape needs no token (for a Prometheus on the same host, with the
+    /// server listening on loopback). Default false: a viewer's token is needed.
+    pub public: bool,
 }
 
 /// `[server]`

@@ -284,6 +284,16 @@ impl Inventory {
         }
     }
 
+    /// How many instances each backend has in each state.
+    pub fn count_by_backend_state(&self) -> BTreeMap<(String, &'static str), usize> {
+        let mut out = BTreeMap::new();
+        for i in self.read().by_id.values() {
+            *out.entry((i.backend.clone(), i.state.as_str()))
+                .or_default() += 1;
+        }
+        out
+    }
+
     /// Counts per backend: (instances, cores of active ones, memory of active ones).
     pub fn usage_by_backend(&self) -> BTreeMap<String, (usize, u64, u64)> {
         let mut out: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();

@@ -7,5 +7,6 @@ pub mod check;
 pub mod config;
 pub mod events;
 pub mod inventory;
+pub mod metrics;
 pub mod plugins;
 pub mod service;

@@ -122,6 +122,7 @@ pub fn required_role(route: &Route<'_>) -> Role {
     match route {
         Route::Healthz
         | Route::OpenApi
+        | Route::Metrics
         | Route::ListInstances
         | Route::GetInstance(_)
         | Route::GetByName(_)

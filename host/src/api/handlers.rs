@@ -186,6 +186,27 @@ pub fn healthz() -> Result<Reply, ApiError> {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
+/// Prometheus metrics.
+///
+/// The Prometheus text format (0.0.4): HTTP requests and their latency by route
+/// template, plugin calls by backend and operation (latency, errors by code), plugin
+/// loads and reloads, backends up, instances by backend and state, event
+/// subscribers, operations by status, and the last usage sample of each instance
+/// whose usage was read in the last 10 minutes. Answered from memory: a scrape never
+/// waits on a backend. Needs a viewer's token unless `metrics.public` is set.
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "server",
+    responses((status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String,
+        example = json!("# HELP unicompute_instances Instances known, by backend and state.\n# TYPE unicompute_instances gauge\nunicompute_instances{backend=\"docker\",state=\"running\"} 3\n"))),
+    security(("bearer" = [])))]
+pub fn metrics(service: &Service) -> warp::reply::Response {
+    let mut r = warp::reply::Response::new(crate::metrics::render(service).into());
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    r
+}
+
 /// List compute instances.
 #[utoipa::path(get, path = "/api/v1/compute/instances",
     operation_id = "listInstances", tag = "instances",

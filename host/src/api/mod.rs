@@ -127,7 +127,10 @@ pub fn filter(
                     headers: &headers,
                     ws,
                 };
-                let result = handle(&state, request, body).instrument(span.clone()).await;
+                let mut matched = None;
+                let result = handle(&state, request, body, &mut matched)
+                    .instrument(span.clone())
+                    .await;
                 let response = match result {
                     Ok(Answer::Reply(reply)) => reply_response(reply),
                     Ok(Answer::Raw(r)) => r,
@@ -144,10 +147,17 @@ pub fn filter(
                         r
                     }
                 };
+                let took = started.elapsed();
+                crate::metrics::http_request(
+                    matched.unwrap_or("unmatched"),
+                    method.as_str(),
+                    response.status().as_u16(),
+                    took,
+                );
                 let _enter = span.enter();
                 tracing::debug!(
                     status = response.status().as_u16(),
-                    micros = started.elapsed().as_micros() as u64,
+                    micros = took.as_micros() as u64,
                     "answered"
                 );
                 response
@@ -312,7 +322,14 @@ struct Request<'a> {
     ws: Option<warp::filters::ws::Ws>,
 }
 
-async fn handle<S, B>(state: &AppState, request: Request<'_>, body: S) -> Result<Answer, ApiError>
+/// Answers a request; `matched` gets the template of the route it matched (for the
+/// metrics).
+async fn handle<S, B>(
+    state: &AppState,
+    request: Request<'_>,
+    body: S,
+    matched: &mut Option<&'static str>,
+) -> Result<Answer, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf + Send + 'static,
@@ -328,7 +345,14 @@ where
     // decoded before anything looks at it: `/%61pi/...` is `/api/...` and needs a
     // token like it.
     let path = routes::decode_path(path)?;
-    let who = if path.starts_with("/api/") {
+    // Routed first (its template names the request in the metrics, a 401 too), but
+    // answered in this order: who (401), then what (404, 405).
+    let routed = routes::route_endpoint(method.as_str(), &path);
+    if let Ok((endpoint, _)) = &routed {
+        *matched = Some(endpoint.path());
+    }
+    let public_metrics = state.service.config().metrics.public;
+    let who = if path.starts_with("/api/") || (path == "/metrics" && !public_metrics) {
         let token = bearer(headers)?;
         let auth = state.auth();
         let Some((name, role)) = auth.check(token) else {
@@ -338,9 +362,15 @@ where
     } else {
         None
     };
-    let route = routes::route(method.as_str(), &path)?;
-    // Every route but /healthz needs a token, whatever the path looked like.
-    if !matches!(route, Route::Healthz) {
+    let (_, route) = routed?;
+    // Every route but /healthz (and /metrics when public) needs a token, whatever the
+    // path looked like.
+    let open = match route {
+        Route::Healthz => true,
+        Route::Metrics => public_metrics,
+        _ => false,
+    };
+    if !open {
         let Some((name, role)) = who else {
             return Err(ApiError::new(Code::Unauthorized, "missing bearer token"));
         };
@@ -366,6 +396,7 @@ where
     let reply = match route {
         Route::Healthz => handlers::healthz(),
         Route::OpenApi => handlers::openapi(&state.openapi()),
+        Route::Metrics => return Ok(Answer::Raw(handlers::metrics(svc))),
         Route::ListInstances => handlers::list(svc, query),
         Route::CreateInstance => {
             let (mode, _) = mutation(&[])?;

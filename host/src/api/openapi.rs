@@ -23,7 +23,7 @@ use unicompute_plugin_api::ErrorCode;
 #[openapi(
     info(title = "unicompute", description = "One API for KVM virtual machines and Docker containers, as compute instances.\n\nEvery `/api/` operation needs `Authorization: Bearer <token>`; every error is `{\"error\":{\"code\",\"message\",\"details\"}}`. A method a path does not list is 405 `METHOD_NOT_ALLOWED` with `Allow`; every GET also answers HEAD."),
     paths(
-        handlers::healthz, handlers::list, handlers::create, handlers::get, handlers::get_by_name,
+        handlers::healthz, handlers::metrics, handlers::list, handlers::create, handlers::get, handlers::get_by_name,
         handlers::update, handlers::delete, handlers::start, handlers::stop, handlers::restart,
         handlers::pause, handlers::unpause, handlers::usage,
         handlers::cluster_status, handlers::backends, handlers::backend_info,
@@ -113,9 +113,11 @@ pub fn error_codes(e: Endpoint) -> Vec<Code> {
         codes.extend([InvalidRequest, PayloadTooLarge, UnsupportedMediaType]);
     }
     let (plugin, more): (bool, &[Code]) = match e {
-        Endpoint::Healthz | Endpoint::OpenApi | Endpoint::ClusterStatus | Endpoint::Backends => {
-            (false, &[])
-        }
+        Endpoint::Healthz
+        | Endpoint::OpenApi
+        | Endpoint::Metrics
+        | Endpoint::ClusterStatus
+        | Endpoint::Backends => (false, &[]),
         Endpoint::ListInstances => (false, &[InvalidRequest, InvalidBackend]),
         Endpoint::GetInstance | Endpoint::GetByName => (false, &[InstanceNotFound]),
         Endpoint::Reload => (false, &[InvalidRequest]),
@@ -253,6 +255,13 @@ fn complete(doc: &mut Value, config: &Config) {
         }
         if e == Endpoint::Healthz {
             op["security"] = json!([]);
+        }
+        // `metrics.public`: a scrape needs no token.
+        if e == Endpoint::Metrics && config.metrics.public {
+            op["security"] = json!([]);
+            if let Some(r) = op["responses"].as_object_mut() {
+                r.remove("401");
+            }
         }
         if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
             for p in params {

@@ -29,6 +29,8 @@ pub enum Endpoint {
     Healthz,
     /// `GET /api/v1/openapi.json`
     OpenApi,
+    /// `GET /metrics`
+    Metrics,
     /// `GET /api/v1/compute/instances`
     ListInstances,
     /// `POST /api/v1/compute/instances`
@@ -88,9 +90,10 @@ pub enum Endpoint {
 impl Endpoint {
     /// Every endpoint, in the order the router tries them (a literal segment wins
     /// over a parameter at the first place they differ, whatever the order here).
-    pub const ALL: [Endpoint; 29] = [
+    pub const ALL: [Endpoint; 30] = [
         Endpoint::Healthz,
         Endpoint::OpenApi,
+        Endpoint::Metrics,
         Endpoint::ListInstances,
         Endpoint::CreateInstance,
         Endpoint::GetInstance,
@@ -125,6 +128,7 @@ impl Endpoint {
         match self {
             Endpoint::Healthz
             | Endpoint::OpenApi
+            | Endpoint::Metrics
             | Endpoint::ListInstances
             | Endpoint::GetInstance
             | Endpoint::GetByName
@@ -159,6 +163,7 @@ impl Endpoint {
         match self {
             Endpoint::Healthz => "/healthz",
             Endpoint::OpenApi => "/api/v1/openapi.json",
+            Endpoint::Metrics => "/metrics",
             Endpoint::ListInstances | Endpoint::CreateInstance => "/api/v1/compute/instances",
             Endpoint::GetInstance | Endpoint::UpdateInstance | Endpoint::DeleteInstance => {
                 "/api/v1/compute/instances/{id}"
@@ -192,6 +197,7 @@ impl Endpoint {
         match self {
             Endpoint::Healthz => "healthz",
             Endpoint::OpenApi => "getOpenApi",
+            Endpoint::Metrics => "getMetrics",
             Endpoint::ListInstances => "listInstances",
             Endpoint::CreateInstance => "createInstance",
             Endpoint::GetInstance => "getInstance",
@@ -237,6 +243,7 @@ impl Endpoint {
             Endpoint::Logs | Endpoint::Console | Endpoint::ExecInteractive => false,
             Endpoint::Healthz
             | Endpoint::OpenApi
+            | Endpoint::Metrics
             | Endpoint::ListInstances
             | Endpoint::GetInstance
             | Endpoint::DeleteInstance
@@ -273,6 +280,7 @@ impl Endpoint {
             }
             Endpoint::Healthz
             | Endpoint::OpenApi
+            | Endpoint::Metrics
             | Endpoint::ListInstances
             | Endpoint::GetInstance
             | Endpoint::GetByName
@@ -295,6 +303,7 @@ impl Endpoint {
         match self {
             Endpoint::Healthz => Route::Healthz,
             Endpoint::OpenApi => Route::OpenApi,
+            Endpoint::Metrics => Route::Metrics,
             Endpoint::ListInstances => Route::ListInstances,
             Endpoint::CreateInstance => Route::CreateInstance,
             Endpoint::GetInstance => Route::GetInstance(p(0)),
@@ -333,6 +342,8 @@ pub enum Route<'a> {
     Healthz,
     /// `GET /api/v1/openapi.json`
     OpenApi,
+    /// `GET /metrics`
+    Metrics,
     /// `GET /api/v1/compute/instances`
     ListInstances,
     /// `POST /api/v1/compute/instances`
@@ -421,6 +432,12 @@ fn matches<'a>(template: &str, segs: &[&'a str]) -> Option<(Vec<bool>, Vec<&'a s
 /// `METHOD_NOT_ALLOWED` (known path, other method; `details.allowed` lists the
 /// methods). `HEAD` is answered wherever `GET` is.
 pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
+    route_endpoint(method, path).map(|(_, r)| r)
+}
+
+/// [`route`], with the endpoint matched (its path template names the route in the
+/// metrics).
+pub fn route_endpoint<'a>(method: &str, path: &'a str) -> Result<(Endpoint, Route<'a>), ApiError> {
     let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
     let mut best: Option<(Vec<bool>, &'static str)> = None;
     for e in Endpoint::ALL {
@@ -446,7 +463,7 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
         {
             return Err(not_found(path));
         }
-        return Ok(e.route(&params));
+        return Ok((e, e.route(&params)));
     }
     let allowed: Vec<&str> = on_path.map(Endpoint::method).collect();
     Err(not_allowed(method, &allowed.join(", ")))

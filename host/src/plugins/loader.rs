@@ -69,6 +69,7 @@ pub fn load_file(path: &Path) -> Result<LoadedPlugin, String> {
     std::fs::copy(path, &private).map_err(|e| format!("cannot copy for loading: {e}"))?;
     let result = load_plugin(&private, host_logger);
     let _ = std::fs::remove_file(&private);
+    crate::metrics::plugin_load(result.is_ok());
     result
         .map(|mut p| {
             p.path = path.to_owned();

@@ -58,7 +58,7 @@ impl Service {
                 operation: current(),
             };
             tracing::info!(backend = %entry.name, reference = %request.reference, "pulling");
-            let pulled = call(&bb, move |b| b.pull_image(request)).await;
+            let pulled = call(&entry, "pull_image", &bb, move |b| b.pull_image(request)).await;
             // The progress the plugin sent before it answered goes first.
             svc.events_applied(EVENTS_APPLIED_WAIT).await;
             pulled.map(OpResult::Image).map_err(|e| svc.fail(&entry, e))
@@ -76,7 +76,7 @@ impl Service {
     pub async fn delete_image(&self, backend: &str, name: &str) -> Result<(), Error> {
         let (entry, b) = self.backend(backend)?;
         let owned = name.to_owned();
-        call(&b, move |b| b.delete_image(&owned))
+        call(&entry, "delete_image", &b, move |b| b.delete_image(&owned))
             .await
             .map_err(|e| self.fail(&entry, e))?;
         tracing::info!(backend = %entry.name, image = %name, "image deleted");
@@ -112,7 +112,7 @@ impl Service {
                 size: None,
             };
             let begin = request.clone();
-            let target = call(&b, move |b| b.upload_begin(begin))
+            let target = call(&entry, "upload_begin", &b, move |b| b.upload_begin(begin))
                 .await
                 .map_err(|e| svc.fail(&entry, e));
             let target = match target {
@@ -130,16 +130,18 @@ impl Service {
                 Ok(n) => {
                     tracing::info!(backend = %entry.name, image = %name, bytes = n, "upload received");
                     let commit = request.clone();
-                    call(&b, move |b| b.upload_commit(commit))
-                        .await
-                        .map_err(|e| svc.fail(&entry, e))
+                    call(&entry, "upload_commit", &b, move |b| {
+                        b.upload_commit(commit)
+                    })
+                    .await
+                    .map_err(|e| svc.fail(&entry, e))
                 }
                 Err(e) => Err(e),
             };
             if result.is_err() {
                 // Nothing is left of a failed or cancelled upload.
                 let abort = request.clone();
-                let _ = call(&b, move |b| b.upload_abort(abort)).await;
+                let _ = call(&entry, "upload_abort", &b, move |b| b.upload_abort(abort)).await;
             }
             result.map(OpResult::Image)
         });

@@ -181,7 +181,7 @@ impl Service {
             operation: super::operations::current(),
         };
         tracing::info!(instance = %id, name = %new.name, backend = %entry.name, "creating");
-        let created = call(&backend, move |b| b.create(request))
+        let created = call(&entry, "create", &backend, move |b| b.create(request))
             .await
             .map_err(|e| self.fail(&entry, e))?;
         let created = self.adopt(&entry, created);
@@ -197,7 +197,7 @@ impl Service {
         id: &str,
     ) -> Result<Instance, Error> {
         let owned = id.to_owned();
-        match call(backend, move |b| b.get(&owned)).await {
+        match call(entry, "get", backend, move |b| b.get(&owned)).await {
             Ok(inst) => {
                 let inst = self.adopt(entry, inst);
                 self.inventory.upsert(inst.clone(), Source::Backend);
@@ -235,7 +235,7 @@ impl Service {
         }
         tracing::info!(instance = %id, action = action.name(), "acting");
         let owned = id.to_owned();
-        let after = call(&backend, move |b| match action {
+        let after = call(&entry, action.name(), &backend, move |b| match action {
             Action::Start => b.start(&owned),
             Action::Stop(o) => b.stop(&owned, o),
             Action::Restart(o) => b.restart(&owned, o),
@@ -255,9 +255,11 @@ impl Service {
         let _guard = self.lock(id).await;
         let _busy = self.mark_busy(id);
         let owned = id.to_owned();
-        let after = call(&backend, move |b| b.update(&owned, request))
-            .await
-            .map_err(|e| self.fail(&entry, e))?;
+        let after = call(&entry, "update", &backend, move |b| {
+            b.update(&owned, request)
+        })
+        .await
+        .map_err(|e| self.fail(&entry, e))?;
         let after = self.adopt(&entry, after);
         tracing::info!(instance = %id, "updated");
         Ok(self.inventory.upsert(after, Source::Api))
@@ -280,7 +282,7 @@ impl Service {
             });
         }
         let owned = id.to_owned();
-        match call(&backend, move |b| b.delete(&owned, force)).await {
+        match call(&entry, "delete", &backend, move |b| b.delete(&owned, force)).await {
             Ok(()) => {}
             Err(e) if e.code == ErrorCode::InstanceNotFound => {}
             Err(e) => return Err(self.fail(&entry, e)),
@@ -297,8 +299,11 @@ impl Service {
         let known = self.get(id)?;
         let (entry, backend) = self.backend(&known.backend)?;
         let owned = id.to_owned();
-        match call(&backend, move |b| b.usage(&owned)).await {
-            Ok(u) => Ok(u),
+        match call(&entry, "usage", &backend, move |b| b.usage(&owned)).await {
+            Ok(u) => {
+                crate::metrics::usage_sampled(id, &u);
+                Ok(u)
+            }
             Err(e) if e.code == ErrorCode::InstanceNotFound => {
                 self.inventory.remove(id, Source::Backend);
                 Err(Error::no_id(id))
@@ -321,7 +326,7 @@ impl Service {
             return Ok((entry, None));
         };
         if self.check(&entry, &backend).await {
-            match call(&backend, |b| b.describe()).await {
+            match call(&entry, "describe", &backend, |b| b.describe()).await {
                 Ok(d) => {
                     let fresh = d.clone();
                     entry.set_health(|h| h.description = Some(fresh));
@@ -339,7 +344,7 @@ impl Service {
     /// The images or templates of a backend, live.
     pub async fn images(&self, name: &str) -> Result<Vec<Image>, Error> {
         let (entry, backend) = self.backend(name)?;
-        call(&backend, |b| b.images())
+        call(&entry, "images", &backend, |b| b.images())
             .await
             .map_err(|e| self.fail(&entry, e))
     }

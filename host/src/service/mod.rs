@@ -107,15 +107,26 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Runs a backend call on the blocking pool.
+/// Runs a backend call on the blocking pool; its time and error code go to the
+/// metrics under the backend's name and `operation` (the plugin method's name).
 async fn call<T: Send + 'static>(
+    entry: &BackendEntry,
+    operation: &'static str,
     backend: &Arc<dyn Backend>,
     f: impl FnOnce(&dyn Backend) -> Result<T, PluginError> + Send + 'static,
 ) -> Result<T, PluginError> {
     let backend = Arc::clone(backend);
-    tokio::task::spawn_blocking(move || f(&*backend))
+    let started = std::time::Instant::now();
+    let r = tokio::task::spawn_blocking(move || f(&*backend))
         .await
-        .unwrap_or_else(|_| Err(PluginError::internal("the backend call failed")))
+        .unwrap_or_else(|_| Err(PluginError::internal("the backend call failed")));
+    crate::metrics::plugin_call(
+        &entry.name,
+        operation,
+        started.elapsed(),
+        r.as_ref().err().map(|e| e.code),
+    );
+    r
 }
 
 impl Service {

@@ -208,6 +208,21 @@ pub struct Operations {
     entries: Mutex<HashMap<String, Entry>>,
 }
 
+impl Operations {
+    /// How many operations are kept in each status.
+    pub fn count_by_status(&self) -> Vec<(OpStatus, usize)> {
+        let mut out: Vec<(OpStatus, usize)> = Vec::new();
+        for e in lock(&self.entries).values() {
+            let status = e.now.borrow().status;
+            match out.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, n)) => *n += 1,
+                None => out.push((status, 1)),
+            }
+        }
+        out
+    }
+}
+
 tokio::task_local! {
     static CURRENT: String;
 }

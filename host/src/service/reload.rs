@@ -204,6 +204,12 @@ impl Service {
     }
 
     async fn reload_with(self: &Arc<Self>, read_config: bool) -> Result<ReloadReport, StartError> {
+        let r = self.reload_once(read_config).await;
+        crate::metrics::reload(r.is_ok());
+        r
+    }
+
+    async fn reload_once(self: &Arc<Self>, read_config: bool) -> Result<ReloadReport, StartError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let svc = Arc::clone(self);
         let (new_config, new_registry, scanned) = tokio::task::spawn_blocking(move || {

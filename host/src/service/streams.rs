@@ -32,7 +32,11 @@ impl Service {
             id: id.to_owned(),
             kind,
         };
-        match call(&backend, move |b| b.open_stream(request)).await {
+        match call(&entry, "open_stream", &backend, move |b| {
+            b.open_stream(request)
+        })
+        .await
+        {
             Ok(s) => Ok(s),
             Err(e) if e.code == ErrorCode::InstanceNotFound => {
                 self.inventory.remove(id, Source::Backend);

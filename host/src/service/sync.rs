@@ -30,15 +30,19 @@ impl Service {
     /// description. Returns whether it is available.
     pub async fn check(&self, entry: &Arc<BackendEntry>, backend: &Arc<dyn Backend>) -> bool {
         let was = entry.health();
-        let result = call(backend, |b| b.health()).await;
+        let result = call(entry, "health", backend, |b| b.health()).await;
         let now = Some(Utc::now());
         match result {
             Ok(()) => {
                 let refresh = !was.available || was.host.is_none() || was.description.is_none();
                 let (host, description) = if refresh {
                     (
-                        call(backend, |b| b.host_resources()).await.ok(),
-                        call(backend, |b| b.describe()).await.ok(),
+                        call(entry, "host_resources", backend, |b| b.host_resources())
+                            .await
+                            .ok(),
+                        call(entry, "describe", backend, |b| b.describe())
+                            .await
+                            .ok(),
                     )
                 } else {
                     (was.host.clone(), was.description.clone())
@@ -78,7 +82,7 @@ impl Service {
     /// Reads every instance of one backend into the inventory.
     pub async fn resync(&self, entry: &Arc<BackendEntry>, backend: &Arc<dyn Backend>) {
         let since = self.inventory.seq();
-        match call(backend, |b| b.list()).await {
+        match call(entry, "list", backend, |b| b.list()).await {
             Ok(list) => {
                 let list: Vec<Instance> = list.into_iter().map(|i| self.adopt(entry, i)).collect();
                 let busy: BTreeSet<String> = lock(&self.busy).keys().cloned().collect();
