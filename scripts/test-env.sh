@@ -37,6 +37,9 @@ command -v docker-registry >/dev/null 2>&1 || need_pkgs+=(docker-registry)
 # promtool checks GET /metrics, and a Prometheus server started by the tests on
 # 127.0.0.1 scrapes it (its own service is never used).
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+# The dashboard's browser tests: headless Chromium through chromedriver (WebDriver).
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need_pkgs+=(python3-venv) # the OpenAPI fuzz (Schemathesis) runs in a venv
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -55,7 +58,7 @@ fi
 # Every command the tests and the server need, after any install: a clear failure
 # naming what is missing rather than a server whose KVM creates all fail later.
 missing=()
-for cmd in docker dockerd docker-registry virsh libvirtd qemu-system-x86_64 qemu-img pkg-config curl promtool prometheus; do
+for cmd in docker dockerd docker-registry virsh libvirtd qemu-system-x86_64 qemu-img pkg-config curl promtool prometheus chromium chromedriver; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -35,6 +35,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("healthz", "healthz"),
     ("openapi", "getOpenApi"),
     ("metrics", "getMetrics"),
+    ("whoami", "whoAmI"),
     ("list_instances", "listInstances"),
     ("list_all_instances", "listInstances"),
     ("create_instance", "createInstance"),
@@ -403,6 +404,11 @@ impl Client {
     /// `GET /api/v1/openapi.json`: the served OpenAPI document.
     pub fn openapi(&self) -> Result<Value, Error> {
         self.get("/api/v1/openapi.json", &[])
+    }
+
+    /// `GET /api/v1/whoami`: the token's name and role.
+    pub fn whoami(&self) -> Result<Value, Error> {
+        self.get("/api/v1/whoami", &[])
     }
 
     /// `GET /metrics`: the Prometheus text, as served.

@@ -10,3 +10,4 @@ pub mod inventory;
 pub mod metrics;
 pub mod plugins;
 pub mod service;
+pub mod ui;

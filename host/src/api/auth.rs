@@ -123,6 +123,7 @@ pub fn required_role(route: &Route<'_>) -> Role {
         Route::Healthz
         | Route::OpenApi
         | Route::Metrics
+        | Route::WhoAmI
         | Route::ListInstances
         | Route::GetInstance(_)
         | Route::GetByName(_)

@@ -207,6 +207,23 @@ pub fn metrics(service: &Service) -> warp::reply::Response {
     r
 }
 
+/// Who the token is.
+///
+/// The token's name and role (`viewer`, `operator` or `admin`): a client (the
+/// dashboard) shows only what the role may do.
+#[utoipa::path(get, path = "/api/v1/whoami", operation_id = "whoAmI", tag = "server",
+    responses((status = 200, description = "The token's name and role", body = inline(Object),
+        example = json!({"name": "admin", "role": "admin"}))),
+    security(("bearer" = [])))]
+pub fn whoami(who: Option<(&str, crate::config::Role)>) -> Result<Reply, ApiError> {
+    let (name, role) =
+        who.ok_or_else(|| ApiError::internal("no token on an authenticated route"))?;
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"name": name, "role": format!("{role:?}").to_lowercase()}),
+    )
+}
+
 /// List compute instances.
 #[utoipa::path(get, path = "/api/v1/compute/instances",
     operation_id = "listInstances", tag = "instances",

@@ -344,6 +344,10 @@ where
     // Who first (401), then what (404, 405), then whether they may (403). The path is
     // decoded before anything looks at it: `/%61pi/...` is `/api/...` and needs a
     // token like it.
+    if let Some(page) = crate::ui::serve(method, path) {
+        *matched = Some("/ui");
+        return page.map(Answer::Raw);
+    }
     let path = routes::decode_path(path)?;
     // Routed first (its template names the request in the metrics, a 401 too), but
     // answered in this order: who (401), then what (404, 405).
@@ -371,9 +375,10 @@ where
         _ => false,
     };
     if !open {
-        let Some((name, role)) = who else {
+        let Some((name, role)) = &who else {
             return Err(ApiError::new(Code::Unauthorized, "missing bearer token"));
         };
+        let (name, role) = (name.as_str(), *role);
         let needed = auth::required_role(&route);
         if role < needed {
             let role_name = |r: Role| format!("{r:?}").to_lowercase();
@@ -397,6 +402,7 @@ where
         Route::Healthz => handlers::healthz(),
         Route::OpenApi => handlers::openapi(&state.openapi()),
         Route::Metrics => return Ok(Answer::Raw(handlers::metrics(svc))),
+        Route::WhoAmI => handlers::whoami(who.as_ref().map(|(n, r)| (n.as_str(), *r))),
         Route::ListInstances => handlers::list(svc, query),
         Route::CreateInstance => {
             let (mode, _) = mutation(&[])?;

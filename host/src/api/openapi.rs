@@ -23,7 +23,7 @@ use unicompute_plugin_api::ErrorCode;
 #[openapi(
     info(title = "unicompute", description = "One API for KVM virtual machines and Docker containers, as compute instances.\n\nEvery `/api/` operation needs `Authorization: Bearer <token>`; every error is `{\"error\":{\"code\",\"message\",\"details\"}}`. A method a path does not list is 405 `METHOD_NOT_ALLOWED` with `Allow`; every GET also answers HEAD."),
     paths(
-        handlers::healthz, handlers::metrics, handlers::list, handlers::create, handlers::get, handlers::get_by_name,
+        handlers::healthz, handlers::metrics, handlers::whoami, handlers::list, handlers::create, handlers::get, handlers::get_by_name,
         handlers::update, handlers::delete, handlers::start, handlers::stop, handlers::restart,
         handlers::pause, handlers::unpause, handlers::usage,
         handlers::cluster_status, handlers::backends, handlers::backend_info,
@@ -116,6 +116,7 @@ pub fn error_codes(e: Endpoint) -> Vec<Code> {
         Endpoint::Healthz
         | Endpoint::OpenApi
         | Endpoint::Metrics
+        | Endpoint::WhoAmI
         | Endpoint::ClusterStatus
         | Endpoint::Backends => (false, &[]),
         Endpoint::ListInstances => (false, &[InvalidRequest, InvalidBackend]),

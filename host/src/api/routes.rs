@@ -31,6 +31,8 @@ pub enum Endpoint {
     OpenApi,
     /// `GET /metrics`
     Metrics,
+    /// `GET /api/v1/whoami`
+    WhoAmI,
     /// `GET /api/v1/compute/instances`
     ListInstances,
     /// `POST /api/v1/compute/instances`
@@ -90,10 +92,11 @@ pub enum Endpoint {
 impl Endpoint {
     /// Every endpoint, in the order the router tries them (a literal segment wins
     /// over a parameter at the first place they differ, whatever the order here).
-    pub const ALL: [Endpoint; 30] = [
+    pub const ALL: [Endpoint; 31] = [
         Endpoint::Healthz,
         Endpoint::OpenApi,
         Endpoint::Metrics,
+        Endpoint::WhoAmI,
         Endpoint::ListInstances,
         Endpoint::CreateInstance,
         Endpoint::GetInstance,
@@ -129,6 +132,7 @@ impl Endpoint {
             Endpoint::Healthz
             | Endpoint::OpenApi
             | Endpoint::Metrics
+            | Endpoint::WhoAmI
             | Endpoint::ListInstances
             | Endpoint::GetInstance
             | Endpoint::GetByName
@@ -164,6 +168,7 @@ impl Endpoint {
             Endpoint::Healthz => "/healthz",
             Endpoint::OpenApi => "/api/v1/openapi.json",
             Endpoint::Metrics => "/metrics",
+            Endpoint::WhoAmI => "/api/v1/whoami",
             Endpoint::ListInstances | Endpoint::CreateInstance => "/api/v1/compute/instances",
             Endpoint::GetInstance | Endpoint::UpdateInstance | Endpoint::DeleteInstance => {
                 "/api/v1/compute/instances/{id}"
@@ -198,6 +203,7 @@ impl Endpoint {
             Endpoint::Healthz => "healthz",
             Endpoint::OpenApi => "getOpenApi",
             Endpoint::Metrics => "getMetrics",
+            Endpoint::WhoAmI => "whoAmI",
             Endpoint::ListInstances => "listInstances",
             Endpoint::CreateInstance => "createInstance",
             Endpoint::GetInstance => "getInstance",
@@ -244,6 +250,7 @@ impl Endpoint {
             Endpoint::Healthz
             | Endpoint::OpenApi
             | Endpoint::Metrics
+            | Endpoint::WhoAmI
             | Endpoint::ListInstances
             | Endpoint::GetInstance
             | Endpoint::DeleteInstance
@@ -281,6 +288,7 @@ impl Endpoint {
             Endpoint::Healthz
             | Endpoint::OpenApi
             | Endpoint::Metrics
+            | Endpoint::WhoAmI
             | Endpoint::ListInstances
             | Endpoint::GetInstance
             | Endpoint::GetByName
@@ -304,6 +312,7 @@ impl Endpoint {
             Endpoint::Healthz => Route::Healthz,
             Endpoint::OpenApi => Route::OpenApi,
             Endpoint::Metrics => Route::Metrics,
+            Endpoint::WhoAmI => Route::WhoAmI,
             Endpoint::ListInstances => Route::ListInstances,
             Endpoint::CreateInstance => Route::CreateInstance,
             Endpoint::GetInstance => Route::GetInstance(p(0)),
@@ -344,6 +353,8 @@ pub enum Route<'a> {
     OpenApi,
     /// `GET /metrics`
     Metrics,
+    /// `GET /api/v1/whoami`
+    WhoAmI,
     /// `GET /api/v1/compute/instances`
     ListInstances,
     /// `POST /api/v1/compute/instances`

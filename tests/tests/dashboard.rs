@@ -1,0 +1,330 @@
+//! The dashboard (`/ui/`) in a real browser: Debian's headless Chromium driven through
+//! chromedriver (WebDriver), against the real server with the real Docker backend.
+//! Everything it shows comes through the public API; changes made elsewhere (curl,
+//! `docker kill`) reach the page through the event stream, without a reload.
+//! Screenshots of each page go to `target/dashboard-screenshots/` (artifacts).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use unicompute_tests::docker::{
+    backend_name, ensure_image, sweep_stale, ContainerGuard, FileLock, TEST_IMAGE,
+};
+use unicompute_tests::*;
+
+const INSTANCES: &str = "/api/v1/compute/instances";
+
+/// chromedriver on a free loopback port, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+    profile: TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn driver() -> Driver {
+    let port = free_port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver; scripts/test-env.sh installs it)");
+    let url = format!("http://127.0.0.1:{port}");
+    let up = wait_for(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(up.is_some(), "chromedriver did not listen on {port}");
+    Driver {
+        child,
+        url,
+        profile: TempDir::new("uc-chromium"),
+    }
+}
+
+/// A headless Chromium session (a fresh profile; no network but loopback is used).
+async fn browser(d: &Driver, width: u32, height: u32) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-quic", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     format!("--window-size={width},{height}"),
+                     format!("--user-data-dir={}", d.profile.0.join(format!("p{width}")).display())],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&d.url)
+        .await
+        .expect("a Chromium session")
+}
+
+/// Evaluates `js` (an expression) in the page until it is truthy (within 20 s);
+/// answers its value.
+async fn until(c: &Client, what: &str, js: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let v = c
+            .execute(&format!("return ({js});"), vec![])
+            .await
+            .unwrap_or(Value::Null);
+        let truthy = match &v {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::String(s) => !s.is_empty(),
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            _ => true,
+        };
+        if truthy {
+            return v;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let body = c
+                .execute("return document.body.innerText;", vec![])
+                .await
+                .unwrap_or(Value::Null);
+            panic!("{what}: not within 20 s ({js}); the page says:\n{body}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn shot(c: &Client, name: &str) {
+    let dir = target_dir().join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    let png = c.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
+}
+
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/ui/")).await.expect("open /ui/");
+    let field = c
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#token"))
+        .await
+        .expect("the sign-in form");
+    field.send_keys(token).await.expect("type the token");
+    c.find(Locator::Css("#sign-in button[type=submit]"))
+        .await
+        .expect("sign-in button")
+        .click()
+        .await
+        .expect("click");
+}
+
+fn state_js(name: &str) -> String {
+    format!("document.querySelector('tr[data-name=\"{name}\"] .state')?.textContent")
+}
+
+#[test]
+fn the_dashboard_drives_a_real_docker_container_live() {
+    if skip_requested("UC_SKIP_BROWSER", "the dashboard's browser tests") {
+        return;
+    }
+    let lock = FileLock::engine_shared();
+    ensure_image();
+    sweep_stale();
+    let backend = backend_name();
+    let tmp = TempDir::new("uc-ui-dock");
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![workspace_plugin("docker")],
+        toml: format!(
+            "[backends.{backend}]\nplugin = \"docker\"\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
+            tmp.0.display()
+        ),
+        ..Default::default()
+    });
+    let name = unique("uc-ui");
+    let _guard = ContainerGuard(name.clone());
+    let d = driver();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let c = browser(&d, 1280, 800).await;
+        // The static page asks nothing of the internet: its policy says so.
+        let page = s.raw("GET", "/ui/", None, None);
+        assert_eq!(page.status, 200);
+        let r = headers_of(&s.base);
+        assert!(r.contains("default-src 'none'"), "{r}");
+
+        // A bad token is told so.
+        sign_in(&c, &s.base, "not-a-token").await;
+        let said = until(&c, "the refusal", "document.querySelector('#sign-in-error .error')?.textContent").await;
+        assert!(
+            said.as_str().is_some_and(|t| t.contains("The server refused this token") && t.contains("UNAUTHORIZED")),
+            "{said}"
+        );
+        shot(&c, "sign-in-refused").await;
+
+        // An admin signs in: the instances page, with the Create link.
+        sign_in(&c, &s.base, ADMIN).await;
+        until(&c, "the instances page", "document.querySelector('#instances-page')").await;
+        assert_eq!(
+            until(&c, "who", "document.querySelector('#who-name')?.textContent").await,
+            json!("admin (admin)")
+        );
+        shot(&c, "instances-empty").await;
+
+        // Create from the form: the backend's images are offered.
+        c.goto(&format!("{}/ui/#/create", s.base)).await.expect("create page");
+        until(&c, "the image list", &format!("[...document.querySelectorAll('#c-image option')].some(o => o.value === '{TEST_IMAGE}')")).await;
+        c.execute(
+            "document.querySelector('#c-name').value = arguments[0];\
+             document.querySelector('#c-image').value = arguments[1];\
+             document.querySelector('#c-command').value = arguments[2];\
+             document.querySelector('#c-mem').value = '64';\
+             document.querySelector('#c-labels').value = 'app=ui-test';\
+             document.querySelector('#c-start').checked = false;",
+            vec![
+                json!(name),
+                json!(TEST_IMAGE),
+                json!(format!("sh -c \"echo hello-from-{name}; trap 'exit 0' TERM; while :; do sleep 1; done\"")),
+            ],
+        )
+        .await
+        .expect("fill the form");
+        shot(&c, "create").await;
+        c.find(Locator::Css("#create-form button[type=submit]"))
+            .await
+            .expect("create button")
+            .click()
+            .await
+            .expect("click");
+        until(&c, "the new instance's page", "document.querySelector('#instance-page')").await;
+        let got = s.get(&format!("{INSTANCES}/name/{name}"));
+        assert_eq!(got.status, 200, "{}", got.text);
+        let id = got.json["id"].as_str().expect("id").to_owned();
+        assert_eq!(got.json["state"], "created");
+        assert_eq!(got.json["resources"]["memory"]["limit"], 64u64 << 20);
+        assert_eq!(got.json["metadata"]["labels"]["app"], "ui-test");
+
+        // Started elsewhere (the API, as curl would): the list turns running by itself.
+        c.goto(&format!("{}/ui/#/instances", s.base)).await.expect("list");
+        assert_eq!(until(&c, "the row", &state_js(&name)).await, json!("created"));
+        let loads = c.execute("return performance.getEntriesByType('navigation').length;", vec![]).await.expect("js");
+        let r = s.call("PUT", &format!("{INSTANCES}/{id}/start"), ADMIN, None);
+        assert_eq!(r.status, 200, "{}", r.text);
+        until(&c, "running, live", &format!("{} === 'running'", state_js(&name))).await;
+        let after = c.execute("return performance.getEntriesByType('navigation').length;", vec![]).await.expect("js");
+        assert_eq!(loads, after, "no reload");
+        shot(&c, "instances-running").await;
+
+        // Stopped from the page, after a confirmation.
+        c.find(Locator::Css(&format!("tr[data-name=\"{name}\"] button[data-act=stop]")))
+            .await
+            .expect("the stop button")
+            .click()
+            .await
+            .expect("click");
+        until(&c, "the confirmation", "document.querySelector('#confirm').open").await;
+        shot(&c, "confirm-stop").await;
+        c.find(Locator::Css("#confirm-ok")).await.expect("confirm").click().await.expect("click");
+        until(&c, "stopped", &format!("{} === 'stopped'", state_js(&name))).await;
+        assert_eq!(s.get(&format!("{INSTANCES}/{id}")).json["state"], "stopped");
+
+        // A `docker kill` by hand shows.
+        let r = s.call("PUT", &format!("{INSTANCES}/{id}/start"), ADMIN, None);
+        assert_eq!(r.status, 200, "{}", r.text);
+        until(&c, "running again", &format!("{} === 'running'", state_js(&name))).await;
+        let killed = Command::new("docker").args(["kill", &name]).output().expect("docker kill");
+        assert!(killed.status.success(), "{}", String::from_utf8_lossy(&killed.stderr));
+        until(&c, "the kill", &format!("['stopped', 'error'].includes({})", state_js(&name))).await;
+
+        // Its page: details, the logs, then a delete.
+        c.goto(&format!("{}/ui/#/instance/{id}", s.base)).await.expect("instance page");
+        until(&c, "the logs", &format!("document.querySelector('#logs')?.textContent.includes('hello-from-{name}')")).await;
+        assert!(until(&c, "details", "document.querySelector('#inst-props')?.textContent").await
+            .as_str()
+            .is_some_and(|t| t.contains(&id) && t.contains("64M") && t.contains("app=ui-test")));
+        shot(&c, "instance").await;
+        c.find(Locator::Css("#inst-actions button[data-act=delete]"))
+            .await
+            .expect("delete button")
+            .click()
+            .await
+            .expect("click");
+        until(&c, "the confirmation", "document.querySelector('#confirm').open").await;
+        c.find(Locator::Css("#confirm-ok")).await.expect("confirm").click().await.expect("click");
+        until(&c, "back to the list", "document.querySelector('#instances-page')").await;
+        until(&c, "the row gone", &format!("!document.querySelector('tr[data-name=\"{name}\"]')")).await;
+        assert_eq!(s.get(&format!("{INSTANCES}/{id}")).status, 404);
+
+        // Backends and operations pages.
+        c.goto(&format!("{}/ui/#/backends", s.base)).await.expect("backends");
+        until(&c, "the backend", &format!("document.querySelector('main')?.textContent.includes('{backend}')")).await;
+        shot(&c, "backends").await;
+        c.goto(&format!("{}/ui/#/operations", s.base)).await.expect("operations");
+        until(&c, "operations page", "document.querySelector('#ops-table')").await;
+        shot(&c, "operations").await;
+        c.close().await.expect("close");
+
+        // A viewer, on a narrow screen: no button it cannot use, nothing wider than it.
+        let x = unique("uc-ui-v");
+        let _g2 = ContainerGuard(x.clone());
+        let r = s.call(
+            "POST",
+            INSTANCES,
+            ADMIN,
+            Some(&json!({"name": x, "backend": backend, "start": true,
+                "config": {"image": TEST_IMAGE, "command": ["sleep", "300"]}})),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+        let xid = r.json["id"].as_str().expect("id").to_owned();
+        let v = browser(&d, 390, 800).await;
+        sign_in(&v, &s.base, VIEWER).await;
+        assert_eq!(until(&v, "the row", &state_js(&x)).await, json!("running"));
+        let buttons = v.execute("return document.querySelectorAll('#rows button').length;", vec![]).await.expect("js");
+        assert_eq!(buttons, json!(0));
+        let create_hidden = v.execute("return document.querySelector('a[href=\"#/create\"]').hidden;", vec![]).await.expect("js");
+        assert_eq!(create_hidden, json!(true));
+        let overflow = v
+            .execute("return document.documentElement.scrollWidth - window.innerWidth;", vec![])
+            .await
+            .expect("js");
+        assert!(overflow.as_i64().is_some_and(|o| o <= 0), "wider than the screen by {overflow}");
+        shot(&v, "viewer-narrow").await;
+        v.close().await.expect("close");
+        let r = s.call("DELETE", &format!("{INSTANCES}/{xid}?force=true"), ADMIN, None);
+        assert_eq!(r.status, 204, "{}", r.text);
+    });
+    drop(lock);
+}
+
+/// The headers of `GET /ui/app.js` (the policy and the type), one a line.
+fn headers_of(base: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("{base}/ui/app.js"),
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
