@@ -504,6 +504,8 @@ async function renderCreate() {
       <span class="field-error" id="err-resources"></span>
       <label>Labels (key=value, comma separated) <input id="c-labels" aria-describedby="err-labels"></label>
       <span class="field-error" id="err-labels"></span>
+      <label>More configuration (a JSON object merged into <code>config</code>: ports, env, volumes, networkType, cloudInit…) <textarea id="c-config" rows="3" spellcheck="false" aria-describedby="err-config" placeholder='{"env": ["MODE=prod"]}'></textarea></label>
+      <span class="field-error" id="err-config"></span>
       <label class="row"><span><input type="checkbox" id="c-start" checked> Start it</span></label>
       <div id="create-error" role="alert"></div>
       <div><button class="primary" type="submit">Create</button></div>
@@ -531,6 +533,16 @@ async function renderCreate() {
       resources: { cpu: { cores: Number($('#c-cpus').value) }, memory: { limit: Number($('#c-mem').value) * 1048576 } },
       start: $('#c-start').checked,
     };
+    const extra = $('#c-config').value.trim();
+    if (extra) {
+      let more;
+      try { more = JSON.parse(extra); } catch (e) { more = e; }
+      if (!more || typeof more !== 'object' || Array.isArray(more) || more instanceof Error) {
+        $('#err-config').textContent = `Not a JSON object${more instanceof Error ? `: ${more.message}` : ''}`;
+        return;
+      }
+      Object.assign(body.config, more);
+    }
     const command = words($('#c-command').value);
     if (command.length) body.config.command = command;
     const labels = parseLabels($('#c-labels').value);
@@ -555,6 +567,7 @@ function fieldOf(e) {
   if (e.code === 'INSTANCE_ALREADY_EXISTS' || 'name' in d || /\bname\b/.test(e.message.toLowerCase())) return 'name';
   if (e.code === 'IMAGE_NOT_FOUND' || text.includes('image')) return 'image';
   if (text.includes('label')) return 'labels';
+  if (text.includes('config')) return 'config';
   if (text.includes('memory') || text.includes('cpu') || text.includes('resources')) return 'resources';
   return null;
 }

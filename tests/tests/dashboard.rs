@@ -221,6 +221,29 @@ fn the_dashboard_drives_a_real_docker_container_live() {
         assert_eq!(got.json["resources"]["memory"]["limit"], 64u64 << 20);
         assert_eq!(got.json["metadata"]["labels"]["app"], "ui-test");
 
+        // A taken name: the server's error, by the name field.
+        c.goto(&format!("{}/ui/#/create", s.base)).await.expect("create page");
+        until(&c, "the image list", &format!("[...document.querySelectorAll('#c-image option')].some(o => o.value === '{TEST_IMAGE}')")).await;
+        c.execute(
+            "document.querySelector('#c-name').value = arguments[0];\
+             document.querySelector('#c-image').value = arguments[1];",
+            vec![json!(name), json!(TEST_IMAGE)],
+        )
+        .await
+        .expect("fill the form");
+        c.find(Locator::Css("#create-form button[type=submit]"))
+            .await
+            .expect("create button")
+            .click()
+            .await
+            .expect("click");
+        let by_name = until(&c, "the error by the name", "document.querySelector('#err-name')?.textContent").await;
+        assert!(
+            by_name.as_str().is_some_and(|t| t.contains("INSTANCE_ALREADY_EXISTS")),
+            "{by_name}"
+        );
+        shot(&c, "create-name-taken").await;
+
         // Started elsewhere (the API, as curl would): the list turns running by itself.
         c.goto(&format!("{}/ui/#/instances", s.base)).await.expect("list");
         assert_eq!(until(&c, "the row", &state_js(&name)).await, json!("created"));
@@ -327,4 +350,191 @@ fn headers_of(base: &str) -> String {
         .output()
         .expect("curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The dashboard with the real kvm backend and the bootable test guest: created from
+/// the form (the extra configuration as JSON), running live, its boot in the logs,
+/// stopped by its own power-off after a confirmation, deleted.
+#[test]
+fn the_dashboard_drives_a_real_kvm_guest() {
+    use unicompute_tests::guest;
+    use unicompute_tests::kvm::KvmFixture;
+    if skip_requested("UC_SKIP_BROWSER", "the dashboard's browser tests") {
+        return;
+    }
+    let f = KvmFixture::new();
+    guest::install(&f.templates(), "guest");
+    let s = Server::start_with(ServerOptions {
+        plugins: vec![workspace_plugin("kvm")],
+        toml: format!(
+            "[backends.kvm]\nplugin = \"kvm\"\n{}domain_type = \"{}\"\n",
+            f.settings_toml(),
+            guest::domain_type()
+        ),
+        ..Default::default()
+    });
+    let name = format!("{}-ui", f.prefix);
+    let token = format!("{name}-{}", uuid::Uuid::new_v4());
+    let d = driver();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut log = None;
+    rt.block_on(async {
+        let c = browser(&d, 1280, 800).await;
+        sign_in(&c, &s.base, ADMIN).await;
+        until(
+            &c,
+            "the instances page",
+            "document.querySelector('#instances-page')",
+        )
+        .await;
+        c.goto(&format!("{}/ui/#/create", s.base))
+            .await
+            .expect("create page");
+        until(
+            &c,
+            "the template list",
+            "[...document.querySelectorAll('#c-image option')].some(o => o.value === 'guest')",
+        )
+        .await;
+        let config =
+            json!({"networkType": "none", "cloudInit": {"userData": guest::user_data(&token)}});
+        c.execute(
+            "document.querySelector('#c-name').value = arguments[0];\
+             document.querySelector('#c-image').value = 'guest';\
+             document.querySelector('#c-mem').value = arguments[1];\
+             document.querySelector('#c-config').value = arguments[2];",
+            vec![
+                json!(name),
+                json!(guest::MEMORY >> 20),
+                json!(config.to_string()),
+            ],
+        )
+        .await
+        .expect("fill the form");
+        c.find(Locator::Css("#create-form button[type=submit]"))
+            .await
+            .expect("create button")
+            .click()
+            .await
+            .expect("click");
+        until(
+            &c,
+            "the new instance's page",
+            "document.querySelector('#instance-page')",
+        )
+        .await;
+        let got = s.get(&format!("{INSTANCES}/name/{name}"));
+        assert_eq!(got.status, 200, "{}", got.text);
+        let id = got.json["id"].as_str().expect("id").to_owned();
+        log = Some(std::path::Path::new("/var/log/libvirt/qemu").join(format!("{id}-serial.log")));
+        assert_eq!(got.json["type"], "vm");
+        assert_eq!(got.json["config"]["networkType"], "none");
+
+        c.goto(&format!("{}/ui/#/instances", s.base))
+            .await
+            .expect("list");
+        until(&c, "running", &format!("{} === 'running'", state_js(&name))).await;
+        // The boot in the logs (refreshed until the guest is ready).
+        c.goto(&format!("{}/ui/#/instance/{id}", s.base))
+            .await
+            .expect("instance page");
+        let marker = format!("{}{token}", guest::MARKER_SEEN);
+        let started = Instant::now();
+        loop {
+            let text = c
+                .execute(
+                    "return document.querySelector('#logs')?.textContent || '';",
+                    vec![],
+                )
+                .await
+                .expect("js");
+            if text
+                .as_str()
+                .is_some_and(|t| t.contains(&marker) && t.contains(guest::READY))
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "no boot in the logs: {text}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.find(Locator::Css("#logs-refresh"))
+                .await
+                .expect("refresh")
+                .click()
+                .await
+                .expect("click");
+        }
+        until(
+            &c,
+            "usage",
+            "document.querySelector('#usage-mem')?.textContent",
+        )
+        .await;
+        shot(&c, "kvm-instance").await;
+        // Stop after a confirmation: the guest powers itself off.
+        c.find(Locator::Css("#inst-actions button[data-act=stop]"))
+            .await
+            .expect("stop")
+            .click()
+            .await
+            .expect("click");
+        until(
+            &c,
+            "the confirmation",
+            "document.querySelector('#confirm').open",
+        )
+        .await;
+        c.find(Locator::Css("#confirm-ok"))
+            .await
+            .expect("confirm")
+            .click()
+            .await
+            .expect("click");
+        let started = Instant::now();
+        while s.get(&format!("{INSTANCES}/{id}")).json["state"] != "stopped" {
+            assert!(started.elapsed() < Duration::from_secs(120), "not stopped");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        until(
+            &c,
+            "stopped on the page",
+            "document.querySelector('#inst-title .state')?.textContent === 'stopped'",
+        )
+        .await;
+        c.find(Locator::Css("#inst-actions button[data-act=delete]"))
+            .await
+            .expect("delete")
+            .click()
+            .await
+            .expect("click");
+        until(
+            &c,
+            "the confirmation",
+            "document.querySelector('#confirm').open",
+        )
+        .await;
+        c.find(Locator::Css("#confirm-ok"))
+            .await
+            .expect("confirm")
+            .click()
+            .await
+            .expect("click");
+        until(
+            &c,
+            "back to the list",
+            "document.querySelector('#instances-page')",
+        )
+        .await;
+        assert_eq!(s.get(&format!("{INSTANCES}/{id}")).status, 404);
+        c.close().await.expect("close");
+    });
+    if let Some(l) = log {
+        let _ = std::fs::remove_file(l);
+    }
+    assert!(f.domains().is_empty(), "left: {:?}", f.domains());
 }
