@@ -198,6 +198,7 @@ function currentPage() {
 function route() {
   if (!S.me) return;
   if (S.usageTimer) { clearInterval(S.usageTimer); S.usageTimer = null; }
+  if (S.console) { S.console.close(1000); S.console = null; }
   const page = currentPage();
   for (const a of document.querySelectorAll('#nav a')) {
     if (a.getAttribute('href') === `#/${page.name}`) a.setAttribute('aria-current', 'page');
@@ -344,6 +345,7 @@ async function renderInstance(id, fresh) {
         <h2>Usage</h2><div id="usage"><p class="muted">Reading…</p></div>
         <div id="edit"></div>
         <h2>Logs</h2><div class="row"><button type="button" id="logs-refresh">Refresh</button></div><pre id="logs" tabindex="0" aria-label="Logs">Loading…</pre>
+        <div id="console-box"></div>
         <h2>Configuration</h2><pre id="inst-config" tabindex="0" aria-label="Configuration"></pre>
       </section>`;
     wireActions($('#instance-page'));
@@ -352,7 +354,10 @@ async function renderInstance(id, fresh) {
     S.samples = [];
     readUsage(id);
     S.usageTimer = setInterval(() => readUsage(id), 5000);
-    if (can('admin')) renderEdit(i);
+    if (can('admin')) {
+      renderEdit(i);
+      renderConsole(i);
+    }
   }
   $('#inst-title').innerHTML = `${esc(i.name)} <span class="state ${esc(i.state)}">${esc(i.state)}</span>`;
   $('#inst-actions').innerHTML = actionButtons(i);
@@ -378,7 +383,7 @@ async function loadLogs(id) {
       box.textContent = `No logs: ${msg}`;
       return;
     }
-    box.textContent = text || '(nothing printed yet)';
+    box.textContent = text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '') || '(nothing printed yet)';
     box.scrollTop = box.scrollHeight;
   } catch (e) {
     box.textContent = `No logs: ${e.message}`;
@@ -410,6 +415,71 @@ async function readUsage(id) {
   } catch (e) {
     box.innerHTML = `<p class="error">${esc(errorText(e))}</p>`;
   }
+}
+
+// ---- the console (a WebSocket; the token goes as a subprotocol) -----------------
+
+function hex(text) {
+  return Array.from(new TextEncoder().encode(text), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function renderConsole(i) {
+  $('#console-box').innerHTML = `
+    <h2>Console</h2>
+    <div class="row">
+      <button type="button" id="console-connect">Connect</button>
+      <button type="button" id="console-ctrlc" disabled>Send Ctrl-C</button>
+      <button type="button" id="console-close" disabled>Disconnect</button>
+      <span id="console-status" class="muted" role="status"></span>
+    </div>
+    <pre id="console-out" tabindex="0" aria-label="Console output"></pre>
+    <form id="console-form" class="row"><label>Type a line <input id="console-in" autocomplete="off" disabled></label><button type="submit" disabled id="console-send">Send</button></form>`;
+  let sock = null;
+  const out = $('#console-out');
+  const status = (t) => { $('#console-status').textContent = t; };
+  const enable = (on) => {
+    for (const id of ['console-ctrlc', 'console-close', 'console-in', 'console-send']) $(`#${id}`).disabled = !on;
+    $('#console-connect').disabled = on;
+  };
+  const show = (text) => {
+    // Terminal control sequences are dropped; a carriage return alone is no new line.
+    out.textContent += text.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r(?!\n)/g, '').replace(/\r\n/g, '\n');
+    if (out.textContent.length > 200000) out.textContent = out.textContent.slice(-100000);
+    out.scrollTop = out.scrollHeight;
+  };
+  const dec = new TextDecoder();
+  $('#console-connect').addEventListener('click', () => {
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    sock = new WebSocket(`${scheme}://${location.host}${API}/instances/${encodeURIComponent(i.id)}/console?cols=100&rows=30`, ['unicompute', `unicompute.bearer.${hex(S.token)}`]);
+    sock.binaryType = 'arraybuffer';
+    S.console = sock;
+    status('Connecting…');
+    sock.onopen = () => { status('Connected'); enable(true); $('#console-in').focus(); };
+    sock.onmessage = (m) => {
+      if (typeof m.data === 'string') {
+        try {
+          const c = JSON.parse(m.data);
+          if (c.type === 'error') status(`${c.error.message} (${c.error.code})`);
+        } catch { show(m.data); }
+      } else {
+        show(dec.decode(m.data, { stream: true }));
+      }
+    };
+    sock.onclose = (ev) => {
+      enable(false);
+      const why = $('#console-status').textContent;
+      status(why && why !== 'Connected' && why !== 'Connecting…' ? why : `Disconnected${ev.code && ev.code !== 1000 && ev.code !== 1005 ? ` (${ev.code})` : ''}`);
+      sock = null;
+    };
+  });
+  $('#console-close').addEventListener('click', () => sock?.close(1000));
+  $('#console-ctrlc').addEventListener('click', () => sock?.send(new Uint8Array([3])));
+  $('#console-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    if (!sock) return;
+    sock.send(new TextEncoder().encode(`${$('#console-in').value}\n`));
+    $('#console-in').value = '';
+  });
 }
 
 function renderEdit(i) {

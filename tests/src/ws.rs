@@ -11,6 +11,8 @@ use tungstenite::{Message, WebSocket};
 /// An open WebSocket.
 pub struct Ws {
     socket: WebSocket<TcpStream>,
+    /// The subprotocol the server chose, if any.
+    pub protocol: Option<String>,
 }
 
 /// What the server sent: terminal bytes, a control message, or the close.
@@ -27,20 +29,35 @@ pub enum Got {
 /// Connects `path` (with its query) with `token`: the socket, or the refusal's status
 /// and body (an error envelope).
 pub fn connect(base: &str, path: &str, token: &str) -> Result<Ws, (u16, Value)> {
+    connect_with(base, path, &[("authorization", format!("Bearer {token}"))])
+}
+
+/// Connects `path` with these headers (none added).
+pub fn connect_with(
+    base: &str,
+    path: &str,
+    headers: &[(&'static str, String)],
+) -> Result<Ws, (u16, Value)> {
     let addr = base.trim_start_matches("http://");
     let mut req = format!("ws://{addr}{path}")
         .into_client_request()
         .expect("request");
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().expect("header"));
+    }
     let stream = TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     match tungstenite::client::client(req, stream) {
-        Ok((socket, _)) => Ok(Ws { socket }),
+        Ok((socket, resp)) => Ok(Ws {
+            socket,
+            protocol: resp
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }),
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
             let status = resp.status().as_u16();
             let body = resp

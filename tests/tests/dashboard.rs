@@ -475,6 +475,47 @@ fn the_dashboard_drives_a_real_kvm_guest() {
             "document.querySelector('#usage-mem')?.textContent",
         )
         .await;
+        // The serial console, from the page: a line typed, the guest's shell answers.
+        c.find(Locator::Css("#console-connect"))
+            .await
+            .expect("connect")
+            .click()
+            .await
+            .expect("click");
+        until(
+            &c,
+            "connected",
+            "document.querySelector('#console-status')?.textContent === 'Connected'",
+        )
+        .await;
+        let line = c
+            .find(Locator::Css("#console-in"))
+            .await
+            .expect("console input");
+        line.send_keys(&format!("echo cons-$((40+2))-{token}\n"))
+            .await
+            .expect("type");
+        until(
+            &c,
+            "the guest's answer",
+            &format!(
+                "document.querySelector('#console-out')?.textContent.includes('cons-42-{token}')"
+            ),
+        )
+        .await;
+        shot(&c, "kvm-console").await;
+        c.find(Locator::Css("#console-close"))
+            .await
+            .expect("disconnect")
+            .click()
+            .await
+            .expect("click");
+        until(
+            &c,
+            "disconnected",
+            "document.querySelector('#console-status')?.textContent.startsWith('Disconnected')",
+        )
+        .await;
         shot(&c, "kvm-instance").await;
         // Stop after a confirmation: the guest powers itself off.
         c.find(Locator::Css("#inst-actions button[data-act=stop]"))

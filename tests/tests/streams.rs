@@ -544,3 +544,98 @@ fn the_client_library_reads_logs_runs_exec_and_drives_a_console() {
     );
     t.close();
 }
+
+/// A page in a browser cannot set `Authorization` on a WebSocket: it offers its token
+/// as the subprotocol `unicompute.bearer.<hex>` beside `unicompute`, which the server
+/// then chooses. The same roles apply; a bad, doubled or unmatched token is refused;
+/// only a handshake may carry it that way.
+#[test]
+fn a_websocket_may_carry_its_token_as_a_subprotocol() {
+    let s = Server::fake("");
+    let (id, _) = instance(&s, json!({}), true);
+    let path = format!("{INSTANCES}/{id}/console");
+    let offer = |token: &str| {
+        vec![(
+            "sec-websocket-protocol",
+            format!("unicompute, unicompute.bearer.{}", hex::encode(token)),
+        )]
+    };
+    let mut c = ws::connect_with(&s.base, &path, &offer(ADMIN)).expect("console");
+    assert_eq!(c.protocol.as_deref(), Some("unicompute"));
+    let marker = unique("sp");
+    c.send_bytes(format!("echo {marker}\n").as_bytes());
+    let mut seen = Vec::new();
+    assert!(
+        c.read_until(&marker, Duration::from_secs(10), &mut seen),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    c.close();
+    let code = |r: Result<ws::Ws, (u16, Value)>| {
+        r.err()
+            .map(|(st, b)| (st, b["error"]["code"].as_str().unwrap_or("").to_owned()))
+    };
+    let free = |s: &Server| {
+        wait_for(Duration::from_secs(10), || {
+            ws::connect(&s.base, &path, ADMIN).ok()
+        })
+        .expect("free")
+        .close()
+    };
+    free(&s);
+    // The console is an admin's: a viewer's token that way is 403.
+    assert_eq!(
+        code(ws::connect_with(&s.base, &path, &offer(VIEWER))),
+        Some((403, "FORBIDDEN".into()))
+    );
+    // A token the server does not know; not hex; two tokens: 401.
+    assert_eq!(
+        code(ws::connect_with(&s.base, &path, &offer("wrong"))),
+        Some((401, "UNAUTHORIZED".into()))
+    );
+    let bad = vec![(
+        "sec-websocket-protocol",
+        "unicompute, unicompute.bearer.zz".to_owned(),
+    )];
+    assert_eq!(
+        code(ws::connect_with(&s.base, &path, &bad)),
+        Some((401, "UNAUTHORIZED".into()))
+    );
+    let two = vec![(
+        "sec-websocket-protocol",
+        format!(
+            "unicompute, unicompute.bearer.{}, unicompute.bearer.{}",
+            hex::encode(ADMIN),
+            hex::encode(VIEWER)
+        ),
+    )];
+    assert_eq!(
+        code(ws::connect_with(&s.base, &path, &two)),
+        Some((401, "UNAUTHORIZED".into()))
+    );
+    // An Authorization header wins: a wrong one is not rescued by the subprotocol.
+    let mut both = offer(ADMIN);
+    both.push(("authorization", "Bearer wrong".to_owned()));
+    assert_eq!(
+        code(ws::connect_with(&s.base, &path, &both)),
+        Some((401, "UNAUTHORIZED".into()))
+    );
+    // Not a handshake: the header carries no token.
+    let plain = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!(
+                "Sec-WebSocket-Protocol: unicompute, unicompute.bearer.{}",
+                hex::encode(ADMIN)
+            ),
+            &format!("{}{INSTANCES}/{id}", s.base),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "401");
+}

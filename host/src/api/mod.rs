@@ -131,7 +131,7 @@ pub fn filter(
                 let result = handle(&state, request, body, &mut matched)
                     .instrument(span.clone())
                     .await;
-                let response = match result {
+                let mut response = match result {
                     Ok(Answer::Reply(reply)) => reply_response(reply),
                     Ok(Answer::Raw(r)) => r,
                     Err(e) => {
@@ -147,6 +147,16 @@ pub fn filter(
                         r
                     }
                 };
+                // A browser that offered its token as a subprotocol gets ours chosen
+                // (it fails a handshake that chooses none of those it offered).
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && ws_protocols(&headers).any(|p| p == WS_PROTOCOL)
+                {
+                    response.headers_mut().insert(
+                        header::SEC_WEBSOCKET_PROTOCOL,
+                        HeaderValue::from_static(WS_PROTOCOL),
+                    );
+                }
                 let took = started.elapsed();
                 crate::metrics::http_request(
                     matched.unwrap_or("unmatched"),
@@ -175,6 +185,42 @@ fn declares_body(headers: &HeaderMap) -> bool {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .is_some_and(|n| n > 0)
+}
+
+/// The WebSocket subprotocol a browser offers with its token (a page cannot set
+/// `Authorization` on a WebSocket): `unicompute.bearer.<the token's UTF-8 bytes in
+/// hex>`, beside [`WS_PROTOCOL`], which the server then answers as the protocol.
+const WS_BEARER_PREFIX: &str = "unicompute.bearer.";
+/// The subprotocol the server selects when a client offered its token that way.
+const WS_PROTOCOL: &str = "unicompute";
+
+/// The offered WebSocket subprotocols.
+fn ws_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// The token a WebSocket handshake carries as a subprotocol, when it has no
+/// `Authorization` header.
+fn ws_bearer(headers: &HeaderMap) -> Option<String> {
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade || headers.contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    let mut offered = ws_protocols(headers).filter_map(|p| p.strip_prefix(WS_BEARER_PREFIX));
+    let (Some(hexed), None) = (offered.next(), offered.next()) else {
+        return None;
+    };
+    hex::decode(hexed)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
 }
 
 /// The bearer token. Two `Authorization` headers are refused rather than resolved one
@@ -356,8 +402,12 @@ where
         *matched = Some(endpoint.path());
     }
     let public_metrics = state.service.config().metrics.public;
+    let ws_token = ws_bearer(headers);
     let who = if path.starts_with("/api/") || (path == "/metrics" && !public_metrics) {
-        let token = bearer(headers)?;
+        let token = match &ws_token {
+            Some(t) => t.as_str(),
+            None => bearer(headers)?,
+        };
         let auth = state.auth();
         let Some((name, role)) = auth.check(token) else {
             return Err(ApiError::new(Code::Unauthorized, "invalid token"));
