@@ -317,7 +317,25 @@ fn the_dashboard_drives_a_real_docker_container_live() {
         assert_eq!(r.status, 201, "{}", r.text);
         let xid = r.json["id"].as_str().expect("id").to_owned();
         let v = browser(&d, 390, 800).await;
-        sign_in(&v, &s.base, VIEWER).await;
+        // By keyboard alone: the token field has the focus; Enter signs in.
+        v.goto(&format!("{}/ui/", s.base)).await.expect("open /ui/");
+        until(&v, "the focus on the token", "document.activeElement?.id === 'token'").await;
+        v.active_element()
+            .await
+            .expect("the focused field")
+            .send_keys(&format!("{VIEWER}\u{E007}"))
+            .await
+            .expect("type and Enter");
+        until(&v, "the instances page", "document.querySelector('#instances-page')").await;
+        // Every input of the page has a label.
+        let unlabelled = v
+            .execute(
+                "return [...document.querySelectorAll('input, select, textarea')].filter(e => !e.closest('label') && !e.labels?.length).length;",
+                vec![],
+            )
+            .await
+            .expect("js");
+        assert_eq!(unlabelled, json!(0));
         assert_eq!(until(&v, "the row", &state_js(&x)).await, json!("running"));
         let buttons = v.execute("return document.querySelectorAll('#rows button').length;", vec![]).await.expect("js");
         assert_eq!(buttons, json!(0));
