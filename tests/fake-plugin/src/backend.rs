@@ -64,6 +64,9 @@ pub struct FakeConfig {
     /// server's working directory and this backend's name.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Milliseconds a pause takes (a slow freezer), for the check's timings.
+    #[serde(default)]
+    pub pause_ms: u64,
 }
 
 fn yes() -> bool {
@@ -519,6 +522,7 @@ impl Backend for FakeBackend {
 
     fn pause(&self, id: &str) -> Result<Instance, PluginError> {
         use InstanceState::*;
+        std::thread::sleep(Duration::from_millis(self.config.pause_ms));
         self.set_state(id, "pause", &[Running], Paused)
     }
 
