@@ -441,27 +441,30 @@ fn scenario<W: Write>(
     if created.is_none() {
         return;
     }
-    r.step("labels round trip: create, get and list answer them as given", || {
-        let got = b.get(&id).map_err(|e| code(&e))?;
-        if got.metadata.labels != labels {
-            return Err(format!(
-                "get answers labels {:?}, created with {labels:?}",
-                got.metadata.labels
-            ));
-        }
-        let list = b.list().map_err(|e| code(&e))?;
-        let listed = list
-            .iter()
-            .find(|i| i.id == id)
-            .ok_or_else(|| "not in list".to_owned())?;
-        if listed.metadata.labels != labels {
-            return Err(format!(
-                "list answers labels {:?}, created with {labels:?}",
-                listed.metadata.labels
-            ));
-        }
-        Ok(())
-    });
+    r.step(
+        "labels round trip: create, get and list answer them as given",
+        || {
+            let got = b.get(&id).map_err(|e| code(&e))?;
+            if got.metadata.labels != labels {
+                return Err(format!(
+                    "get answers labels {:?}, created with {labels:?}",
+                    got.metadata.labels
+                ));
+            }
+            let list = b.list().map_err(|e| code(&e))?;
+            let listed = list
+                .iter()
+                .find(|i| i.id == id)
+                .ok_or_else(|| "not in list".to_owned())?;
+            if listed.metadata.labels != labels {
+                return Err(format!(
+                    "list answers labels {:?}, created with {labels:?}",
+                    listed.metadata.labels
+                ));
+            }
+            Ok(())
+        },
+    );
     let caps = desc.map(|d| d.capabilities).unwrap_or_default();
     steps_on(r, b, &id, &name, spec.stop_timeout, &caps);
     create_started(r, b, &name, &config, &resources);
@@ -533,7 +536,9 @@ fn create_started<W: Write>(
         "delete of a running instance without force is INVALID_STATE",
         || match b.delete(&id, false) {
             Err(e) if e.code == ErrorCode::InvalidState => {
-                let i = b.get(&id).map_err(|e| format!("after the refusal: {}", code(&e)))?;
+                let i = b
+                    .get(&id)
+                    .map_err(|e| format!("after the refusal: {}", code(&e)))?;
                 expect_state(&i, &[InstanceState::Running])
                     .map_err(|e| format!("after the refusal: {e}"))
             }
@@ -598,12 +603,8 @@ fn changes(before: &Kept, after: &Kept) -> Vec<String> {
             after.state.as_str()
         ));
     }
-    let show = |s: &[Option<u64>; 3]| {
-        format!(
-            "cores {:?}, memory {:?}, storage {:?}",
-            s[0], s[1], s[2]
-        )
-    };
+    let show =
+        |s: &[Option<u64>; 3]| format!("cores {:?}, memory {:?}, storage {:?}", s[0], s[1], s[2]);
     if before.resources != after.resources {
         out.push(format!(
             "resources ({}) became ({})",
@@ -637,17 +638,20 @@ fn durability<W: Write>(
         force: true,
         timeout: 0,
     };
-    let before = r.step("stop (force, timeout 0) before a restart of the backend", || {
-        let i = backend.stop(id, hard).map_err(|e| code(&e))?;
-        expect_state(&i, &[Stopped])?;
-        let got = backend.get(id).map_err(|e| code(&e))?;
-        let list = backend.list().map_err(|e| code(&e))?;
-        let listed = list
-            .iter()
-            .find(|i| i.id == id)
-            .ok_or_else(|| "not in list".to_owned())?;
-        Ok((kept(&got), kept(listed)))
-    });
+    let before = r.step(
+        "stop (force, timeout 0) before a restart of the backend",
+        || {
+            let i = backend.stop(id, hard).map_err(|e| code(&e))?;
+            expect_state(&i, &[Stopped])?;
+            let got = backend.get(id).map_err(|e| code(&e))?;
+            let list = backend.list().map_err(|e| code(&e))?;
+            let listed = list
+                .iter()
+                .find(|i| i.id == id)
+                .ok_or_else(|| "not in list".to_owned())?;
+            Ok((kept(&got), kept(listed)))
+        },
+    );
     let Some((before_get, before_list)) = before else {
         return true;
     };
@@ -689,10 +693,7 @@ fn durability<W: Write>(
         if problems.is_empty() {
             return Ok(());
         }
-        let mut why = format!(
-            "after a restart of the backend, {}",
-            problems.join("; ")
-        );
+        let mut why = format!("after a restart of the backend, {}", problems.join("; "));
         if lost {
             why.push_str(
                 " (keep every instance's record where it survives the backend: \
@@ -929,11 +930,7 @@ fn streams_running<W: Write>(
         });
         r.step("logs of an unknown id are INSTANCE_NOT_FOUND", || {
             expect_not_found(
-                open(
-                    b,
-                    unknown,
-                    StreamKind::Logs(LogsOptions::default()),
-                ),
+                open(b, unknown, StreamKind::Logs(LogsOptions::default())),
                 "logs of an unknown id",
             )
         });

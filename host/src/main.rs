@@ -90,12 +90,8 @@ fn main() -> ExitCode {
     init_logging();
     if let Some(Command::Plugins(PluginsCommand::Check { file, json })) = &cli.command {
         // Here --config is the check's own table, not the server's config.
-        let ok = unicompute_host::check::run(
-            file,
-            cli.config.as_deref(),
-            *json,
-            &mut std::io::stdout(),
-        );
+        let ok =
+            unicompute_host::check::run(file, cli.config.as_deref(), *json, &mut std::io::stdout());
         return if ok {
             ExitCode::SUCCESS
         } else {

@@ -150,7 +150,9 @@ impl ProcessBackend {
     fn save(&self, e: &Entry) -> Result<(), PluginError> {
         let id = &e.instance.id;
         if !plain_name(id) {
-            return Err(PluginError::invalid(format!("id {id:?} is not a plain name")));
+            return Err(PluginError::invalid(format!(
+                "id {id:?} is not a plain name"
+            )));
         }
         let record = Record {
             instance: e.instance.clone(),
