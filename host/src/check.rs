@@ -28,7 +28,7 @@
 //! Streams (interface 1.3) are checked when the backend offers them: logs end
 //! without follow, a follow opens and closes, `exec echo` answers its output and exit
 //! code 0, the console opens; the console and exec of a stopped instance are
-//! `INVALID_STATE`; a stream refused while `describe` lists it fails.
+//! `INVALID_STATE`; a stream refused while `describe` lists it is a SKIP saying so.
 //!
 //! Each step's time is the time of its calls to the backend, including a call made
 //! before the step to tell a SKIP from a PASS (`pause`, the streams' opening).
