@@ -1,6 +1,8 @@
-//! `unicompute plugins check FILE.so [--config TABLE.toml]`: loads a plugin file as the
-//! host would and runs the standard conformance scenario against a backend made from
-//! the given settings. One PASS/FAIL/SKIP line per step; false when any step failed.
+//! `unicompute plugins check FILE.so [--config TABLE.toml] [--json]`: loads a plugin
+//! file as the host would and runs the standard conformance scenario against a
+//! backend made from the given settings. One PASS/FAIL/SKIP line per step (with
+//! `--json`, one JSON document: the steps with their verdict, time and message, and a
+//! summary); false when any step failed.
 //!
 //! The config file has two tables, both optional:
 //!
@@ -14,16 +16,29 @@
 //! ```
 //!
 //! Without `instance.config`, the scenario creates from the first image the backend
-//! lists. Streams (interface 1.3) are checked when the backend offers them: logs end
+//! lists. Ids are made as the host makes them (`i-` and 20 hex digits), names follow
+//! the name rules (`uc-check-...`). Besides the lifecycle (create, start, pause, stop
+//! of a running and of a paused instance, restart, update, delete) it checks a label
+//! round trip, a create with `start: true`, that a delete without force of a running
+//! instance is `INVALID_STATE`, and **durability**: after the lifecycle, the backend
+//! is dropped (its `shutdown`) and a new one made from the same settings must list
+//! and get the instance with the same id, name, labels, `createdAt`, state and
+//! resources (a plugin that keeps its instances in memory only fails there).
+//!
+//! Streams (interface 1.3) are checked when the backend offers them: logs end
 //! without follow, a follow opens and closes, `exec echo` answers its output and exit
 //! code 0, the console opens; the console and exec of a stopped instance are
-//! `INVALID_STATE`; a stream refused while `describe` lists it fails.
+//! `INVALID_STATE`; a stream refused while `describe` lists it is a SKIP saying so.
+//!
+//! Each step's time is the time of its calls to the backend, including a call made
+//! before the step to tell a SKIP from a PASS (`pause`, the streams' opening).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chrono::{SubsecRound, Utc};
+use chrono::Utc;
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
@@ -67,8 +82,23 @@ impl Default for InstanceSpec {
     }
 }
 
+/// One step's outcome, as printed and as `--json` reports it.
+#[derive(Debug, serde::Serialize)]
+struct StepRecord {
+    name: String,
+    verdict: &'static str,
+    ms: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
 struct Runner<'a, W: Write> {
     out: &'a mut W,
+    /// One JSON document at the end instead of lines as the steps go.
+    json: bool,
+    steps: Vec<StepRecord>,
+    /// What `--json` reports besides the steps (`plugin`, `names`).
+    info: serde_json::Map<String, serde_json::Value>,
     passed: usize,
     failed: Vec<String>,
 }
@@ -104,19 +134,30 @@ fn expect_state(i: &Instance, want: &[InstanceState]) -> Check<()> {
 }
 
 impl<W: Write> Runner<'_, W> {
+    /// Runs a step, timed from now.
     fn step<T>(&mut self, name: &str, f: impl FnOnce() -> Check<T>) -> Option<T> {
-        let started = Instant::now();
+        self.step_since(name, Instant::now(), f)
+    }
+
+    /// Runs a step whose first call was made at `started` (a call made before the
+    /// step to decide whether it is a SKIP): its time counts.
+    fn step_since<T>(
+        &mut self,
+        name: &str,
+        started: Instant,
+        f: impl FnOnce() -> Check<T>,
+    ) -> Option<T> {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
             .unwrap_or_else(|_| Err("the step panicked".into()));
         let ms = started.elapsed().as_millis();
         match result {
             Ok(v) => {
-                let _ = writeln!(self.out, "PASS  {name} ({ms} ms)");
+                self.record(name, "PASS", ms, None);
                 self.passed += 1;
                 Some(v)
             }
             Err(why) => {
-                let _ = writeln!(self.out, "FAIL  {name}: {why} ({ms} ms)");
+                self.record(name, "FAIL", ms, Some(why));
                 self.failed.push(name.to_owned());
                 None
             }
@@ -124,14 +165,42 @@ impl<W: Write> Runner<'_, W> {
     }
 
     fn skip(&mut self, name: &str, why: &str) {
-        let _ = writeln!(self.out, "SKIP  {name}: {why}");
+        self.record(name, "SKIP", 0, Some(why.to_owned()));
+    }
+
+    fn record(&mut self, name: &str, verdict: &'static str, ms: u128, message: Option<String>) {
+        if !self.json {
+            let _ = match (verdict, &message) {
+                ("SKIP", Some(m)) => writeln!(self.out, "SKIP  {name}: {m}"),
+                (v, Some(m)) => writeln!(self.out, "{v}  {name}: {m} ({ms} ms)"),
+                (v, None) => writeln!(self.out, "{v}  {name} ({ms} ms)"),
+            };
+        }
+        self.steps.push(StepRecord {
+            name: name.to_owned(),
+            verdict,
+            ms,
+            message,
+        });
+    }
+
+    /// A line of information (human output only; `--json` has it under `key`).
+    fn say(&mut self, line: &str, key: &str, value: serde_json::Value) {
+        if !self.json {
+            let _ = writeln!(self.out, "{line}");
+        }
+        self.info.insert(key.to_owned(), value);
     }
 }
 
-/// Runs the check; prints to `out`; true when every step passed.
-pub fn run(file: &Path, config: Option<&Path>, out: &mut impl Write) -> bool {
+/// Runs the check; prints to `out` (lines, or one JSON document with `json`); true
+/// when every step passed.
+pub fn run(file: &Path, config: Option<&Path>, json: bool, out: &mut impl Write) -> bool {
     let mut r = Runner {
         out,
+        json,
+        steps: Vec::new(),
+        info: serde_json::Map::new(),
         passed: 0,
         failed: Vec::new(),
     };
@@ -140,8 +209,9 @@ pub fn run(file: &Path, config: Option<&Path>, out: &mut impl Write) -> bool {
         Some(p) => match Figment::from(Toml::file_exact(p)).extract() {
             Ok(c) => c,
             Err(e) => {
-                let _ = writeln!(r.out, "FAIL  config: {e}");
-                return false;
+                r.record("config", "FAIL", 0, Some(e.to_string()));
+                r.failed.push("config".into());
+                return finish(r);
             }
         },
     };
@@ -149,8 +219,7 @@ pub fn run(file: &Path, config: Option<&Path>, out: &mut impl Write) -> bool {
         return finish(r);
     };
     let h = &plugin.handshake;
-    let _ = writeln!(
-        r.out,
+    let line = format!(
         "      plugin {} {} (kind {}, interface {}) from {}",
         h.name,
         h.version,
@@ -158,29 +227,79 @@ pub fn run(file: &Path, config: Option<&Path>, out: &mut impl Write) -> bool {
         h.interface_version,
         file.display()
     );
+    let about = serde_json::json!({
+        "name": h.name.to_string(),
+        "version": h.version.to_string(),
+        "kind": h.kind.to_string(),
+        "interface": h.interface_version.to_string(),
+        "file": file.display().to_string(),
+    });
+    r.say(&line, "plugin", about);
     let settings = serde_json::Value::Object(cfg.backend.clone());
-    let Some(backend) = r.step("create backend", || {
-        plugin
-            .create_backend("check", &settings, EventSink::discard())
-            .map_err(|e| code(&e))
-    }) else {
+    let make = || -> Result<Box<dyn Backend>, PluginError> {
+        let b = plugin.create_backend("check", &settings, EventSink::discard())?;
+        Ok(Box::new(b))
+    };
+    let Some(mut backend) = r.step("create backend", || make().map_err(|e| code(&e))) else {
         return finish(r);
     };
-    scenario(&mut r, &backend, &cfg.instance);
+    scenario(&mut r, &mut backend, &make, &cfg.instance);
     backend.shutdown();
     finish(r)
 }
 
 fn finish<W: Write>(r: Runner<'_, W>) -> bool {
+    let ok = r.failed.is_empty();
+    if r.json {
+        let skipped = r.steps.iter().filter(|s| s.verdict == "SKIP").count();
+        let mut doc = r.info;
+        doc.insert(
+            "steps".into(),
+            serde_json::to_value(&r.steps).unwrap_or_default(),
+        );
+        doc.insert(
+            "summary".into(),
+            serde_json::json!({
+                "passed": r.passed,
+                "failed": r.failed.len(),
+                "skipped": skipped,
+                "failedSteps": r.failed,
+                "ok": ok,
+            }),
+        );
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(doc))
+            .unwrap_or_else(|_| "{}".into());
+        let _ = writeln!(r.out, "{text}");
+        return ok;
+    }
     let _ = writeln!(r.out, "{} passed, {} failed", r.passed, r.failed.len());
-    if !r.failed.is_empty() {
+    if !ok {
         let _ = writeln!(r.out, "failed steps: {}", r.failed.join(", "));
     }
-    r.failed.is_empty()
+    ok
 }
 
-fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpec) {
+/// A fresh id in the documented format (`i-` and 20 hex digits), as the host makes
+/// them, with its creation time (milliseconds).
+fn new_id() -> (String, chrono::DateTime<Utc>) {
+    crate::service::new_instance_id()
+}
+
+fn labels_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn scenario<W: Write>(
+    r: &mut Runner<'_, W>,
+    backend: &mut Box<dyn Backend>,
+    make: &dyn Fn() -> Result<Box<dyn Backend>, PluginError>,
+    spec: &InstanceSpec,
+) {
     use InstanceState::*;
+    let b: &dyn Backend = backend.as_ref();
     if r.step("health", || b.health().map_err(|e| code(&e)))
         .is_none()
     {
@@ -225,31 +344,33 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
         .unwrap_or_default()
     });
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
-    let id = format!("chk-{suffix}");
+    let (id, created_at) = new_id();
     let name = format!("uc-check-{suffix}");
     // Said first, so that whoever runs the check can remove what a failed run left.
-    let _ = writeln!(
-        r.out,
-        "NAME  {name} (what the check makes is named {name}*)"
+    r.say(
+        &format!("NAME  {name} (what the check makes is named {name}*)"),
+        "names",
+        format!("{name}*").into(),
     );
 
     r.step(
         "create with an invalid config is refused and leaves nothing",
         || {
             let bad_name = format!("{name}-bad");
+            let (bad_id, at) = new_id();
             let res = b.create(CreateRequest {
-                id: format!("{id}-bad"),
+                id: bad_id.clone(),
                 name: bad_name.clone(),
                 config: JsonMap::new(),
                 resources: resources.clone(),
                 labels: Default::default(),
                 start: false,
-                created_at: Utc::now().trunc_subsecs(3),
+                created_at: at,
                 operation: None,
             });
             match res {
                 Ok(_) => {
-                    let _ = b.delete(&format!("{id}-bad"), true);
+                    let _ = b.delete(&bad_id, true);
                     Err("a create with an empty config succeeded".into())
                 }
                 Err(e) if e.code == ErrorCode::InternalError => {
@@ -257,7 +378,7 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
                 }
                 Err(_) => {
                     let left = b.list().map_err(|e| code(&e))?;
-                    if left.iter().any(|i| i.name == bad_name) {
+                    if left.iter().any(|i| i.name == bad_name || i.id == bad_id) {
                         return Err("the failed create left an instance".into());
                     }
                     Ok(())
@@ -266,18 +387,23 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
         },
     );
 
+    // Keys and values of the kinds people use: dotted, a DNS prefix with a slash,
+    // spaces and non-ASCII in a value.
+    let labels = labels_of(&[
+        ("unicompute.check", "1"),
+        ("example.com/role", "conformance check"),
+        ("note", "h\u{e9}llo w\u{f6}rld"),
+    ]);
     let created = r.step("create", || {
-        let mut labels = std::collections::BTreeMap::new();
-        labels.insert("unicompute.check".to_owned(), "1".to_owned());
         let i = b
             .create(CreateRequest {
                 id: id.clone(),
                 name: name.clone(),
                 config: config.clone(),
                 resources: resources.clone(),
-                labels,
+                labels: labels.clone(),
                 start: false,
-                created_at: Utc::now().trunc_subsecs(3),
+                created_at,
                 operation: None,
             })
             .map_err(|e| code(&e))?;
@@ -304,13 +430,53 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
         {
             return Err("labels were not kept".into());
         }
+        if i.created_at != created_at {
+            return Err(format!(
+                "createdAt is {}, the request's was {}",
+                i.created_at, created_at
+            ));
+        }
         Ok(i)
     });
     if created.is_none() {
         return;
     }
+    r.step(
+        "labels round trip: create, get and list answer them as given",
+        || {
+            let got = b.get(&id).map_err(|e| code(&e))?;
+            if got.metadata.labels != labels {
+                return Err(format!(
+                    "get answers labels {:?}, created with {labels:?}",
+                    got.metadata.labels
+                ));
+            }
+            let list = b.list().map_err(|e| code(&e))?;
+            let listed = list
+                .iter()
+                .find(|i| i.id == id)
+                .ok_or_else(|| "not in list".to_owned())?;
+            if listed.metadata.labels != labels {
+                return Err(format!(
+                    "list answers labels {:?}, created with {labels:?}",
+                    listed.metadata.labels
+                ));
+            }
+            Ok(())
+        },
+    );
     let caps = desc.map(|d| d.capabilities).unwrap_or_default();
     steps_on(r, b, &id, &name, spec.stop_timeout, &caps);
+    create_started(r, b, &name, &config, &resources);
+    let kept = durability(r, backend, make, &id, &name);
+    let b: &dyn Backend = backend.as_ref();
+    if !kept {
+        r.skip(
+            "delete (force)",
+            "the instance was lost at the restart of the backend",
+        );
+        return;
+    }
     let deleted = r.step("delete (force)", || {
         b.delete(&id, true).map_err(|e| code(&e))
     });
@@ -330,6 +496,213 @@ fn scenario<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, spec: &InstanceSpe
         }
         Ok(())
     });
+}
+
+/// A create with `start: true` answers a running instance; deleting it without
+/// `force` is `INVALID_STATE`; with `force` it goes.
+fn create_started<W: Write>(
+    r: &mut Runner<'_, W>,
+    b: &dyn Backend,
+    name: &str,
+    config: &JsonMap,
+    resources: &Resources,
+) {
+    let (id, created_at) = new_id();
+    let name = format!("{name}-s");
+    let made = r.step("create with start: true answers it running", || {
+        let i = b
+            .create(CreateRequest {
+                id: id.clone(),
+                name: name.clone(),
+                config: config.clone(),
+                resources: resources.clone(),
+                labels: labels_of(&[("unicompute.check", "started")]),
+                start: true,
+                created_at,
+                operation: None,
+            })
+            .map_err(|e| code(&e))?;
+        expect_state(&i, &[InstanceState::Running])?;
+        let got = b.get(&id).map_err(|e| code(&e))?;
+        expect_state(&got, &[InstanceState::Running])
+            .map_err(|e| format!("get after the create: {e}"))
+    });
+    if made.is_none() {
+        // Whatever it made goes.
+        let _ = b.delete(&id, true);
+        return;
+    }
+    r.step(
+        "delete of a running instance without force is INVALID_STATE",
+        || match b.delete(&id, false) {
+            Err(e) if e.code == ErrorCode::InvalidState => {
+                let i = b
+                    .get(&id)
+                    .map_err(|e| format!("after the refusal: {}", code(&e)))?;
+                expect_state(&i, &[InstanceState::Running])
+                    .map_err(|e| format!("after the refusal: {e}"))
+            }
+            Err(e) => Err(format!("got {}", code(&e))),
+            Ok(()) => Err("the running instance was deleted".into()),
+        },
+    );
+    r.step("delete (force) of the started one", || {
+        b.delete(&id, true).map_err(|e| code(&e))?;
+        expect_not_found(b.get(&id), "get of the deleted instance")
+    });
+}
+
+/// What a restart of the backend must keep of an instance.
+#[derive(Debug, PartialEq)]
+struct Kept {
+    name: String,
+    labels: BTreeMap<String, String>,
+    created_at: chrono::DateTime<Utc>,
+    state: InstanceState,
+    resources: [Option<u64>; 3],
+    pending: Option<[Option<u64>; 3]>,
+}
+
+fn sizes(r: &Resources) -> [Option<u64>; 3] {
+    [r.cores().map(u64::from), r.memory_limit(), r.total_space()]
+}
+
+fn kept(i: &Instance) -> Kept {
+    Kept {
+        name: i.name.clone(),
+        labels: i.metadata.labels.clone(),
+        created_at: i.created_at,
+        state: i.state,
+        resources: sizes(&i.resources),
+        pending: i.pending_resources.as_ref().map(sizes),
+    }
+}
+
+/// What changed between two views of an instance, said in words.
+fn changes(before: &Kept, after: &Kept) -> Vec<String> {
+    let mut out = Vec::new();
+    if before.name != after.name {
+        out.push(format!("name {} became {}", before.name, after.name));
+    }
+    if before.labels != after.labels {
+        out.push(format!(
+            "labels {:?} became {:?}",
+            before.labels, after.labels
+        ));
+    }
+    if before.created_at != after.created_at {
+        out.push(format!(
+            "createdAt {} became {}",
+            before.created_at, after.created_at
+        ));
+    }
+    if before.state != after.state {
+        out.push(format!(
+            "state {} became {}",
+            before.state.as_str(),
+            after.state.as_str()
+        ));
+    }
+    let show =
+        |s: &[Option<u64>; 3]| format!("cores {:?}, memory {:?}, storage {:?}", s[0], s[1], s[2]);
+    if before.resources != after.resources {
+        out.push(format!(
+            "resources ({}) became ({})",
+            show(&before.resources),
+            show(&after.resources)
+        ));
+    }
+    if before.pending != after.pending {
+        out.push(format!(
+            "pendingResources {:?} became {:?}",
+            before.pending.as_ref().map(show),
+            after.pending.as_ref().map(show)
+        ));
+    }
+    out
+}
+
+/// Stops the instance, drops the backend (its `shutdown`), makes a new one from the
+/// same settings, and compares what `list` and `get` answer. The new backend
+/// replaces the old one for the rest of the scenario. False when the instance was
+/// lost.
+fn durability<W: Write>(
+    r: &mut Runner<'_, W>,
+    backend: &mut Box<dyn Backend>,
+    make: &dyn Fn() -> Result<Box<dyn Backend>, PluginError>,
+    id: &str,
+    name: &str,
+) -> bool {
+    use InstanceState::*;
+    let hard = StopOptions {
+        force: true,
+        timeout: 0,
+    };
+    let before = r.step(
+        "stop (force, timeout 0) before a restart of the backend",
+        || {
+            let i = backend.stop(id, hard).map_err(|e| code(&e))?;
+            expect_state(&i, &[Stopped])?;
+            let got = backend.get(id).map_err(|e| code(&e))?;
+            let list = backend.list().map_err(|e| code(&e))?;
+            let listed = list
+                .iter()
+                .find(|i| i.id == id)
+                .ok_or_else(|| "not in list".to_owned())?;
+            Ok((kept(&got), kept(listed)))
+        },
+    );
+    let Some((before_get, before_list)) = before else {
+        return true;
+    };
+    let mut lost = false;
+    let step = "a new backend from the same settings keeps the instance (durability)";
+    r.step(step, || {
+        backend.shutdown();
+        let fresh = make().map_err(|e| format!("a new backend: {}", code(&e)))?;
+        *backend = fresh;
+        let mut problems = Vec::new();
+        let list = backend
+            .list()
+            .map_err(|e| format!("list of the new backend: {}", code(&e)))?;
+        match list.iter().find(|i| i.id == id) {
+            None => {
+                lost = true;
+                problems.push(format!("list lost {id} (name {name})"));
+            }
+            Some(i) => {
+                let c = changes(&before_list, &kept(i));
+                if !c.is_empty() {
+                    problems.push(format!("list changed {id}: {}", c.join("; ")));
+                }
+            }
+        }
+        match backend.get(id) {
+            Err(e) if e.code == ErrorCode::InstanceNotFound => {
+                lost = true;
+                problems.push(format!("get of {id} is INSTANCE_NOT_FOUND"));
+            }
+            Err(e) => problems.push(format!("get of {id}: {}", code(&e))),
+            Ok(i) => {
+                let c = changes(&before_get, &kept(&i));
+                if !c.is_empty() {
+                    problems.push(format!("get changed {id}: {}", c.join("; ")));
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut why = format!("after a restart of the backend, {}", problems.join("; "));
+        if lost {
+            why.push_str(
+                " (keep every instance's record where it survives the backend: \
+                 your daemon, or a file per instance)",
+            );
+        }
+        Err(why)
+    });
+    !lost
 }
 
 fn steps_on<W: Write>(
@@ -354,6 +727,7 @@ fn steps_on<W: Write>(
         expect_state(&i, want)?;
         Ok(i)
     };
+    let (unknown, _) = new_id();
     r.step("get", || {
         let i = b.get(id).map_err(|e| code(&e))?;
         (i.name == name)
@@ -368,7 +742,7 @@ fn steps_on<W: Write>(
             .ok_or_else(|| "not in list".to_owned())
     });
     r.step("get of an unknown id is INSTANCE_NOT_FOUND", || {
-        expect_not_found(b.get("chk-does-not-exist"), "get of an unknown id")
+        expect_not_found(b.get(&unknown), "get of an unknown id")
     });
     r.step("start", || ok(b.start(id), &[Running]));
     r.step("start again changes nothing", || {
@@ -384,16 +758,19 @@ fn steps_on<W: Write>(
         }
         Ok(())
     });
-    streams_running(r, b, id, caps);
-    match b.pause(id) {
+    streams_running(r, b, id, &unknown, caps);
+    let started = Instant::now();
+    let pausable = match b.pause(id) {
         Err(e) if e.code == ErrorCode::OperationNotSupported => {
             r.skip("pause", "not offered by this backend");
+            false
         }
         res => {
-            r.step("pause", || ok(res, &[Paused]));
+            r.step_since("pause", started, || ok(res, &[Paused]));
             r.step("unpause", || ok(b.unpause(id), &[Running]));
+            true
         }
-    }
+    };
     r.step(&format!("stop (graceful, {timeout} s timeout)"), || {
         ok(b.stop(id, graceful), &[Stopped])
     });
@@ -402,6 +779,28 @@ fn steps_on<W: Write>(
     });
     streams_stopped(r, b, id, caps);
     r.step("start after stop", || ok(b.start(id), &[Running]));
+    r.step(
+        "delete without force of a running instance is INVALID_STATE",
+        || match b.delete(id, false) {
+            Err(e) if e.code == ErrorCode::InvalidState => {
+                ok(b.get(id), &[Running]).map_err(|e| format!("after the refusal: {e}"))
+            }
+            Err(e) => Err(format!("got {}", code(&e))),
+            Ok(()) => Err("the running instance was deleted".into()),
+        },
+    );
+    if pausable {
+        r.step("pause before a stop", || ok(b.pause(id), &[Paused]));
+        r.step(
+            &format!("stop of a paused instance (graceful, {timeout} s timeout)"),
+            || ok(b.stop(id, graceful), &[Stopped]),
+        );
+        r.step("start after the stop of a paused instance", || {
+            ok(b.start(id), &[Running])
+        });
+    } else {
+        r.skip("stop of a paused instance", "pause is not offered");
+    }
     r.step("stop (force)", || ok(b.stop(id, hard), &[Stopped]));
     r.step("restart", || ok(b.restart(id, hard), &[Running]));
     r.step("update cpu and memory", || {
@@ -421,6 +820,40 @@ fn steps_on<W: Write>(
         }
         Ok(())
     });
+    let started = Instant::now();
+    let new_labels = labels_of(&[("unicompute.check", "2"), ("updated", "yes")]);
+    let update = b.update(
+        id,
+        UpdateRequest {
+            resources: Resources::default(),
+            labels: Some(new_labels.clone()),
+        },
+    );
+    match update {
+        Err(e) if e.code == ErrorCode::OperationNotSupported => r.skip(
+            "labels replaced by an update",
+            &format!("refused by this backend: {}", e.message),
+        ),
+        res => {
+            r.step_since("labels replaced by an update", started, || {
+                let i = res.map_err(|e| code(&e))?;
+                if i.metadata.labels != new_labels {
+                    return Err(format!(
+                        "update answers labels {:?}, asked {new_labels:?} (labels in an update replace them all)",
+                        i.metadata.labels
+                    ));
+                }
+                let got = b.get(id).map_err(|e| code(&e))?;
+                if got.metadata.labels != new_labels {
+                    return Err(format!(
+                        "get answers labels {:?} after the update, asked {new_labels:?}",
+                        got.metadata.labels
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// Reads a stream to its end within `limit`: its output and exit code, or why not.
@@ -482,19 +915,22 @@ fn offered<W: Write>(
 }
 
 /// Streams of a running instance (interface 1.3), when the backend offers them.
-fn streams_running<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, caps: &[String]) {
+fn streams_running<W: Write>(
+    r: &mut Runner<'_, W>,
+    b: &dyn Backend,
+    id: &str,
+    unknown: &str,
+    caps: &[String],
+) {
+    let started = Instant::now();
     let logs = open(b, id, StreamKind::Logs(LogsOptions::default()));
     if offered(r, "logs", caps, &logs) {
-        r.step("logs without follow end", || {
+        r.step_since("logs without follow end", started, || {
             drain(logs.map_err(|e| code(&e))?, Duration::from_secs(30)).map(|_| ())
         });
         r.step("logs of an unknown id are INSTANCE_NOT_FOUND", || {
             expect_not_found(
-                open(
-                    b,
-                    "chk-does-not-exist",
-                    StreamKind::Logs(LogsOptions::default()),
-                ),
+                open(b, unknown, StreamKind::Logs(LogsOptions::default())),
                 "logs of an unknown id",
             )
         });
@@ -512,6 +948,7 @@ fn streams_running<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, c
         "uc-check-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let started = Instant::now();
     let exec = open(
         b,
         id,
@@ -521,7 +958,7 @@ fn streams_running<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, c
         }),
     );
     if offered(r, "exec", caps, &exec) {
-        r.step("exec echo: its output and exit code 0", || {
+        r.step_since("exec echo: its output and exit code 0", started, || {
             let (out, exit) = drain(exec.map_err(|e| code(&e))?, Duration::from_secs(60))?;
             let text = String::from_utf8_lossy(&out);
             if !text.contains(&marker) || exit != Some(0) {
@@ -530,9 +967,10 @@ fn streams_running<W: Write>(r: &mut Runner<'_, W>, b: &dyn Backend, id: &str, c
             Ok(())
         });
     }
+    let started = Instant::now();
     let console = open(b, id, StreamKind::Console(ConsoleOptions::default()));
     if offered(r, "console", caps, &console) {
-        r.step("console opens and closes", || {
+        r.step_since("console opens and closes", started, || {
             drop(console.map_err(|e| code(&e))?);
             Ok(())
         });

@@ -48,6 +48,10 @@ enum PluginsCommand {
     Check {
         /// The plugin file.
         file: PathBuf,
+        /// One JSON document (the steps with name, verdict, ms and message, and a
+        /// summary) instead of lines, for CI.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -84,9 +88,10 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    if let Some(Command::Plugins(PluginsCommand::Check { file })) = &cli.command {
+    if let Some(Command::Plugins(PluginsCommand::Check { file, json })) = &cli.command {
         // Here --config is the check's own table, not the server's config.
-        let ok = unicompute_host::check::run(file, cli.config.as_deref(), &mut std::io::stdout());
+        let ok =
+            unicompute_host::check::run(file, cli.config.as_deref(), *json, &mut std::io::stdout());
         return if ok {
             ExitCode::SUCCESS
         } else {

@@ -664,6 +664,11 @@ fn backend_info_cluster_status_and_plugins_check() {
         text.lines().any(|l| l.ends_with(" passed, 0 failed")),
         "{text}"
     );
+    // The engine keeps the container: a new backend finds it as it was.
+    assert!(
+        text.contains("PASS  a new backend from the same settings keeps the instance (durability)"),
+        "{text}"
+    );
     let prefix = text
         .lines()
         .find_map(|l| l.strip_prefix("NAME  "))

@@ -268,6 +268,11 @@ fn kvm_plugins_check_and_info() {
         text.lines().any(|l| l.ends_with(" passed, 0 failed")),
         "{text}"
     );
+    // libvirt keeps the domain and its metadata: a new backend finds it as it was.
+    assert!(
+        text.contains("PASS  a new backend from the same settings keeps the instance (durability)"),
+        "{text}"
+    );
     let left: Vec<String> = virsh(&["list", "--all", "--name"])
         .1
         .lines()

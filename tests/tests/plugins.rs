@@ -365,3 +365,159 @@ fn the_directory_watch_loads_replaces_and_drops_plugins_without_a_signal() {
     assert_eq!(backend_field(&s, "fake", "status"), "running");
     assert_eq!(s.identity(), process, "the server was restarted");
 }
+
+/// Runs the check with `--json` and parses its one document.
+fn check_json(file: &Path, config: Option<&Path>) -> (bool, Value) {
+    let mut cmd = Command::new(host_binary());
+    cmd.arg("plugins").arg("check").arg(file).arg("--json");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd.output().expect("run plugins check --json");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let doc: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("--json output is not one JSON document ({e}): {text}"));
+    (out.status.success(), doc)
+}
+
+const DURABILITY: &str = "a new backend from the same settings keeps the instance (durability)";
+
+#[test]
+fn a_memory_only_plugin_fails_the_durability_step_naming_what_was_lost() {
+    let forgetful = build_external("tests/fake-plugin", "unicompute_fake", "memory-only");
+    let (ok, out) = check(&forgetful, None);
+    assert!(!ok, "{out}");
+    let fail = out
+        .lines()
+        .find(|l| l.starts_with(&format!("FAIL  {DURABILITY}")))
+        .unwrap_or_else(|| panic!("no durability FAIL line: {out}"));
+    // What was lost: the id the check made (the host's format) and its name.
+    let name = out
+        .lines()
+        .find_map(|l| l.strip_prefix("NAME  "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no NAME line: {out}"));
+    assert!(
+        fail.contains("after a restart of the backend, list lost i-")
+            && fail.contains(&format!("(name {name})")),
+        "{fail}"
+    );
+    let id = fail
+        .split("list lost ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("an id");
+    assert!(
+        id.len() == 22 && id[2..].chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert!(fail.contains("INSTANCE_NOT_FOUND"), "{fail}");
+    // Only durability fails: the rest of the scenario passed.
+    assert!(out.contains(" passed, 1 failed"), "{out}");
+    assert!(
+        out.contains(&format!("failed steps: {DURABILITY}")),
+        "{out}"
+    );
+
+    // The same in --json: one document, the step FAIL with the same message.
+    let (ok, doc) = check_json(&forgetful, None);
+    assert!(!ok);
+    let steps = doc["steps"].as_array().expect("steps");
+    let step = steps
+        .iter()
+        .find(|s| s["name"] == DURABILITY)
+        .unwrap_or_else(|| panic!("no durability step: {doc}"));
+    assert_eq!(step["verdict"], "FAIL", "{step}");
+    let message = step["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("after a restart of the backend, list lost i-"),
+        "{message}"
+    );
+    assert!(step["ms"].is_u64(), "{step}");
+    assert_eq!(doc["summary"]["ok"], false, "{doc}");
+    assert_eq!(doc["summary"]["failed"], 1, "{doc}");
+    assert_eq!(doc["summary"]["failedSteps"], json!([DURABILITY]), "{doc}");
+    assert_eq!(doc["plugin"]["name"], "fake", "{doc}");
+    assert!(steps.iter().any(|s| s["verdict"] == "PASS"));
+}
+
+#[test]
+fn the_fake_and_example_plugins_pass_every_new_step() {
+    for so in [fake_plugin(), example_plugin("")] {
+        let (ok, out) = check(&so, None);
+        assert!(ok, "{}: {out}", so.display());
+        for step in [
+            "PASS  labels round trip: create, get and list answer them as given",
+            "PASS  delete without force of a running instance is INVALID_STATE",
+            "PASS  stop of a paused instance (graceful",
+            "PASS  labels replaced by an update",
+            "PASS  create with start: true answers it running",
+            "PASS  delete of a running instance without force is INVALID_STATE",
+            &format!("PASS  {DURABILITY}"),
+            "PASS  nothing is left",
+        ] {
+            assert!(out.contains(step), "{step} in {}: {out}", so.display());
+        }
+        let (ok, doc) = check_json(&so, None);
+        assert!(ok, "{doc}");
+        assert_eq!(doc["summary"]["ok"], true, "{doc}");
+        assert_eq!(doc["summary"]["failed"], 0, "{doc}");
+        let steps = doc["steps"].as_array().expect("steps");
+        assert!(steps
+            .iter()
+            .all(|s| matches!(s["verdict"].as_str(), Some("PASS" | "SKIP"))));
+        assert!(doc["names"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("uc-check-")));
+    }
+}
+
+#[test]
+fn check_times_are_the_backends_calls() {
+    // A freeze that takes 300 ms shows as such (the call used to be made before its
+    // step's clock started, and printed 0 ms).
+    let dir = TempDir::new("checktime");
+    let cfg = dir.0.join("check.toml");
+    std::fs::write(&cfg, "[backend]\npause_ms = 300\n").expect("write");
+    let (ok, doc) = check_json(&fake_plugin(), Some(&cfg));
+    assert!(ok, "{doc}");
+    let ms = |name: &str| {
+        doc["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["ms"].as_u64())
+            .unwrap_or_else(|| panic!("no step {name}: {doc}"))
+    };
+    assert!(ms("pause") >= 300, "{doc}");
+    assert!(ms("pause before a stop") >= 300, "{doc}");
+    assert!(ms("unpause") < 300, "{doc}");
+}
+
+#[test]
+fn the_fake_keeps_its_instances_across_a_server_restart() {
+    // The fake's records live in its state_dir; a second server with the same
+    // settings lists the instance as the first left it.
+    let state = TempDir::new("fakestate");
+    let toml = format!("state_dir = \"{}\"\n", state.0.display());
+    let name = unique("durable");
+    let made = {
+        let s = Server::fake(&toml);
+        let r = s.call("POST", INSTANCES, ADMIN, Some(&json!({"name": name, "backend": "fake", "config": {"image": "busybox"}, "metadata": {"labels": {"team": "web"}}})));
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.json.clone()
+    };
+    let s = Server::fake(&toml);
+    let id = made["id"].as_str().expect("id");
+    let r = s.get(&format!("{INSTANCES}/{id}"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    for key in ["id", "name", "state", "createdAt", "metadata", "resources"] {
+        assert_eq!(r.json[key], made[key], "{key}: {}", r.text);
+    }
+    assert_eq!(
+        s.call("DELETE", &format!("{INSTANCES}/{id}"), ADMIN, None)
+            .status,
+        204
+    );
+}

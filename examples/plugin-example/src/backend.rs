@@ -1,12 +1,15 @@
-//! The backend: a map of instances, each with an optional child process.
+//! The backend: a map of instances, each with an optional child process, and one
+//! record per instance in `state_dir` so that a new backend (a reload, a restart of
+//! the server) finds them again.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, CpuUsage, CreateRequest, EventSink, HostResources,
@@ -21,10 +24,41 @@ use unicompute_plugin_api::{
 struct Settings {
     #[serde(default = "default_programs")]
     programs: Vec<String>,
+    /// Where the instances' records are kept, one JSON file per instance. The server
+    /// hands settings over as written: a relative path is taken from the server's
+    /// working directory. Set it for real use (`/var/lib/unicompute/process`); the
+    /// default, a directory under the system's temp dir for the server's working
+    /// directory and the backend's name, lets the example run with no setup.
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
 }
 
 fn default_programs() -> Vec<String> {
     vec!["sleep".into()]
+}
+
+/// The default `state_dir` (see [`Settings::state_dir`]).
+fn default_state_dir(backend: &str) -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    // FNV-1a of the working directory: stable from one build to the next.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in cwd.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    std::env::temp_dir()
+        .join("unicompute-process")
+        .join(format!("{h:016x}"))
+        .join(backend)
+}
+
+/// What is kept of an instance: the instance as answered (`Instance` is
+/// serde-serializable, so it is its own record) and how to run it.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    instance: Instance,
+    program: String,
+    args: Vec<String>,
 }
 
 /// The instance's `config`, as the user sends it.
@@ -48,6 +82,8 @@ struct Entry {
 /// The `process` backend.
 pub struct ProcessBackend {
     settings: Settings,
+    /// The absolute `state_dir`.
+    state_dir: PathBuf,
     instances: Mutex<HashMap<String, Entry>>,
     events: EventSink,
 }
@@ -62,6 +98,21 @@ fn ticks_per_sec() -> f64 {
     }
 }
 
+/// The window the first usage call of an instance measures CPU over.
+const FIRST_WINDOW: Duration = Duration::from_millis(200);
+
+/// CPU ticks (user and system) a process has used, from `/proc/PID/stat`; 0 when
+/// it is gone.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 12th and
+    // stime the 13th after ')'.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
 fn signal(child: &Child, sig: i32) {
     // SAFETY: kill(2) on a pid we spawned and have not reaped.
     unsafe {
@@ -74,11 +125,72 @@ impl ProcessBackend {
     /// down (this one has none); fails on bad settings.
     pub fn new(ctx: BackendContext) -> Result<Self, PluginError> {
         let settings: Settings = ctx.parse_config()?;
-        tracing::info!(backend = %ctx.name, programs = ?settings.programs, "process backend ready");
+        let dir = settings
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(&ctx.name));
+        let state_dir = std::path::absolute(&dir)
+            .map_err(|e| PluginError::config(format!("state_dir {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            PluginError::config(format!("state_dir {}: cannot make it: {e}", dir.display()))
+        })?;
+        let instances = load(&state_dir);
+        tracing::info!(backend = %ctx.name, programs = ?settings.programs, instances = instances.len(), state_dir = %state_dir.display(), "process backend ready");
         Ok(ProcessBackend {
             settings,
-            instances: Mutex::default(),
+            state_dir,
+            instances: Mutex::new(instances),
             events: ctx.events,
+        })
+    }
+
+    /// Keeps the record of `e`: written to a temporary file, flushed, then renamed
+    /// over the old one, so that a crash leaves the old record or the new one, never
+    /// half of one.
+    fn save(&self, e: &Entry) -> Result<(), PluginError> {
+        let id = &e.instance.id;
+        if !plain_name(id) {
+            return Err(PluginError::invalid(format!(
+                "id {id:?} is not a plain name"
+            )));
+        }
+        let record = Record {
+            instance: e.instance.clone(),
+            program: e.program.clone(),
+            args: e.args.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|err| PluginError::internal(format!("record of {id}: {err}")))?;
+        let tmp = self.state_dir.join(format!(".{id}.json.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.state_dir.join(format!("{id}.json")))
+        };
+        write().map_err(|err| {
+            let _ = std::fs::remove_file(&tmp);
+            PluginError::backend(format!("cannot keep the record of {id}: {err}"))
+        })
+    }
+
+    /// Removes the record of `id`.
+    fn forget(&self, id: &str) {
+        if plain_name(id) {
+            let _ = std::fs::remove_file(self.state_dir.join(format!("{id}.json")));
+        }
+    }
+
+    /// Runs `f` on one entry as [`Self::with`], then keeps its record.
+    fn with_mut<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Entry) -> Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        self.with(id, |e| {
+            let out = f(e)?;
+            self.save(e)?;
+            Ok(out)
         })
     }
 
@@ -91,6 +203,7 @@ impl ProcessBackend {
         let mut map = lock(&self.instances);
         let e = map.get_mut(id).ok_or_else(|| PluginError::not_found(id))?;
         if reap(e) {
+            let _ = self.save(e);
             // Tell the host at once, as a daemon's event stream would.
             self.events.emit(&unicompute_plugin_api::Event::Changed {
                 instance: Box::new(e.instance.clone()),
@@ -98,6 +211,51 @@ impl ProcessBackend {
         }
         f(e)
     }
+}
+
+/// A name safe as a file name (the server's ids are `i-` and 20 hex digits).
+fn plain_name(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Reads every record of `dir`. A process does not outlive the backend that started
+/// it (`shutdown` ends them), so an instance recorded running or paused is stopped
+/// now. `created` stays `created`: the state kept tells a never-started instance
+/// from a stopped one.
+fn load(dir: &Path) -> HashMap<String, Entry> {
+    let mut out = HashMap::new();
+    for file in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = file.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let record = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()));
+        match record {
+            Ok(mut r) => {
+                if r.instance.state.is_active() {
+                    r.instance.state = InstanceState::Stopped;
+                }
+                out.insert(
+                    r.instance.id.clone(),
+                    Entry {
+                        instance: r.instance,
+                        program: r.program,
+                        args: r.args,
+                        child: None,
+                        last_cpu: None,
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "record skipped"),
+        }
+    }
+    out
 }
 
 /// Notices an exited child; true when the state changed.
@@ -173,7 +331,9 @@ impl Backend for ProcessBackend {
         Ok(map
             .values_mut()
             .map(|e| {
-                reap(e);
+                if reap(e) {
+                    let _ = self.save(e);
+                }
                 e.instance.clone()
             })
             .collect())
@@ -225,19 +385,20 @@ impl Backend for ProcessBackend {
         } else {
             cfg.args
         };
-        lock(&self.instances).insert(
-            req.id.clone(),
-            Entry {
-                instance,
-                program: cfg.image,
-                args,
-                child: None,
-                last_cpu: None,
-            },
-        );
+        let entry = Entry {
+            instance,
+            program: cfg.image,
+            args,
+            child: None,
+            last_cpu: None,
+        };
+        // The record first: an instance the backend answers is one it keeps.
+        self.save(&entry)?;
+        lock(&self.instances).insert(req.id.clone(), entry);
         if req.start {
             return self.start(&req.id).inspect_err(|_| {
                 lock(&self.instances).remove(&req.id);
+                self.forget(&req.id);
             });
         }
         self.get(&req.id)
@@ -245,7 +406,7 @@ impl Backend for ProcessBackend {
 
     fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance, PluginError> {
         // A process has no limits to change live here; record them as asked.
-        self.with(id, |e| {
+        self.with_mut(id, |e| {
             if let Some(c) = req.resources.cores() {
                 e.instance
                     .resources
@@ -282,6 +443,7 @@ impl Backend for ProcessBackend {
             Ok(())
         })?;
         lock(&self.instances).remove(id);
+        self.forget(id);
         Ok(())
     }
 
@@ -299,7 +461,9 @@ impl Backend for ProcessBackend {
                 .map_err(|err| PluginError::backend(format!("cannot run {}: {err}", e.program)))?;
             e.child = Some(child);
             e.last_cpu = None;
-            Ok(touch(&mut e.instance, InstanceState::Running))
+            let now = touch(&mut e.instance, InstanceState::Running);
+            self.save(e)?;
+            Ok(now)
         })
     }
 
@@ -318,7 +482,7 @@ impl Backend for ProcessBackend {
             let _ = child.kill(); // SIGKILL when still there
             let _ = child.wait();
         }
-        self.with(id, |e| match e.instance.state {
+        self.with_mut(id, |e| match e.instance.state {
             InstanceState::Created => Ok(e.instance.clone()),
             InstanceState::Stopped => Ok(e.instance.clone()),
             _ => Ok(touch(&mut e.instance, InstanceState::Stopped)),
@@ -331,7 +495,7 @@ impl Backend for ProcessBackend {
     }
 
     fn pause(&self, id: &str) -> Result<Instance, PluginError> {
-        self.with(id, |e| match (&e.child, e.instance.state) {
+        self.with_mut(id, |e| match (&e.child, e.instance.state) {
             (Some(_), InstanceState::Paused) => Ok(e.instance.clone()),
             (Some(c), _) => {
                 signal(c, libc::SIGSTOP);
@@ -342,7 +506,7 @@ impl Backend for ProcessBackend {
     }
 
     fn unpause(&self, id: &str) -> Result<Instance, PluginError> {
-        self.with(id, |e| match (&e.child, e.instance.state) {
+        self.with_mut(id, |e| match (&e.child, e.instance.state) {
             (Some(c), InstanceState::Paused) => {
                 signal(c, libc::SIGCONT);
                 Ok(touch(&mut e.instance, InstanceState::Running))
@@ -353,48 +517,61 @@ impl Backend for ProcessBackend {
     }
 
     fn usage(&self, id: &str) -> Result<Usage, PluginError> {
-        self.with(id, |e| {
-            let cores = e.instance.resources.cores().unwrap_or(1).max(1);
-            let limit = e.instance.resources.memory_limit().unwrap_or(0);
-            let (mut cpu, mut rss) = (0.0, 0);
-            if let Some(pid) = e.child.as_ref().map(Child::id) {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                // Fields after the command name (which may hold spaces): utime is the
-                // 12th and stime the 13th after ')'.
-                let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-                let f: Vec<&str> = after.split_whitespace().collect();
-                let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                let now = Instant::now();
-                if let Some((then, before)) = e.last_cpu {
-                    let secs = now.duration_since(then).as_secs_f64();
-                    if secs > 0.0 {
-                        let used = ticks.saturating_sub(before) as f64 / ticks_per_sec();
-                        cpu = (used / secs / f64::from(cores) * 100.0).clamp(0.0, 100.0);
-                    }
+        // CPU percent is CPU time over wall time between two samples, of the
+        // allocated cores. A later call measures from the sample the previous call
+        // kept (fast); the first call, with no earlier sample, takes a second one
+        // itself after a short window (outside the lock).
+        let (pid, cores, limit, last) = self.with(id, |e| {
+            Ok((
+                e.child.as_ref().map(Child::id),
+                e.instance.resources.cores().unwrap_or(1).max(1),
+                e.instance.resources.memory_limit().unwrap_or(0),
+                e.last_cpu,
+            ))
+        })?;
+        let (mut cpu, mut rss) = (0.0, 0);
+        if let Some(pid) = pid {
+            let (then, before) = match last {
+                Some(sample) => sample,
+                None => {
+                    let first = (Instant::now(), cpu_ticks(pid));
+                    std::thread::sleep(FIRST_WINDOW);
+                    first
                 }
-                e.last_cpu = Some((now, ticks));
-                rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find(|l| l.starts_with("VmRSS:"))
-                            .map(str::to_owned)
-                    })
-                    .and_then(|l| {
-                        l.split_whitespace()
-                            .nth(1)
-                            .and_then(|kb| kb.parse::<u64>().ok())
-                    })
-                    .map(|kb| kb * 1024)
-                    .unwrap_or(0);
+            };
+            let (now, ticks) = (Instant::now(), cpu_ticks(pid));
+            let secs = now.duration_since(then).as_secs_f64();
+            if secs > 0.0 {
+                let used = ticks.saturating_sub(before) as f64 / ticks_per_sec();
+                cpu = (used / secs / f64::from(cores) * 100.0).clamp(0.0, 100.0);
             }
-            Ok(Usage {
-                cpu: CpuUsage { usage: cpu, cores },
-                memory: MemoryUsage::new(rss, limit),
-                storage: StorageUsage::default(),
-                network: NetworkUsage::default(),
-            })
+            // Kept only while the same process runs (a restart resets the sample).
+            self.with(id, |e| {
+                if e.child.as_ref().map(Child::id) == Some(pid) {
+                    e.last_cpu = Some((now, ticks));
+                }
+                Ok(())
+            })?;
+            rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .map(str::to_owned)
+                })
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<u64>().ok())
+                })
+                .map(|kb| kb * 1024)
+                .unwrap_or(0);
+        }
+        Ok(Usage {
+            cpu: CpuUsage { usage: cpu, cores },
+            memory: MemoryUsage::new(rss, limit),
+            storage: StorageUsage::default(),
+            network: NetworkUsage::default(),
         })
     }
 

@@ -3,13 +3,18 @@
 //! An instance is one process: `config.image` names a program from the backend's
 //! `programs` setting, `config.args` its arguments. Start spawns it, stop sends
 //! SIGTERM and SIGKILL at the timeout, pause and unpause send SIGSTOP and SIGCONT,
-//! usage reads `/proc`. Instances live in memory only: they are gone when the server
-//! restarts (a real backend keeps them in its daemon, as the Docker and KVM ones do).
+//! usage reads `/proc`. Each instance is kept as a JSON record (the `Instance` itself,
+//! which is serde-serializable, with its program) in `state_dir`, written atomically,
+//! so that a reload or a restart of the server finds it again; its process does not
+//! outlive the backend (`shutdown` ends it), so it comes back `stopped`. A backend
+//! over a daemon keeps its records in the daemon instead, as the Docker (container
+//! labels) and KVM (domain metadata) ones do.
 //!
 //! Settings (`[backends.NAME]`):
 //! ```toml
 //! plugin = "process"
-//! programs = ["sleep"]   # what `config.image` may name (looked up in PATH)
+//! programs = ["sleep"]                          # what `config.image` may name (looked up in PATH)
+//! state_dir = "/var/lib/unicompute/process"     # where the records are kept
 //! ```
 
 mod backend;

@@ -21,6 +21,8 @@ type E = super::Error;
 /// The fake backend, recording which operations reach it; `list` can be held at a
 /// gate (taken, then answered only when the test says).
 struct Recorder {
+    /// The fake's records, removed with it.
+    state_dir: std::path::PathBuf,
     inner: FakeBackend,
     calls: Mutex<Vec<&'static str>>,
     gate: Mutex<Option<Gate>>,
@@ -35,13 +37,27 @@ struct Gate {
 
 impl Recorder {
     fn new(config: serde_json::Value) -> Arc<Recorder> {
+        // A records directory of its own: the tests of this process run at once.
+        let state_dir = std::env::temp_dir().join(format!(
+            "unicompute-service-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut config = match config {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        config
+            .entry("state_dir")
+            .or_insert_with(|| state_dir.to_string_lossy().into_owned().into());
         let inner = FakeBackend::new(BackendContext {
             name: "fake".into(),
-            config,
+            config: serde_json::Value::Object(config),
             events: EventSink::discard(),
         })
         .expect("fake backend");
         Arc::new(Recorder {
+            state_dir,
             inner,
             calls: Mutex::default(),
             gate: Mutex::default(),
@@ -58,6 +74,12 @@ impl Recorder {
 
     fn forget_calls(&self) {
         lock(&self.calls).clear();
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 

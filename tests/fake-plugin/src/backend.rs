@@ -1,4 +1,5 @@
-//! The in-memory backend.
+//! The fake backend: instances in memory, each kept as a record in `state_dir`
+//! (see [`crate::store`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Deserialize;
 use unicompute_plugin_api::sync::lock;
+
+use crate::store::Store;
 use unicompute_plugin_api::{
     Backend, BackendContext, BackendDescription, ByteStream, CpuUsage, CreateRequest, ErrorCode,
     Event, EventSink, HostResources, Image, Instance, InstanceState, InstanceType, MemoryUsage,
@@ -55,6 +58,15 @@ pub struct FakeConfig {
     /// The most bytes an upload may have.
     #[serde(default = "default_max_upload_bytes")]
     pub max_upload_bytes: u64,
+    /// Where the instances' records are kept (one JSON file per instance), so that
+    /// a new backend from the same settings finds them. Relative: from the server's
+    /// working directory. Default: a directory under the system's temp dir for the
+    /// server's working directory and this backend's name.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Milliseconds a pause takes (a slow freezer), for the check's timings.
+    #[serde(default)]
+    pub pause_ms: u64,
 }
 
 fn yes() -> bool {
@@ -90,11 +102,12 @@ fn plain_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// The in-memory backend.
+/// The fake backend.
 pub struct FakeBackend {
     name: String,
     config: FakeConfig,
     instances: Arc<Mutex<HashMap<String, Instance>>>,
+    store: Arc<Store>,
     events: EventSink,
     /// The images on offer: name to size (when known).
     images: Mutex<Vec<(String, Option<u64>)>>,
@@ -115,11 +128,19 @@ impl FakeBackend {
                 uuid::Uuid::new_v4().simple()
             ))
         });
+        let state_dir = config
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| crate::store::default_dir(&ctx.name));
+        let store = Store::open(&state_dir)?;
+        let instances = store.load();
+        tracing::info!(backend = %ctx.name, instances = instances.len(), state_dir = %state_dir.display(), "records read");
         Ok(FakeBackend {
             images: Mutex::new(config.images.iter().map(|n| (n.clone(), None)).collect()),
             name: ctx.name,
             config,
-            instances: Arc::default(),
+            instances: Arc::new(Mutex::new(instances)),
+            store: Arc::new(store),
             events: ctx.events,
             running: Mutex::default(),
             upload_dir,
@@ -181,6 +202,20 @@ impl FakeBackend {
         f(inst)
     }
 
+    /// As [`Self::with`], keeping the instance's record when `f` succeeds.
+    fn with_mut<T>(
+        &self,
+        id: &str,
+        op: &str,
+        f: impl FnOnce(&mut Instance) -> Result<T, PluginError>,
+    ) -> Result<T, PluginError> {
+        self.with(id, op, |inst| {
+            let out = f(inst)?;
+            self.store.save(inst)?;
+            Ok(out)
+        })
+    }
+
     fn set_state(
         &self,
         id: &str,
@@ -188,7 +223,7 @@ impl FakeBackend {
         allowed: &[InstanceState],
         to: InstanceState,
     ) -> Result<Instance, PluginError> {
-        self.with(id, op, |inst| {
+        self.with_mut(id, op, |inst| {
             if inst.state == to {
                 return Ok(inst.clone());
             }
@@ -323,6 +358,7 @@ impl Backend for FakeBackend {
                 format!("an instance named {} exists", req.name),
             ));
         }
+        self.store.save(&inst)?;
         map.insert(inst.id.clone(), inst.clone());
         drop(map);
         if let Some(ms) = inst
@@ -332,11 +368,13 @@ impl Backend for FakeBackend {
             .and_then(|v| v.parse::<u64>().ok())
         {
             let instances = Arc::clone(&self.instances);
+            let store = Arc::clone(&self.store);
             let events = self.events.clone();
             let id = inst.id.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(ms));
                 lock(&instances).remove(&id);
+                store.remove(&id);
                 tracing::info!(instance = %id, "vanished by itself");
                 events.emit(&Event::Vanished { id });
             });
@@ -352,6 +390,7 @@ impl Backend for FakeBackend {
             // times, every MICROS, each time reported as an event (as a busy engine's
             // events would be), on a steady clock so that the rate holds.
             let instances = Arc::clone(&self.instances);
+            let store = Arc::clone(&self.store);
             let events = self.events.clone();
             let id = inst.id.clone();
             std::thread::spawn(move || {
@@ -369,6 +408,7 @@ impl Backend for FakeBackend {
                             _ => InstanceState::Running,
                         };
                         i.updated_at = Utc::now();
+                        let _ = store.save(i);
                         i.clone()
                     };
                     events.emit(&Event::Changed {
@@ -381,7 +421,7 @@ impl Backend for FakeBackend {
     }
 
     fn update(&self, id: &str, req: UpdateRequest) -> Result<Instance, PluginError> {
-        self.with(id, "update", |inst| {
+        self.with_mut(id, "update", |inst| {
             if let Some(c) = req.resources.cores() {
                 if c > self.config.cpus {
                     return Err(PluginError::new(
@@ -426,13 +466,14 @@ impl Backend for FakeBackend {
             Ok(())
         })?;
         lock(&self.instances).remove(id);
+        self.store.remove(id);
         Ok(())
     }
 
     fn start(&self, id: &str) -> Result<Instance, PluginError> {
         use InstanceState::*;
         let inst = self.set_state(id, "start", &[Created, Stopped, Error], Running)?;
-        self.with(id, "start", |i| {
+        self.with_mut(id, "start", |i| {
             if let Some(p) = i.pending_resources.take() {
                 if let Some(s) = p.total_space() {
                     i.resources
@@ -481,6 +522,7 @@ impl Backend for FakeBackend {
 
     fn pause(&self, id: &str) -> Result<Instance, PluginError> {
         use InstanceState::*;
+        std::thread::sleep(Duration::from_millis(self.config.pause_ms));
         self.set_state(id, "pause", &[Running], Paused)
     }
 

@@ -1,5 +1,7 @@
-//! `fake`: an in-memory compute backend with every operation, for tests and as a
-//! reference for plugin authors.
+//! `fake`: a pretend compute backend with every operation, for tests and as a
+//! reference for plugin authors. Its instances are kept as one JSON record each in
+//! `state_dir` (see [`store`]); built with the `memory-only` feature it keeps none,
+//! and fails the conformance check's durability step.
 //!
 //! Test hooks, set through labels at create time:
 //! - `fake/panic=<op>`: that operation panics inside the plugin;
@@ -19,6 +21,7 @@
 //! Streams (interface 1.3): see [`streams`].
 
 mod backend;
+mod store;
 pub mod streams;
 
 pub use backend::{FakeBackend, FakeConfig};
