@@ -417,9 +417,14 @@ impl Server {
                 cmd.env_remove(k);
             }
         }
+        // Its temp dir inside the test's: the plugins' private copies and the fake's
+        // default records go with the test's directory, and no two servers share them.
+        let tmp = dir.0.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("the server's temp dir");
         cmd.arg("--config")
             .arg(dir.0.join("unicompute.toml"))
             .current_dir(&dir.0)
+            .env("TMPDIR", &tmp)
             .env("UNICOMPUTE_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log);

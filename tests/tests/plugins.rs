@@ -9,8 +9,17 @@ use unicompute_tests::*;
 
 const INSTANCES: &str = "/api/v1/compute/instances";
 
-fn check(file: &Path, config: Option<&Path>) -> (bool, String) {
+/// `unicompute plugins check` with a temp dir of its own: the fake's and the example's
+/// default records go there (and go with it), never shared by two runs at once.
+fn check_cmd(tmp: &TempDir) -> Command {
     let mut cmd = Command::new(host_binary());
+    cmd.env("TMPDIR", &tmp.0);
+    cmd
+}
+
+fn check(file: &Path, config: Option<&Path>) -> (bool, String) {
+    let tmp = TempDir::new("uc-check");
+    let mut cmd = check_cmd(&tmp);
     cmd.arg("plugins").arg("check").arg(file);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
@@ -368,7 +377,8 @@ fn the_directory_watch_loads_replaces_and_drops_plugins_without_a_signal() {
 
 /// Runs the check with `--json` and parses its one document.
 fn check_json(file: &Path, config: Option<&Path>) -> (bool, Value) {
-    let mut cmd = Command::new(host_binary());
+    let tmp = TempDir::new("uc-check");
+    let mut cmd = check_cmd(&tmp);
     cmd.arg("plugins").arg("check").arg(file).arg("--json");
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
