@@ -136,6 +136,11 @@ fn a_busy_container_measured_from_its_cgroup_at_once() {
     );
     assert!(u["network"]["rxBytes"].is_u64(), "{u}");
 
+    eprintln!(
+        "first call {took:?}: cpu {first_cpu}, then {second_cpu}; idle {idle_cpu}; \
+         memory ours {ours}, engine {engine}"
+    );
+
     // The cgroup path was taken (said at debug level).
     let log = s.log();
     assert!(
