@@ -426,7 +426,7 @@ impl StatsCache {
 }
 
 /// How long the first usage call of an instance samples its CPU time.
-pub const FIRST_WINDOW: Duration = Duration::from_millis(15);
+pub const FIRST_WINDOW: Duration = Duration::from_millis(10);
 /// The shortest window between two readings that makes a new CPU figure; a closer
 /// call answers the last measured window.
 pub const MIN_WINDOW: Duration = Duration::from_millis(100);
