@@ -173,6 +173,23 @@ fn a_busy_container_measured_from_its_cgroup_at_once() {
          memory ours {ours}, engine {engine}"
     );
 
+    // A restart by hand: the new main process is found (its pid from a new inspect)
+    // and measured as the old one was.
+    let (ok, _) = docker::docker(&["restart", "-t", "0", busy_name]);
+    assert!(ok, "docker restart");
+    let new_pid: u32 = docker::docker(&["inspect", "-f", "{{.State.Pid}}", busy_name])
+        .1
+        .parse()
+        .expect("pid");
+    assert_ne!(new_pid, pid);
+    let restarted = wait_for(Duration::from_secs(10), || {
+        let (u, _) = usage(busy_id);
+        let cpu = u["cpu"]["usage"].as_f64()?;
+        s.log().contains(&format!("pid={new_pid} ")).then_some(cpu)
+    });
+    let cpu = restarted.expect("the restarted container's process was never read");
+    assert!(cpu > 0.0 && cpu <= 100.0, "{cpu}");
+
     // The cgroup path was taken (said at debug level).
     let log = s.log();
     assert!(
@@ -180,6 +197,9 @@ fn a_busy_container_measured_from_its_cgroup_at_once() {
         "no cgroup path in the log:\n{log}"
     );
     assert!(!log.contains("using the engine's stats stream"), "{log}");
+    for line in log.lines().filter(|l| l.contains("usage: read from")) {
+        eprintln!("{line}");
+    }
 
     for (id, _) in &ids {
         let d = s.call(
