@@ -158,7 +158,10 @@ fn main() {
         }
     }
     println!("usage of a running instance:");
-    println!("  first usage call (opens the stream): {:9.3} ms", ms(cold));
+    println!(
+        "  first usage call (a CPU window of its own): {:9.3} ms",
+        ms(cold)
+    );
     println!(
         "  repeated usage call, {USAGE_CALLS} calls: median {:.1} us, p99 {:.1} us, max {:.1} us",
         us(median(&mut calls)),

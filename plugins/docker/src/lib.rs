@@ -4,6 +4,7 @@
 //! See the crate's README for its settings and the state table.
 
 pub mod backend;
+pub mod cgroup;
 mod client;
 pub mod error;
 mod events;

@@ -150,3 +150,46 @@ fn a_tcp_engine_that_goes_away_and_comes_back() {
     );
     proxy.cut();
 }
+
+/// A remote (`tcp://`) engine's usage comes from its stats stream: the cgroup of a
+/// container on another machine cannot be read. The first call waits for the engine's
+/// sample with a CPU delta (its stats tick is a second; the cgroup path answers in
+/// milliseconds), and a spinning container shows on its one core.
+#[test]
+fn a_tcp_engines_usage_comes_from_its_stats_stream() {
+    let _engine = FileLock::engine_shared();
+    let proxy = Proxy::start(0);
+    let t =
+        backend_with(serde_json::json!({"endpoint": format!("tcp://127.0.0.1:{}", proxy.port)}));
+    let mut clean = Cleanup::default();
+    let name = clean.container(&unique("tcp-usage"));
+    let mut req = request(
+        &name,
+        serde_json::json!({"command": ["sh", "-c", "while :; do :; done"]}),
+    );
+    req.resources = serde_json::from_value(
+        serde_json::json!({"cpu": {"cores": 1}, "memory": {"limit": 128u64 << 20}}),
+    )
+    .unwrap();
+    req.start = true;
+    let id = req.id.clone();
+    t.backend.create(req).unwrap();
+    let started = Instant::now();
+    let first = t.backend.usage(&id).unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "a first usage call of {took:?} cannot have waited for the engine's stats"
+    );
+    assert!(first.memory.used > 0, "{first:?}");
+    assert_eq!(first.memory.limit, 128 << 20);
+    let mut seen = vec![first.cpu.usage];
+    let busy = wait_until(Duration::from_secs(10), || {
+        let u = t.backend.usage(&id).unwrap();
+        seen.push(u.cpu.usage);
+        u.cpu.usage > 50.0 && u.cpu.usage <= 100.0
+    });
+    assert!(busy, "cpu of a spinning container: {seen:?}");
+    t.backend.delete(&id, true).unwrap();
+    proxy.cut();
+}

@@ -13,32 +13,66 @@ use crate::error::KvmError;
 
 /// How long the first usage call of a domain samples its CPU time.
 const FIRST_SAMPLE: Duration = Duration::from_millis(100);
-/// The shortest window between two usage calls that is used as it is.
-const MIN_WINDOW: Duration = Duration::from_millis(50);
+/// The shortest window between two usage calls that makes a new figure; a closer call
+/// answers the last measured window again.
+const MIN_WINDOW: Duration = Duration::from_millis(100);
 /// The longest: an older previous sample would average over history.
 const MAX_WINDOW: Duration = Duration::from_secs(60);
+
+/// The CPU state of one domain: its previous sample and the last measured window.
+#[derive(Clone, Copy)]
+struct Window {
+    base: (Instant, u64),
+    /// The last measured window: (start sample, end sample).
+    last: Option<((Instant, u64), (Instant, u64))>,
+}
 
 /// The last CPU-time sample of each running domain, by UUID.
 #[derive(Default)]
 pub struct CpuSamples {
-    last: Mutex<HashMap<String, (Instant, u64)>>,
+    last: Mutex<HashMap<String, Window>>,
 }
 
 impl CpuSamples {
-    /// Stores a sample and returns the previous one.
-    fn swap(&self, uuid: &str, sample: (Instant, u64)) -> Option<(Instant, u64)> {
-        lock(&self.last).insert(uuid.to_owned(), sample)
-    }
-
     /// Drops the sample of a domain.
     pub fn forget(&self, uuid: &str) {
         lock(&self.last).remove(uuid);
     }
 
+    /// The window to answer for a sample, if the previous one makes one: the time
+    /// since it when that is neither so short that the numbers are noise nor so long
+    /// that they are history (the sample becomes the base); the last window again when
+    /// the call is too close to the previous one.
+    fn advance(
+        &self,
+        uuid: &str,
+        sample: (Instant, u64),
+    ) -> Option<((Instant, u64), (Instant, u64))> {
+        let mut map = lock(&self.last);
+        let w = map.get_mut(uuid)?;
+        let since = sample.0.saturating_duration_since(w.base.0);
+        if w.base.1 <= sample.1 && (MIN_WINDOW..=MAX_WINDOW).contains(&since) {
+            let window = (w.base, sample);
+            w.base = sample;
+            w.last = Some(window);
+            return Some(window);
+        }
+        match w.last {
+            Some(last)
+                if since < MIN_WINDOW
+                    && w.base.1 <= sample.1
+                    && sample.0.saturating_duration_since(last.1 .0) <= MAX_WINDOW =>
+            {
+                Some(last)
+            }
+            _ => None,
+        }
+    }
+
     /// The CPU percent of a running domain's `vcpus` at `sample` (when, its cpu
-    /// time). The previous call's sample makes the window when it is neither so
-    /// recent that the numbers are noise nor so old that they are history; else the
-    /// cpu time is read again (`read_again`) after [`FIRST_SAMPLE`].
+    /// time), over the window since the previous call's sample (see [`Self::advance`]);
+    /// without one (a first call), the cpu time is read again (`read_again`) after
+    /// [`FIRST_SAMPLE`] and that window measured.
     pub(crate) fn percent(
         &self,
         uuid: &str,
@@ -46,21 +80,20 @@ impl CpuSamples {
         vcpus: u32,
         read_again: impl FnOnce() -> Result<u64, KvmError>,
     ) -> Result<f64, KvmError> {
-        match self.swap(uuid, sample) {
-            Some(prev)
-                if prev.1 <= sample.1
-                    && (MIN_WINDOW..=MAX_WINDOW).contains(&sample.0.duration_since(prev.0)) =>
-            {
-                Ok(cpu_percent(prev, sample, vcpus))
-            }
-            _ => {
-                std::thread::sleep(FIRST_SAMPLE);
-                let cpu_time = read_again()?;
-                let next = (Instant::now(), cpu_time);
-                self.swap(uuid, next);
-                Ok(cpu_percent(sample, next, vcpus))
-            }
+        if let Some((from, to)) = self.advance(uuid, sample) {
+            return Ok(cpu_percent(from, to, vcpus));
         }
+        std::thread::sleep(FIRST_SAMPLE);
+        let cpu_time = read_again()?;
+        let next = (Instant::now(), cpu_time);
+        lock(&self.last).insert(
+            uuid.to_owned(),
+            Window {
+                base: next,
+                last: Some((sample, next)),
+            },
+        );
+        Ok(cpu_percent(sample, next, vcpus))
     }
 }
 
@@ -98,6 +131,36 @@ mod tests {
         assert_eq!(cpu_percent((t0, 0), (t1, 4_000_000_000), 2), 100.0);
         assert_eq!(cpu_percent((t0, 5), (t1, 1), 2), 0.0);
         assert_eq!(cpu_percent((t1, 0), (t0, 1), 2), 0.0);
+    }
+
+    #[test]
+    fn the_first_call_measures_a_window_later_calls_the_time_since() {
+        let samples = CpuSamples::default();
+        let t0 = Instant::now();
+        // First call: a window of FIRST_SAMPLE measured at once (one vCPU busy of 2).
+        let started = Instant::now();
+        let p = samples
+            .percent("u", (t0, 0), 2, || Ok(50_000_000))
+            .expect("percent");
+        assert!(started.elapsed() >= FIRST_SAMPLE);
+        assert!(p > 0.0 && p <= 25.0, "{p}");
+        let base = lock(&samples.last).get("u").expect("kept").base;
+        // A call right after answers the same window, without sleeping or reading.
+        let again = samples
+            .percent(
+                "u",
+                (base.0 + Duration::from_millis(5), base.1 + 1),
+                2,
+                || panic!("no second read"),
+            )
+            .expect("percent");
+        assert_eq!(again, p);
+        // A call 1 s later measures the second since: one full vCPU of two.
+        let later = (base.0 + Duration::from_secs(1), base.1 + 1_000_000_000);
+        let p = samples
+            .percent("u", later, 2, || panic!("no second read"))
+            .expect("percent");
+        assert_eq!(p, 50.0);
     }
 
     #[test]

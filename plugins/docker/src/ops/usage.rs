@@ -1,5 +1,6 @@
-//! Usage of an instance: from its stats stream while it runs (see `stats.rs`), else
-//! nothing used but the writable layer.
+//! Usage of an instance while it runs: from its cgroup for a local engine, else (a
+//! remote engine, or cgroup files that cannot be read) from its stats stream (see
+//! `stats.rs`); when it does not run, nothing used but the writable layer.
 
 use std::time::Duration;
 
@@ -29,6 +30,18 @@ impl Shared {
             state_of(&c),
             Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED)
         );
+        if running && self.engine.is_local() {
+            let docker = self.engine.client().await?;
+            match self.stats.local_usage(docker, id, &c, alloc).await {
+                Ok(u) => return Ok(u),
+                Err(reason) => tracing::debug!(
+                    instance = %id, %reason,
+                    "usage: the cgroup cannot be read, using the engine's stats stream"
+                ),
+            }
+        } else if running {
+            tracing::debug!(instance = %id, "usage: remote engine, using the engine's stats stream");
+        }
         if running {
             let docker = self.engine.client().await?;
             let idle = Duration::from_secs(self.engine.config().stats_idle_secs);
