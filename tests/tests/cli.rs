@@ -1624,7 +1624,15 @@ fn uc_drives_a_real_kvm_guest() {
     assert!(ok(&s, &["logs", &name]).contains(guest::POWERING_OFF));
     // The template is in use while the instance lives.
     assert_eq!(uc(&s, &["images", "rm", "-b", "kvm", &template]).code, 4);
+    // libvirt's own log of the domain (written at its start) goes with it.
+    let qemu_log = std::path::Path::new("/var/log/libvirt/qemu").join(format!("{name}.log"));
+    assert!(qemu_log.exists(), "{} after a start", qemu_log.display());
     assert_eq!(ok(&s, &["rm", &name]), format!("{name}\n"));
+    assert!(
+        !qemu_log.exists(),
+        "{} left after the delete",
+        qemu_log.display()
+    );
     assert_eq!(uc(&s, &["get", &name]).code, 3);
     assert_eq!(
         ok(&s, &["images", "rm", "-b", "kvm", &template]),

@@ -178,7 +178,7 @@ impl KvmConfig {
 
 /// Whether a libvirt URI names a system daemon: its path is `/system`
 /// (`qemu:///system`, `qemu+ssh://user@host/system?keyfile=...`).
-fn uri_is_system(uri: &str) -> bool {
+pub(crate) fn uri_is_system(uri: &str) -> bool {
     let Some((_, rest)) = uri.split_once("://") else {
         return false;
     };

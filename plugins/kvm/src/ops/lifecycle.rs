@@ -8,7 +8,7 @@ use unicompute_plugin_api::{Instance, InstanceState, StopOptions};
 use virt::domain::Domain;
 use virt::sys;
 
-use super::{remove_console_log, undefine};
+use super::{remove_console_log, remove_qemu_log, undefine};
 use crate::backend::Inner;
 use crate::error::{lv, KvmError, LibvirtOp, Result};
 use crate::record::{domain_state, is_active_state, Found};
@@ -198,6 +198,7 @@ impl Inner {
             }
         }
         remove_console_log(&self.config, id, found.doc.console_log());
+        remove_qemu_log(&self.config, id, &found.doc.name);
         tracing::info!(instance = %id, "deleted");
         Ok(())
     }

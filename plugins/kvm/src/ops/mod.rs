@@ -41,6 +41,27 @@ fn undefine(dom: &Domain) -> Result<()> {
 /// and only when it is the one this backend names (`<id>-serial.log` in
 /// `console_log_dir`) on a local libvirt (a remote one keeps it on its own host).
 /// Failures are logged: the instance is gone by then.
+/// Removes libvirt's own log of a deleted domain (`<name>.log` and its rotated
+/// copies in libvirt's qemu log directory, written by QEMU and virtlogd at each
+/// start): libvirt leaves it when a domain is undefined, and a host that creates and
+/// deletes many instances would keep one file per instance forever. Only for a local
+/// system URI (whose directory is known), and only a plain file name.
+fn remove_qemu_log(config: &KvmConfig, id: &str, domain: &str) {
+    if !storage::uri_is_local(&config.uri) || !crate::settings::uri_is_system(&config.uri) {
+        return;
+    }
+    let plain = !domain.is_empty()
+        && !domain.starts_with('.')
+        && Path::new(domain).file_name() == Some(std::ffi::OsStr::new(domain));
+    if !plain {
+        return;
+    }
+    let file = Path::new(crate::settings::SYSTEM_CONSOLE_LOG_DIR).join(format!("{domain}.log"));
+    for (f, e) in console_log::remove(&file) {
+        tracing::warn!(instance = %id, file = %f.display(), error = %e, "libvirt's log of a deleted instance not removed");
+    }
+}
+
 fn remove_console_log(config: &KvmConfig, id: &str, file: Option<&str>) {
     let Some(file) = file else { return };
     if !storage::uri_is_local(&config.uri) {
