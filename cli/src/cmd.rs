@@ -506,14 +506,7 @@ fn create(c: &Client, a: &CreateArgs, out: Output, q: bool) -> R {
     // terminal, and Ctrl-C offers to cancel it.
     let backend = body["backend"].as_str().unwrap_or_default().to_owned();
     let name = body["name"].as_str().unwrap_or_default().to_owned();
-    let mut drawer = Drawer::new(
-        if q || out.structured() {
-            Show::Nothing
-        } else {
-            Show::Bar
-        },
-        "",
-    );
+    let mut drawer = Drawer::new(Show::Nothing.or_if(!q && !out.structured(), Show::Bar), "");
     let stream = progress::subscribe(c, &backend, &drawer);
     let i = match c.create_instance_raw(&Value::Object(body), true)? {
         Answer::Done(i) => i,
@@ -979,11 +972,7 @@ fn images(c: &Client, i: &ImagesCommand, out: Output, q: bool) -> R {
 /// terminal (stderr), plain lines otherwise; Ctrl-C offers to cancel it.
 fn pull(c: &Client, backend: &str, reference: &str, out: Output, q: bool) -> R {
     let mut drawer = Drawer::new(
-        if q || out.structured() {
-            Show::Nothing
-        } else {
-            Show::BarOrLines
-        },
+        Show::Nothing.or_if(!q && !out.structured(), Show::BarOrLines),
         "",
     );
     let stream = progress::subscribe(c, backend, &drawer);
@@ -1057,11 +1046,7 @@ fn upload(
         done: 0,
         total: Some(total),
         drawer: Drawer::new(
-            if q || out.structured() {
-                Show::Nothing
-            } else {
-                Show::Bar
-            },
+            Show::Nothing.or_if(!q && !out.structured(), Show::Bar),
             &name,
         ),
     };

@@ -33,6 +33,17 @@ pub enum Show {
     BarOrLines,
 }
 
+impl Show {
+    /// `show` when `cond` holds, else this.
+    pub fn or_if(self, cond: bool, show: Show) -> Show {
+        if cond {
+            show
+        } else {
+            self
+        }
+    }
+}
+
 /// Draws progress on stderr: a bar redrawn in place on a terminal, or a line per
 /// change (prefixed by `label`).
 pub struct Drawer {

@@ -192,11 +192,11 @@ fn method_label(method: &str) -> &'static str {
 /// Records an answered HTTP request. `route` is the matched route's template, or
 /// `unmatched` for a request answered before or without a route (401 without a
 /// token, 404, 405).
-pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
+pub fn http_request(route: &str, method: &str, status: &str, took: Duration) {
     let m = metrics();
     let method = method_label(method);
     m.http_requests
-        .with_label_values(&[route, method, status.to_string().as_str()])
+        .with_label_values(&[route, method, status])
         .inc();
     m.http_seconds
         .with_label_values(&[route, method])

@@ -180,3 +180,18 @@ pub fn sweep_stale() {
 
 /// The spec's Docker example's instance name, made unique with [`crate::owned`].
 pub const SPEC_EXAMPLE_NAME: &str = "nginx-web";
+
+/// A server with the docker plugin as a backend named by [`backend_name`] (answered
+/// with the server), its pins and state in `dir`, bind mounts allowed under `dir`.
+pub fn server(dir: &std::path::Path) -> (crate::Server, String) {
+    let backend = backend_name();
+    let s = crate::Server::start_with(crate::ServerOptions {
+        plugins: vec![crate::workspace_plugin("docker")],
+        toml: format!(
+            "[backends.{backend}]\nplugin = \"docker\"\nallowed_host_paths = [\"{0}\"]\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
+            dir.display()
+        ),
+        ..Default::default()
+    });
+    (s, backend)
+}

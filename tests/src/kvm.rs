@@ -96,6 +96,20 @@ impl KvmFixture {
         )
     }
 
+    /// A server with the kvm plugin as backend `kvm` on this fixture, with the domain
+    /// type the test guest boots with.
+    pub fn guest_server(&self) -> crate::Server {
+        crate::Server::start_with(crate::ServerOptions {
+            plugins: vec![crate::workspace_plugin("kvm")],
+            toml: format!(
+                "[backends.kvm]\nplugin = \"kvm\"\n{}domain_type = \"{}\"\n",
+                self.settings_toml(),
+                crate::guest::domain_type()
+            ),
+            ..Default::default()
+        })
+    }
+
     /// Domains whose name starts with the prefix.
     pub fn domains(&self) -> Vec<String> {
         virsh(&["list", "--all", "--name"])

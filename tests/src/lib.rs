@@ -51,6 +51,16 @@ pub fn profile() -> String {
     std::env::var("UCTEST_PROFILE").unwrap_or_else(|_| "debug".into())
 }
 
+/// A port free on loopback now (bound and released: another process could take it
+/// before the caller does, which is fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// The `unicompute` binary built by `cargo build --workspace`, or the one named by
 /// `UCTEST_HOST_BINARY` (to run the tests against another build, say an older one).
 /// The built one must be newer than every source it is made of: a stale binary

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use unicompute_tests::docker::{backend_name, ensure_image, sweep_stale, FileLock, TEST_IMAGE};
+use unicompute_tests::docker::{ensure_image, sweep_stale, FileLock, TEST_IMAGE};
 use unicompute_tests::*;
 
 /// `uc` with a clean environment: the server's URL and `token` (none: no token) in
@@ -463,16 +463,8 @@ fn uc_drives_a_real_docker_container() {
     let lock = FileLock::engine_shared();
     ensure_image();
     sweep_stale();
-    let backend = backend_name();
     let tmp = TempDir::new("uc-cli-dock");
-    let s = Server::start_with(ServerOptions {
-        plugins: vec![workspace_plugin("docker")],
-        toml: format!(
-            "[backends.{backend}]\nplugin = \"docker\"\nallowed_host_paths = [\"{0}\"]\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
-            tmp.0.display()
-        ),
-        ..Default::default()
-    });
+    let (s, backend) = unicompute_tests::docker::server(&tmp.0);
     let name = unique("uc-dock");
     let _guard = unicompute_tests::docker::ContainerGuard(name.clone());
     let id = ok(
@@ -915,16 +907,8 @@ fn uc_exec_runs_in_a_real_docker_container() {
     let lock = FileLock::engine_shared();
     ensure_image();
     sweep_stale();
-    let backend = backend_name();
     let tmp = TempDir::new("uc-cli-exec");
-    let s = Server::start_with(ServerOptions {
-        plugins: vec![workspace_plugin("docker")],
-        toml: format!(
-            "[backends.{backend}]\nplugin = \"docker\"\nallowed_host_paths = [\"{0}\"]\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
-            tmp.0.display()
-        ),
-        ..Default::default()
-    });
+    let (s, _) = unicompute_tests::docker::server(&tmp.0);
     let name = unique("uc-exec");
     let _guard = unicompute_tests::docker::ContainerGuard(name.clone());
     ok(
@@ -1490,15 +1474,7 @@ fn uc_drives_a_real_kvm_guest() {
     use unicompute_tests::guest;
     use unicompute_tests::kvm::KvmFixture;
     let f = KvmFixture::new();
-    let s = Server::start_with(ServerOptions {
-        plugins: vec![workspace_plugin("kvm")],
-        toml: format!(
-            "[backends.kvm]\nplugin = \"kvm\"\n{}domain_type = \"{}\"\n",
-            f.settings_toml(),
-            guest::domain_type()
-        ),
-        ..Default::default()
-    });
+    let s = f.guest_server();
     let template = format!("{}-up.raw", f.prefix);
     let image = guest::template();
     let up = ok(

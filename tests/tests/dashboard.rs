@@ -8,9 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use unicompute_tests::docker::{
-    backend_name, ensure_image, sweep_stale, ContainerGuard, FileLock, TEST_IMAGE,
-};
+use unicompute_tests::docker::{ensure_image, sweep_stale, ContainerGuard, FileLock, TEST_IMAGE};
 use unicompute_tests::*;
 
 const INSTANCES: &str = "/api/v1/compute/instances";
@@ -27,14 +25,6 @@ impl Drop for Driver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn driver() -> Driver {
@@ -108,6 +98,27 @@ async fn until(c: &Client, what: &str, js: &str) -> Value {
     }
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+/// Clicks `css` (a stop or a delete), then Confirm in the dialog it opens.
+async fn click_confirmed(c: &Client, css: &str) {
+    click(c, css).await;
+    until(
+        c,
+        "the confirmation",
+        "document.querySelector('#confirm').open",
+    )
+    .await;
+    click(c, "#confirm-ok").await;
+}
+
 async fn shot(c: &Client, name: &str) {
     let dir = target_dir().join("dashboard-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
@@ -125,12 +136,7 @@ async fn sign_in(c: &Client, base: &str, token: &str) {
         .await
         .expect("the sign-in form");
     field.send_keys(token).await.expect("type the token");
-    c.find(Locator::Css("#sign-in button[type=submit]"))
-        .await
-        .expect("sign-in button")
-        .click()
-        .await
-        .expect("click");
+    click(c, "#sign-in button[type=submit]").await;
 }
 
 fn state_js(name: &str) -> String {
@@ -145,16 +151,8 @@ fn the_dashboard_drives_a_real_docker_container_live() {
     let lock = FileLock::engine_shared();
     ensure_image();
     sweep_stale();
-    let backend = backend_name();
     let tmp = TempDir::new("uc-ui-dock");
-    let s = Server::start_with(ServerOptions {
-        plugins: vec![workspace_plugin("docker")],
-        toml: format!(
-            "[backends.{backend}]\nplugin = \"docker\"\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
-            tmp.0.display()
-        ),
-        ..Default::default()
-    });
+    let (s, backend) = unicompute_tests::docker::server(&tmp.0);
     let name = unique("uc-ui");
     let _guard = ContainerGuard(name.clone());
     let d = driver();
@@ -207,12 +205,7 @@ fn the_dashboard_drives_a_real_docker_container_live() {
         .await
         .expect("fill the form");
         shot(&c, "create").await;
-        c.find(Locator::Css("#create-form button[type=submit]"))
-            .await
-            .expect("create button")
-            .click()
-            .await
-            .expect("click");
+        click(&c, "#create-form button[type=submit]").await;
         until(&c, "the new instance's page", "document.querySelector('#instance-page')").await;
         let got = s.get(&format!("{INSTANCES}/name/{name}"));
         assert_eq!(got.status, 200, "{}", got.text);
@@ -231,12 +224,7 @@ fn the_dashboard_drives_a_real_docker_container_live() {
         )
         .await
         .expect("fill the form");
-        c.find(Locator::Css("#create-form button[type=submit]"))
-            .await
-            .expect("create button")
-            .click()
-            .await
-            .expect("click");
+        click(&c, "#create-form button[type=submit]").await;
         let by_name = until(&c, "the error by the name", "document.querySelector('#err-name')?.textContent").await;
         assert!(
             by_name.as_str().is_some_and(|t| t.contains("INSTANCE_ALREADY_EXISTS")),
@@ -256,15 +244,10 @@ fn the_dashboard_drives_a_real_docker_container_live() {
         shot(&c, "instances-running").await;
 
         // Stopped from the page, after a confirmation.
-        c.find(Locator::Css(&format!("tr[data-name=\"{name}\"] button[data-act=stop]")))
-            .await
-            .expect("the stop button")
-            .click()
-            .await
-            .expect("click");
+        click(&c, &format!("tr[data-name=\"{name}\"] button[data-act=stop]")).await;
         until(&c, "the confirmation", "document.querySelector('#confirm').open").await;
         shot(&c, "confirm-stop").await;
-        c.find(Locator::Css("#confirm-ok")).await.expect("confirm").click().await.expect("click");
+        click(&c, "#confirm-ok").await;
         until(&c, "stopped", &format!("{} === 'stopped'", state_js(&name))).await;
         assert_eq!(s.get(&format!("{INSTANCES}/{id}")).json["state"], "stopped");
 
@@ -283,14 +266,7 @@ fn the_dashboard_drives_a_real_docker_container_live() {
             .as_str()
             .is_some_and(|t| t.contains(&id) && t.contains("64M") && t.contains("app=ui-test")));
         shot(&c, "instance").await;
-        c.find(Locator::Css("#inst-actions button[data-act=delete]"))
-            .await
-            .expect("delete button")
-            .click()
-            .await
-            .expect("click");
-        until(&c, "the confirmation", "document.querySelector('#confirm').open").await;
-        c.find(Locator::Css("#confirm-ok")).await.expect("confirm").click().await.expect("click");
+        click_confirmed(&c, "#inst-actions button[data-act=delete]").await;
         until(&c, "back to the list", "document.querySelector('#instances-page')").await;
         until(&c, "the row gone", &format!("!document.querySelector('tr[data-name=\"{name}\"]')")).await;
         assert_eq!(s.get(&format!("{INSTANCES}/{id}")).status, 404);
@@ -382,15 +358,7 @@ fn the_dashboard_drives_a_real_kvm_guest() {
     }
     let f = KvmFixture::new();
     guest::install(&f.templates(), "guest");
-    let s = Server::start_with(ServerOptions {
-        plugins: vec![workspace_plugin("kvm")],
-        toml: format!(
-            "[backends.kvm]\nplugin = \"kvm\"\n{}domain_type = \"{}\"\n",
-            f.settings_toml(),
-            guest::domain_type()
-        ),
-        ..Default::default()
-    });
+    let s = f.guest_server();
     let name = format!("{}-ui", f.prefix);
     let token = format!("{name}-{}", uuid::Uuid::new_v4());
     let d = driver();
@@ -432,12 +400,7 @@ fn the_dashboard_drives_a_real_kvm_guest() {
         )
         .await
         .expect("fill the form");
-        c.find(Locator::Css("#create-form button[type=submit]"))
-            .await
-            .expect("create button")
-            .click()
-            .await
-            .expect("click");
+        click(&c, "#create-form button[type=submit]").await;
         until(
             &c,
             "the new instance's page",
@@ -480,12 +443,7 @@ fn the_dashboard_drives_a_real_kvm_guest() {
                 "no boot in the logs: {text}"
             );
             tokio::time::sleep(Duration::from_secs(1)).await;
-            c.find(Locator::Css("#logs-refresh"))
-                .await
-                .expect("refresh")
-                .click()
-                .await
-                .expect("click");
+            click(&c, "#logs-refresh").await;
         }
         until(
             &c,
@@ -494,12 +452,7 @@ fn the_dashboard_drives_a_real_kvm_guest() {
         )
         .await;
         // The serial console, from the page: a line typed, the guest's shell answers.
-        c.find(Locator::Css("#console-connect"))
-            .await
-            .expect("connect")
-            .click()
-            .await
-            .expect("click");
+        click(&c, "#console-connect").await;
         until(
             &c,
             "connected",
@@ -522,12 +475,7 @@ fn the_dashboard_drives_a_real_kvm_guest() {
         )
         .await;
         shot(&c, "kvm-console").await;
-        c.find(Locator::Css("#console-close"))
-            .await
-            .expect("disconnect")
-            .click()
-            .await
-            .expect("click");
+        click(&c, "#console-close").await;
         until(
             &c,
             "disconnected",
@@ -536,24 +484,7 @@ fn the_dashboard_drives_a_real_kvm_guest() {
         .await;
         shot(&c, "kvm-instance").await;
         // Stop after a confirmation: the guest powers itself off.
-        c.find(Locator::Css("#inst-actions button[data-act=stop]"))
-            .await
-            .expect("stop")
-            .click()
-            .await
-            .expect("click");
-        until(
-            &c,
-            "the confirmation",
-            "document.querySelector('#confirm').open",
-        )
-        .await;
-        c.find(Locator::Css("#confirm-ok"))
-            .await
-            .expect("confirm")
-            .click()
-            .await
-            .expect("click");
+        click_confirmed(&c, "#inst-actions button[data-act=stop]").await;
         let started = Instant::now();
         while s.get(&format!("{INSTANCES}/{id}")).json["state"] != "stopped" {
             assert!(started.elapsed() < Duration::from_secs(120), "not stopped");
@@ -565,24 +496,7 @@ fn the_dashboard_drives_a_real_kvm_guest() {
             "document.querySelector('#inst-title .state')?.textContent === 'stopped'",
         )
         .await;
-        c.find(Locator::Css("#inst-actions button[data-act=delete]"))
-            .await
-            .expect("delete")
-            .click()
-            .await
-            .expect("click");
-        until(
-            &c,
-            "the confirmation",
-            "document.querySelector('#confirm').open",
-        )
-        .await;
-        c.find(Locator::Css("#confirm-ok"))
-            .await
-            .expect("confirm")
-            .click()
-            .await
-            .expect("click");
+        click_confirmed(&c, "#inst-actions button[data-act=delete]").await;
         until(
             &c,
             "back to the list",

@@ -25,15 +25,7 @@ impl Drop for RemoveOnDrop {
 fn a_real_guest_shows_its_boot_in_logs_answers_on_its_console_and_follow_sees_its_power_off() {
     let f = KvmFixture::new();
     guest::install(&f.templates(), "guest");
-    let s = Server::start_with(ServerOptions {
-        plugins: vec![workspace_plugin("kvm")],
-        toml: format!(
-            "[backends.kvm]\nplugin = \"kvm\"\n{}domain_type = \"{}\"\n",
-            f.settings_toml(),
-            guest::domain_type()
-        ),
-        ..Default::default()
-    });
+    let s = f.guest_server();
     let name = format!("{}-strm", f.prefix);
     let token = format!("{name}-{}", uuid::Uuid::new_v4());
     let r = s.call(

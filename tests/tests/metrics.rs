@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use unicompute_tests::docker::{backend_name, ensure_image, sweep_stale, FileLock, TEST_IMAGE};
+use unicompute_tests::docker::{ensure_image, sweep_stale, FileLock, TEST_IMAGE};
 use unicompute_tests::sse::Sse;
 use unicompute_tests::*;
 
@@ -328,14 +328,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Starts Prometheus scraping `target` (host:port) every second with the viewer's
 /// token.
 fn prometheus(target: &str) -> Prometheus {
@@ -443,16 +435,8 @@ fn a_docker_containers_usage_is_in_the_metrics() {
     let lock = FileLock::engine_shared();
     ensure_image();
     sweep_stale();
-    let backend = backend_name();
     let tmp = TempDir::new("uc-metrics-dock");
-    let s = Server::start_with(ServerOptions {
-        plugins: vec![workspace_plugin("docker")],
-        toml: format!(
-            "[backends.{backend}]\nplugin = \"docker\"\npin_dir = \"{0}/.pins\"\nstate_dir = \"{0}/.state\"\n",
-            tmp.0.display()
-        ),
-        ..Default::default()
-    });
+    let (s, backend) = unicompute_tests::docker::server(&tmp.0);
     let name = unique("uc-metr");
     let _guard = unicompute_tests::docker::ContainerGuard(name.clone());
     let r = s.call(

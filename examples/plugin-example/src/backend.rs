@@ -296,20 +296,7 @@ impl Backend for ProcessBackend {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
-        let memory = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find(|l| l.starts_with("MemTotal:"))
-                    .map(str::to_owned)
-            })
-            .and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .map(|kb| kb * 1024)
-            .unwrap_or(0);
+        let memory = proc_kib("/proc/meminfo", "MemTotal:") * 1024;
         Ok(HostResources { cpus, memory })
     }
 
@@ -552,20 +539,7 @@ impl Backend for ProcessBackend {
                 }
                 Ok(())
             })?;
-            rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find(|l| l.starts_with("VmRSS:"))
-                        .map(str::to_owned)
-                })
-                .and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|kb| kb.parse::<u64>().ok())
-                })
-                .map(|kb| kb * 1024)
-                .unwrap_or(0);
+            rss = proc_kib(&format!("/proc/{pid}/status"), "VmRSS:") * 1024;
         }
         Ok(Usage {
             cpu: CpuUsage { usage: cpu, cores },
@@ -615,4 +589,16 @@ impl Backend for ProcessBackend {
             }
         }
     }
+}
+
+/// A `Key:   123 kB` field of a `/proc` file, in KiB (0 when absent).
+fn proc_kib(file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -161,7 +161,7 @@ pub fn filter(
                 crate::metrics::http_request(
                     matched.unwrap_or("unmatched"),
                     method.as_str(),
-                    response.status().as_u16(),
+                    response.status().as_str(),
                     took,
                 );
                 let _enter = span.enter();
@@ -401,7 +401,8 @@ where
     if let Ok((endpoint, _)) = &routed {
         *matched = Some(endpoint.path());
     }
-    let public_metrics = state.service.config().metrics.public;
+    let config = state.service.config();
+    let public_metrics = config.metrics.public;
     let ws_token = ws_bearer(headers);
     let who = if path.starts_with("/api/") || (path == "/metrics" && !public_metrics) {
         let token = match &ws_token {
@@ -446,7 +447,7 @@ where
     }
     let arc = &state.service;
     let svc = &**arc;
-    let limit = svc.config().server.max_body_bytes;
+    let limit = config.server.max_body_bytes;
     let mutation = |extra: &[&str]| handlers::mutation_query(query, headers, extra);
     let reply = match route {
         Route::Healthz => handlers::healthz(),
@@ -470,7 +471,7 @@ where
         Route::Action(id, kind) => {
             let (mode, _) = mutation(&[])?;
             let body = read_body(headers, body, limit).await?;
-            let max_timeout = svc.config().server.max_stop_timeout_secs;
+            let max_timeout = config.server.max_stop_timeout_secs;
             match kind {
                 ActionKind::Start => handlers::start(arc, id, mode).await,
                 ActionKind::Stop => handlers::stop(arc, id, &body, max_timeout, mode).await,
