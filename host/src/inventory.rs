@@ -6,9 +6,10 @@
 //! backends at once, cannot both succeed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use unicompute_plugin_api::sync::{read, write};
 use unicompute_plugin_api::{Instance, InstanceState};
@@ -17,9 +18,37 @@ use crate::events::{Hub, Source};
 
 type Key = (DateTime<Utc>, String);
 
+/// An instance, and its JSON as the API serves it, made at its first read after a
+/// change and then served as is: a read copies bytes instead of serializing.
+struct Entry {
+    instance: Arc<Instance>,
+    json: OnceLock<Bytes>,
+}
+
+impl Entry {
+    fn new(instance: Arc<Instance>) -> Self {
+        Entry {
+            instance,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The instance's JSON (empty if it could not be encoded, which a struct of
+    /// strings, numbers and string-keyed maps cannot fail).
+    fn json(&self) -> Bytes {
+        self.json
+            .get_or_init(|| {
+                serde_json::to_vec(&*self.instance)
+                    .map(Bytes::from)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    by_id: HashMap<String, Arc<Instance>>,
+    by_id: HashMap<String, Entry>,
     /// name -> id (of an instance, or of a create in progress)
     names: HashMap<String, String>,
     /// list order: createdAt, then id
@@ -136,7 +165,10 @@ impl Inventory {
     /// is published, as caused by `source`.
     pub fn upsert(&self, mut instance: Instance, source: Source) -> Arc<Instance> {
         let mut inner = self.write();
-        let before = inner.by_id.get(&instance.id).cloned();
+        let before = inner
+            .by_id
+            .get(&instance.id)
+            .map(|e| Arc::clone(&e.instance));
         if let Some(old) = before.clone() {
             if old.updated_at > instance.updated_at {
                 instance.updated_at = old.updated_at;
@@ -146,14 +178,24 @@ impl Inventory {
                 inner.names.remove(&old.name);
             }
         }
-        let arc = Arc::new(instance);
+        // Unchanged (a resync lists what is known): the same entry stays, with the
+        // JSON already made.
+        let unchanged = before.as_deref() == Some(&instance);
+        let arc = match (&before, unchanged) {
+            (Some(old), true) => Arc::clone(old),
+            _ => Arc::new(instance),
+        };
         inner.seq += 1;
         let seq = inner.seq;
         inner.touched.insert(arc.id.clone(), seq);
         inner.gone.remove(&arc.id);
         inner.names.insert(arc.name.clone(), arc.id.clone());
         inner.order.insert((arc.created_at, arc.id.clone()));
-        inner.by_id.insert(arc.id.clone(), Arc::clone(&arc));
+        if !unchanged {
+            inner
+                .by_id
+                .insert(arc.id.clone(), Entry::new(Arc::clone(&arc)));
+        }
         self.hub.instance_changed(before.as_deref(), &arc, source);
         arc
     }
@@ -190,7 +232,7 @@ impl Inventory {
             .retain(|_, (_, at)| now.duration_since(*at) < GONE_FOR);
         inner.gone.insert(id.to_owned(), (seq, now));
         inner.touched.remove(id);
-        let old = inner.by_id.remove(id)?;
+        let old = inner.by_id.remove(id)?.instance;
         inner.order.remove(&(old.created_at, old.id.clone()));
         if inner.names.get(&old.name).map(String::as_str) == Some(id) {
             inner.names.remove(&old.name);
@@ -201,7 +243,22 @@ impl Inventory {
 
     /// One instance by id.
     pub fn get(&self, id: &str) -> Option<Arc<Instance>> {
-        self.read().by_id.get(id).cloned()
+        self.read().by_id.get(id).map(|e| Arc::clone(&e.instance))
+    }
+
+    /// One instance's JSON, by id.
+    pub fn get_json(&self, id: &str) -> Option<Bytes> {
+        self.read().by_id.get(id).map(Entry::json)
+    }
+
+    /// One instance's JSON, by name.
+    pub fn get_json_by_name(&self, name: &str) -> Option<Bytes> {
+        let inner = self.read();
+        inner
+            .names
+            .get(name)
+            .and_then(|id| inner.by_id.get(id))
+            .map(Entry::json)
     }
 
     /// One instance by name.
@@ -211,7 +268,7 @@ impl Inventory {
             .names
             .get(name)
             .and_then(|id| inner.by_id.get(id))
-            .cloned()
+            .map(|e| Arc::clone(&e.instance))
     }
 
     /// A page of the matching instances in list order, and how many match in all.
@@ -221,19 +278,39 @@ impl Inventory {
         page: usize,
         page_size: usize,
     ) -> (Vec<Arc<Instance>>, usize) {
+        self.page(filter, page, page_size, |e| Arc::clone(&e.instance))
+    }
+
+    /// [`Inventory::list`], as each instance's JSON.
+    pub fn list_json(
+        &self,
+        filter: &ListFilter,
+        page: usize,
+        page_size: usize,
+    ) -> (Vec<Bytes>, usize) {
+        self.page(filter, page, page_size, Entry::json)
+    }
+
+    fn page<T>(
+        &self,
+        filter: &ListFilter,
+        page: usize,
+        page_size: usize,
+        take: impl Fn(&Entry) -> T,
+    ) -> (Vec<T>, usize) {
         let inner = self.read();
         let skip = (page.saturating_sub(1)).saturating_mul(page_size);
         let mut total = 0;
         let mut out = Vec::with_capacity(page_size.min(inner.by_id.len()));
         for (_, id) in &inner.order {
-            let Some(inst) = inner.by_id.get(id) else {
+            let Some(entry) = inner.by_id.get(id) else {
                 continue;
             };
-            if !filter.matches(inst) {
+            if !filter.matches(&entry.instance) {
                 continue;
             }
             if total >= skip && out.len() < page_size {
-                out.push(Arc::clone(inst));
+                out.push(take(entry));
             }
             total += 1;
         }
@@ -245,8 +322,8 @@ impl Inventory {
         self.read()
             .by_id
             .values()
-            .filter(|i| i.backend == backend)
-            .cloned()
+            .filter(|e| e.instance.backend == backend)
+            .map(|e| Arc::clone(&e.instance))
             .collect()
     }
 
@@ -287,7 +364,8 @@ impl Inventory {
     /// How many instances each backend has in each state.
     pub fn count_by_backend_state(&self) -> BTreeMap<(String, &'static str), usize> {
         let mut out = BTreeMap::new();
-        for i in self.read().by_id.values() {
+        for e in self.read().by_id.values() {
+            let i = &e.instance;
             *out.entry((i.backend.clone(), i.state.as_str()))
                 .or_default() += 1;
         }
@@ -297,7 +375,8 @@ impl Inventory {
     /// Counts per backend: (instances, cores of active ones, memory of active ones).
     pub fn usage_by_backend(&self) -> BTreeMap<String, (usize, u64, u64)> {
         let mut out: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
-        for i in self.read().by_id.values() {
+        for entry in self.read().by_id.values() {
+            let i = &entry.instance;
             let e = out.entry(i.backend.clone()).or_default();
             e.0 += 1;
             if i.state.is_active() {
@@ -375,6 +454,36 @@ mod tests {
         );
         let (page, total) = inv.list(&f, 9, 2);
         assert_eq!((page.len(), total), (0, 5));
+    }
+
+    #[test]
+    fn cached_json_follows_every_change() {
+        let inv = Inventory::default();
+        assert!(inv.get_json("i1").is_none());
+        inv.upsert(inst("i1", "web", "a", 0), Source::Api);
+        let first = inv.get_json("i1").unwrap();
+        assert_eq!(first, serde_json::to_vec(&*inv.get("i1").unwrap()).unwrap());
+        assert_eq!(inv.get_json_by_name("web").unwrap(), first);
+        // The same instance again (a resync): the same bytes, not made again.
+        inv.upsert(inst("i1", "web", "a", 0), Source::Backend);
+        assert_eq!(inv.get_json("i1").unwrap().as_ptr(), first.as_ptr());
+        // A change: new bytes.
+        let mut changed = inst("i1", "web2", "a", 0);
+        changed.state = InstanceState::Stopped;
+        inv.upsert(changed, Source::Backend);
+        let second = inv.get_json("i1").unwrap();
+        assert_eq!(
+            second,
+            serde_json::to_vec(&*inv.get("i1").unwrap()).unwrap()
+        );
+        assert_ne!(second, first);
+        assert!(inv.get_json_by_name("web").is_none());
+        assert_eq!(inv.get_json_by_name("web2").unwrap(), second);
+        let (page, total) = inv.list_json(&ListFilter::default(), 1, 10);
+        assert_eq!((page, total), (vec![second], 1));
+        inv.remove("i1", Source::Api);
+        assert!(inv.get_json("i1").is_none());
+        assert!(inv.get_json_by_name("web2").is_none());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::Serialize;
 use unicompute_plugin_api::{Instance, InstanceState, UpdateRequest, Usage};
 use warp::http::StatusCode;
@@ -26,7 +27,7 @@ pub struct Reply {
     /// Status.
     pub status: StatusCode,
     /// JSON body, if any.
-    pub body: Option<Vec<u8>>,
+    pub body: Option<Bytes>,
     /// `Location` header, if any.
     pub location: Option<String>,
 }
@@ -36,6 +37,19 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Reply, ApiError> 
         .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
     Ok(Reply {
         status,
+        body: Some(body.into()),
+        location: None,
+    })
+}
+
+/// 200 with JSON made beforehand (an instance's, cached by the inventory); empty
+/// bytes mean it could not be encoded.
+fn cached_json(body: Bytes) -> Result<Reply, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::internal("cannot encode the answer"));
+    }
+    Ok(Reply {
+        status: StatusCode::OK,
         body: Some(body),
         location: None,
     })
@@ -238,16 +252,33 @@ pub fn whoami(who: Option<(&str, crate::config::Role)>) -> Result<Reply, ApiErro
     security(("bearer" = [])))]
 pub fn list(svc: &Service, query: &str) -> Result<Reply, ApiError> {
     let (filter, page, page_size) = parse_list_query(query)?;
-    let (items, total) = svc.list(&filter, page, page_size)?;
-    json(
-        StatusCode::OK,
-        &InstanceList {
-            instances: items.iter().map(|i| &**i).collect(),
-            total,
-            page,
-            page_size,
-        },
-    )
+    let (items, total) = svc.list_json(&filter, page, page_size)?;
+    cached_json(list_body(&items, total, page, page_size))
+}
+
+/// The JSON of [`InstanceList`], made from each instance's cached JSON: the same
+/// bytes `serde_json` writes for it (a test holds them equal). Empty if an instance's
+/// JSON is (it could not be encoded).
+fn list_body(items: &[Bytes], total: usize, page: usize, page_size: usize) -> Bytes {
+    if items.iter().any(Bytes::is_empty) {
+        return Bytes::new();
+    }
+    let len: usize = items.iter().map(|b| b.len() + 1).sum();
+    let mut out = Vec::with_capacity(len + 64);
+    out.extend_from_slice(b"{\"instances\":[");
+    for (i, b) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b);
+    }
+    // Plain numbers: written as serde_json writes a usize.
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "],\"total\":{total},\"page\":{page},\"pageSize\":{page_size}}}"
+    );
+    out.into()
 }
 
 /// Create a compute instance (not started unless `"start": true`).
@@ -304,7 +335,7 @@ pub async fn create(svc: &Arc<Service>, body: &[u8], mode: Mode) -> Result<Reply
     responses((status = 200, description = "The instance", body = Instance)),
     security(("bearer" = [])))]
 pub fn get(svc: &Service, id: &str) -> Result<Reply, ApiError> {
-    json(StatusCode::OK, &*svc.get(id)?)
+    cached_json(svc.get_json(id)?)
 }
 
 /// Get a compute instance by name.
@@ -313,7 +344,7 @@ pub fn get(svc: &Service, id: &str) -> Result<Reply, ApiError> {
     responses((status = 200, description = "The instance", body = Instance)),
     security(("bearer" = [])))]
 pub fn get_by_name(svc: &Service, name: &str) -> Result<Reply, ApiError> {
-    json(StatusCode::OK, &*svc.get_by_name(name)?)
+    cached_json(svc.get_json_by_name(name)?)
 }
 
 /// Update resources (live where the backend can; the rest in `pendingResources`).
@@ -649,7 +680,7 @@ pub async fn reload(state: &crate::api::AppState) -> Result<Reply, ApiError> {
 pub fn openapi(doc: &Arc<Vec<u8>>) -> Result<Reply, ApiError> {
     Ok(Reply {
         status: StatusCode::OK,
-        body: Some(doc.to_vec()),
+        body: Some(Bytes::copy_from_slice(doc)),
         location: None,
     })
 }
@@ -986,6 +1017,55 @@ mod tests {
             let e = parse_list_query(bad).unwrap_err();
             assert_eq!(e.code, "INVALID_REQUEST", "{bad}");
         }
+    }
+
+    #[test]
+    fn list_body_is_what_serde_writes() {
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 500_000_000).unwrap();
+        let mut a = Instance {
+            id: "i-1".into(),
+            name: "a".into(),
+            uuid: String::new(),
+            instance_type: unicompute_plugin_api::InstanceType::Container,
+            backend: "docker".into(),
+            state: InstanceState::Running,
+            status: Default::default(),
+            config: Default::default(),
+            resources: Default::default(),
+            pending_resources: None,
+            metadata: Default::default(),
+            created_at: t,
+            updated_at: t,
+        };
+        a.metadata.labels.insert("k".into(), "v\u{e9} \"q\"".into());
+        let mut b = a.clone();
+        b.id = "i-2".into();
+        b.name = "b".into();
+        for (items, total, page, size) in [
+            (vec![], 0, 1, 20),
+            (vec![&a], 1, 1, 20),
+            (vec![&a, &b], 57, 3, 100),
+        ] {
+            let cached: Vec<Bytes> = items
+                .iter()
+                .map(|i| serde_json::to_vec(i).unwrap().into())
+                .collect();
+            let expected = serde_json::to_vec(&InstanceList {
+                instances: items,
+                total,
+                page,
+                page_size: size,
+            })
+            .unwrap();
+            assert_eq!(
+                list_body(&cached, total, page, size),
+                expected,
+                "{}",
+                String::from_utf8_lossy(&expected)
+            );
+        }
+        // An instance that could not be encoded: no half list.
+        assert!(list_body(&[Bytes::new()], 1, 1, 20).is_empty());
     }
 
     #[test]

@@ -119,7 +119,13 @@ pub fn filter(
              body,
              ws: Option<warp::filters::ws::Ws>| async move {
                 let started = Instant::now();
-                let span = tracing::info_span!("request", method = %method, path = %path.as_str());
+                // Reads log nothing at info: their span (whose fields the log layer
+                // formats when it is made) is made only when debug is on.
+                let span = if method == Method::GET || method == Method::HEAD {
+                    tracing::debug_span!("request", method = %method, path = %path.as_str())
+                } else {
+                    tracing::info_span!("request", method = %method, path = %path.as_str())
+                };
                 let request = Request {
                     method: &method,
                     path: path.as_str(),

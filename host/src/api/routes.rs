@@ -414,27 +414,31 @@ fn not_allowed(method: &str, allowed: &str) -> ApiError {
 
 /// How a path matches a template: `None`, or for each segment whether it matched a
 /// literal (`true`) or a parameter, and the parameters.
-fn matches<'a>(template: &str, segs: &[&'a str]) -> Option<(Vec<bool>, Vec<&'a str>)> {
-    let tmpl: Vec<&str> = template.trim_start_matches('/').split('/').collect();
-    if tmpl.len() != segs.len() {
-        return None;
-    }
-    let (mut literal, mut params) = (Vec::new(), Vec::new());
-    for (t, s) in tmpl.iter().zip(segs) {
+/// Whether a path's segments match a template's; if so, which segments are literal,
+/// as bits from the most significant (segment 0) down, so that comparing two masks
+/// compares specificity (a literal beats a parameter at the first place they differ).
+/// Allocates nothing: it runs for every endpoint on every request.
+fn matches(template: &str, segs: &[&str]) -> Option<u32> {
+    let mut mask = 0u32;
+    let mut n = 0;
+    for (i, t) in template.trim_start_matches('/').split('/').enumerate() {
+        let s = segs.get(i)?;
         if t.starts_with('{') {
             if s.is_empty() {
                 return None;
             }
-            literal.push(false);
-            params.push(*s);
-        } else if t == s {
-            literal.push(true);
+        } else if t == *s {
+            mask |= 1 << (31 - i);
         } else {
             return None;
         }
+        n = i + 1;
     }
-    Some((literal, params))
+    (n == segs.len()).then_some(mask)
 }
+
+/// The most segments a path of any template has (more is a 404 at once).
+const MAX_SEGMENTS: usize = 16;
 
 /// Matches a request against [`Endpoint::ALL`]. Of the templates a path matches, the
 /// most specific wins (a literal segment beats a parameter at the first place they
@@ -449,22 +453,40 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, ApiError> {
 /// [`route`], with the endpoint matched (its path template names the route in the
 /// metrics).
 pub fn route_endpoint<'a>(method: &str, path: &'a str) -> Result<(Endpoint, Route<'a>), ApiError> {
-    let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-    let mut best: Option<(Vec<bool>, &'static str)> = None;
+    let mut buf = [""; MAX_SEGMENTS];
+    let mut count = 0;
+    for seg in path.strip_prefix('/').unwrap_or(path).split('/') {
+        if count == MAX_SEGMENTS {
+            return Err(not_found(path));
+        }
+        buf[count] = seg;
+        count += 1;
+    }
+    let segs = &buf[..count];
+    let mut best: Option<(u32, &'static str)> = None;
     for e in Endpoint::ALL {
-        if let Some((literal, _)) = matches(e.path(), &segs) {
-            if best.as_ref().is_none_or(|(b, _)| literal > *b) {
+        if let Some(literal) = matches(e.path(), segs) {
+            if best.is_none_or(|(b, _)| literal > b) {
                 best = Some((literal, e.path()));
             }
         }
     }
-    let Some((_, template)) = best else {
+    let Some((literal, template)) = best else {
         return Err(not_found(path));
     };
     let on_path = Endpoint::ALL.into_iter().filter(|e| e.path() == template);
     let wanted = if method == "HEAD" { "GET" } else { method };
     if let Some(e) = on_path.clone().find(|e| e.method() == wanted) {
-        let (_, params) = matches(template, &segs).ok_or_else(|| not_found(path))?;
+        // The parameters are the segments that are not literal, in order.
+        let mut params = [""; MAX_SEGMENTS];
+        let mut n = 0;
+        for (i, s) in segs.iter().enumerate() {
+            if literal & (1 << (31 - i)) == 0 {
+                params[n] = s;
+                n += 1;
+            }
+        }
+        let params = &params[..n];
         // No id, name or backend holds a `/` (an image name aside).
         let slash_ok = |i: usize| e == Endpoint::DeleteImage && i == 1;
         if params
@@ -474,7 +496,7 @@ pub fn route_endpoint<'a>(method: &str, path: &'a str) -> Result<(Endpoint, Rout
         {
             return Err(not_found(path));
         }
-        return Ok((e, e.route(&params)));
+        return Ok((e, e.route(params)));
     }
     let allowed: Vec<&str> = on_path.map(Endpoint::method).collect();
     Err(not_allowed(method, &allowed.join(", ")))

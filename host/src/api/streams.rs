@@ -603,7 +603,7 @@ pub async fn exec(svc: &Arc<Service>, id: &str, body: &[u8]) -> Result<Reply, Ap
         .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
     Ok(Reply {
         status: StatusCode::OK,
-        body: Some(body),
+        body: Some(body.into()),
         location: None,
     })
 }

@@ -120,6 +120,21 @@ impl Service {
         self.inventory.get(id).ok_or_else(|| Error::no_id(id))
     }
 
+    /// One instance's JSON as the API serves it, by id, from memory.
+    pub fn get_json(&self, id: &str) -> Result<bytes::Bytes, Error> {
+        self.inventory.get_json(id).ok_or_else(|| Error::no_id(id))
+    }
+
+    /// One instance's JSON as the API serves it, by name, from memory.
+    pub fn get_json_by_name(&self, name: &str) -> Result<bytes::Bytes, Error> {
+        self.inventory
+            .get_json_by_name(name)
+            .ok_or_else(|| Error::NotFound {
+                by: Lookup::Name,
+                value: name.to_owned(),
+            })
+    }
+
     /// One instance by name, from memory.
     pub fn get_by_name(&self, name: &str) -> Result<Arc<Instance>, Error> {
         self.inventory
@@ -143,6 +158,22 @@ impl Service {
             }
         }
         Ok(self.inventory.list(filter, page, page_size))
+    }
+
+    /// [`Service::list`], each instance as the JSON the API serves (made once per
+    /// change of the instance).
+    pub fn list_json(
+        &self,
+        filter: &ListFilter,
+        page: usize,
+        page_size: usize,
+    ) -> Result<(Vec<bytes::Bytes>, usize), Error> {
+        if let Some(b) = &filter.backend {
+            if self.registry().get(b).is_none() {
+                return Err(Error::InvalidBackend(b.clone()));
+            }
+        }
+        Ok(self.inventory.list_json(filter, page, page_size))
     }
 
     /// Creates an instance.
