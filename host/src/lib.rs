@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod events;
 pub mod inventory;
+pub mod memory;
 pub mod metrics;
 pub mod plugins;
 pub mod service;

@@ -201,9 +201,15 @@ async fn run(
         idle_timeout: Duration::from_secs(config.server.idle_timeout_secs),
         write_timeout: Duration::from_secs(config.server.write_timeout_secs.max(1)),
     };
-    let server = api::server::serve(listener, api::filter(Arc::clone(&state)), limits, async {
-        let _ = stop_rx.await;
-    });
+    let server = api::server::serve(
+        listener,
+        api::filter(Arc::clone(&state)),
+        Some(api::Plain::new(Arc::clone(&state))),
+        limits,
+        async {
+            let _ = stop_rx.await;
+        },
+    );
     let mut server = tokio::spawn(server);
     // Handlers are in place before the server says it listens: a signal sent right
     // after that line never meets the default action (which ends the process).
@@ -222,6 +228,9 @@ async fn run(
         ),
     }
     tokio::spawn(Arc::clone(&service).watch_plugins());
+    // What the start allocated and freed (the config, the document, the plugins'
+    // loading, the first resync) goes back to the system before the server idles.
+    unicompute_host::memory::release_freed();
     tracing::info!(addr = %local, instances = service.inventory.len(), "listening");
     println!("unicompute: listening on http://{local}");
 

@@ -12,16 +12,18 @@
 //! instances that exist and whose usage was read in the last
 //! [`USAGE_SAMPLE_MAX_AGE`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use unicompute_plugin_api::sync::lock;
 use unicompute_plugin_api::{ErrorCode, Usage};
+use warp::http::StatusCode;
 
 use crate::plugins::registry::BackendStatus;
 use crate::service::{OpStatus, Service};
@@ -189,18 +191,45 @@ fn method_label(method: &str) -> &'static str {
     }
 }
 
+/// A request's series, by the addresses of its route and method texts and its status.
+type SeriesKey = (usize, usize, u16);
+
 /// Records an answered HTTP request. `route` is the matched route's template, or
 /// `unmatched` for a request answered before or without a route (401 without a
 /// token, 404, 405).
-pub fn http_request(route: &str, method: &str, status: &str, took: Duration) {
-    let m = metrics();
+pub fn http_request(route: &'static str, method: &str, status: StatusCode, took: Duration) {
     let method = method_label(method);
-    m.http_requests
-        .with_label_values(&[route, method, status])
-        .inc();
-    m.http_seconds
-        .with_label_values(&[route, method])
-        .observe(took.as_secs_f64());
+    // The series of a (route, method, status) are looked up once per thread and kept:
+    // the labels' hashing and the vectors' locks are off the request path. Routes and
+    // methods are static text, compared by address; an unknown key past the cache's
+    // size is looked up each time.
+    thread_local! {
+        static SERIES: RefCell<Vec<(SeriesKey, IntCounter, Histogram)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+    let key = (
+        route.as_ptr() as usize,
+        method.as_ptr() as usize,
+        status.as_u16(),
+    );
+    SERIES.with(|series| {
+        let mut series = series.borrow_mut();
+        if let Some((_, count, seconds)) = series.iter().find(|(k, _, _)| *k == key) {
+            count.inc();
+            seconds.observe(took.as_secs_f64());
+            return;
+        }
+        let m = metrics();
+        let count = m
+            .http_requests
+            .with_label_values(&[route, method, status.as_str()]);
+        let seconds = m.http_seconds.with_label_values(&[route, method]);
+        count.inc();
+        seconds.observe(took.as_secs_f64());
+        if series.len() < 256 {
+            series.push((key, count, seconds));
+        }
+    });
 }
 
 /// Records a call into a plugin, and its error code when it failed.

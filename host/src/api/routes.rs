@@ -412,29 +412,43 @@ fn not_allowed(method: &str, allowed: &str) -> ApiError {
     .detail("allowed", allowed)
 }
 
-/// How a path matches a template: `None`, or for each segment whether it matched a
-/// literal (`true`) or a parameter, and the parameters.
 /// Whether a path's segments match a template's; if so, which segments are literal,
 /// as bits from the most significant (segment 0) down, so that comparing two masks
 /// compares specificity (a literal beats a parameter at the first place they differ).
-/// Allocates nothing: it runs for every endpoint on every request.
-fn matches(template: &str, segs: &[&str]) -> Option<u32> {
+/// Allocates nothing: it runs for every template on every request.
+fn matches(template: &[&str], segs: &[&str]) -> Option<u32> {
+    if template.len() != segs.len() {
+        return None;
+    }
     let mut mask = 0u32;
-    let mut n = 0;
-    for (i, t) in template.trim_start_matches('/').split('/').enumerate() {
-        let s = segs.get(i)?;
+    for (i, (t, s)) in template.iter().zip(segs).enumerate() {
         if t.starts_with('{') {
             if s.is_empty() {
                 return None;
             }
-        } else if t == *s {
+        } else if t == s {
             mask |= 1 << (31 - i);
         } else {
             return None;
         }
-        n = i + 1;
     }
-    (n == segs.len()).then_some(mask)
+    Some(mask)
+}
+
+/// Each path template once, split into its segments once.
+fn templates() -> &'static [(&'static str, Vec<&'static str>)] {
+    static TEMPLATES: std::sync::OnceLock<Vec<(&'static str, Vec<&'static str>)>> =
+        std::sync::OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+        for e in Endpoint::ALL {
+            if !out.iter().any(|(t, _)| *t == e.path()) {
+                let segs = e.path().trim_start_matches('/').split('/').collect();
+                out.push((e.path(), segs));
+            }
+        }
+        out
+    })
 }
 
 /// The most segments a path of any template has (more is a 404 at once).
@@ -464,10 +478,10 @@ pub fn route_endpoint<'a>(method: &str, path: &'a str) -> Result<(Endpoint, Rout
     }
     let segs = &buf[..count];
     let mut best: Option<(u32, &'static str)> = None;
-    for e in Endpoint::ALL {
-        if let Some(literal) = matches(e.path(), segs) {
+    for (template, tsegs) in templates() {
+        if let Some(literal) = matches(tsegs, segs) {
             if best.is_none_or(|(b, _)| literal > b) {
-                best = Some((literal, e.path()));
+                best = Some((literal, template));
             }
         }
     }

@@ -24,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use crate::api::Plain;
+
 /// Limits of the connection layer (`[server]` settings).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -40,10 +42,12 @@ pub struct Limits {
 
 /// Serves `filter` on `listener` until `shutdown` resolves, then lets the requests in
 /// flight finish (connections close after their current response) and returns once
-/// every connection has ended.
+/// every connection has ended. The requests [`Plain`] takes go to it instead, when
+/// given (the same answers without warp's filter chain).
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
+    plain: Option<Plain>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -88,8 +92,9 @@ pub async fn serve<F>(
         let _ = stream.set_nodelay(true);
         let svc = warp::service(filter.clone());
         let stop = stop_rx.clone();
+        let plain = plain.clone();
         tokio::spawn(async move {
-            serve_connection(stream, svc, limits, stop).await;
+            serve_connection(stream, svc, plain, limits, stop).await;
             tracing::debug!(%peer, "connection closed");
             drop(permit);
         });
@@ -103,6 +108,7 @@ pub async fn serve<F>(
 async fn serve_connection<S>(
     stream: TcpStream,
     svc: S,
+    plain: Option<Plain>,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -110,7 +116,11 @@ async fn serve_connection<S>(
 {
     let state = Arc::new(ConnState::default());
     let io = GuardedIo::new(TokioIo::new(stream), Arc::clone(&state), limits);
-    let service = ConnService { inner: svc, state };
+    let service = ConnService {
+        inner: svc,
+        plain,
+        state,
+    };
     let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
         .with_upgrades();
@@ -188,6 +198,7 @@ impl Drop for InServer {
 
 struct ConnService<S> {
     inner: S,
+    plain: Option<Plain>,
     state: Arc<ConnState>,
 }
 
@@ -203,10 +214,18 @@ where
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         let guard = InServer::enter(&self.state);
         let state = Arc::clone(&self.state);
-        let mut inner = self.inner.clone();
-        let fut = inner.call(req);
+        let fut: Pin<Box<dyn Future<Output = warp::reply::Response> + Send>> = match &self.plain {
+            Some(plain) if Plain::takes(&req) => Box::pin(plain.clone().call(req)),
+            _ => {
+                let fut = self.inner.clone().call(req);
+                Box::pin(async move {
+                    let Ok(resp) = fut.await;
+                    resp
+                })
+            }
+        };
         Box::pin(async move {
-            let Ok(resp) = fut.await;
+            let resp = fut.await;
             if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                 state.upgraded.store(true, Ordering::SeqCst);
             }

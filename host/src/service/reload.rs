@@ -136,10 +136,13 @@ impl Service {
     /// unchanged are kept as they are; requests in flight finish on the backend they
     /// started on. On an invalid config nothing changes.
     pub async fn reload(self: &Arc<Self>) -> Result<ReloadReport, Error> {
-        self.reload_with(true).await.map_err(|e| {
+        let result = self.reload_with(true).await.map_err(|e| {
             tracing::warn!(error = %e, "reload refused; the running config is kept");
             Error::ReloadRefused(e.to_string())
-        })
+        });
+        // What the old plugins and config held is freed: give it back to the system.
+        crate::memory::release_freed();
+        result
     }
 
     /// As [`Service::reload`], with the configuration in force: only the plugin files
