@@ -19,7 +19,9 @@
 //! and how much of it is the fake plugin's own copy of its instances (it keeps them
 //! in the server's process, where a real plugin asks its engine): the RSS this
 //! process gains when it loads the fake through the host's loader and makes a
-//! backend seeded with the largest N.
+//! backend seeded with the largest N. Last, the inventory alone, in this process
+//! (`unicompute_host::inventory`, the same instances): the list's own time, without
+//! HTTP, the client or the scheduler.
 //!
 //! Run: `cargo build --release -p unicompute-host && cargo bench -p unicompute-tests --bench scale`
 //! (the release host binary; the fake plugin is built in release here). Prints
@@ -296,6 +298,55 @@ fn fake_share(n: usize) -> f64 {
     (after as f64 - before as f64) * 1024.0 / n as f64
 }
 
+/// The inventory alone, `n` seeded instances: p50/p99 of `requests` random pages of
+/// each query, as the server's handler asks them.
+fn inventory_alone(n: usize, requests: usize) {
+    use unicompute_host::events::Source;
+    use unicompute_host::inventory::{Inventory, ListFilter};
+    use unicompute_plugin_api::InstanceState;
+    let inv = Inventory::default();
+    for i in 0..n {
+        let mut inst = unicompute_fake::seeded(i as u32);
+        inst.backend = "fake".into();
+        inv.upsert(inst, Source::Backend);
+    }
+    // Each instance's JSON made once, as after the server's first pass.
+    for page in 1..=n.div_ceil(100) {
+        inv.list_json(&ListFilter::default(), page, 100);
+    }
+    let label = ListFilter {
+        labels: vec![("app".into(), "seed".into()), ("n".into(), "7".into())],
+        ..Default::default()
+    };
+    let running = ListFilter {
+        state: Some(InstanceState::Running),
+        ..Default::default()
+    };
+    let mut rng = Rng(7);
+    for (name, filter, pages) in [
+        ("list", ListFilter::default(), n.div_ceil(100)),
+        ("label", label, n.div_ceil(100 * 100)),
+        ("state", running, (n / 5).div_ceil(100)),
+    ] {
+        let mut lat: Vec<Duration> = (0..requests)
+            .map(|_| {
+                let page = rng.below(pages) + 1;
+                let t = Instant::now();
+                let (items, _) = inv.list_json(&filter, page, 100);
+                let took = t.elapsed();
+                assert!(!items.is_empty());
+                took
+            })
+            .collect();
+        lat.sort();
+        println!(
+            "inventory alone, {n} instances, {name}: p50 {:?}, p99 {:?}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+}
+
 fn main() {
     std::env::set_var("UCTEST_PROFILE", "release");
     let sizes: Vec<usize> = std::env::var("UC_BENCH_SCALE")
@@ -369,5 +420,6 @@ fn main() {
             fake_share(last.n),
             last.n
         );
+        inventory_alone(last.n, requests);
     }
 }
