@@ -53,6 +53,7 @@ impl Entry {
 /// What a list walks, in list order, for each instance: its state and a summary of
 /// its labels and backend inline, so that a filter rules most instances out without
 /// reading them (the instance itself is elsewhere in memory: one cache miss each).
+/// The slots of the whole list are one array ([`Inner::slots`]), read in sequence.
 struct Slot {
     state: InstanceState,
     /// The bits of [`bits`] for each label and the backend: a filter needing a bit
@@ -98,7 +99,12 @@ struct Inner {
     /// name -> id (of an instance, or of a create in progress)
     names: HashMap<String, String>,
     /// list order: createdAt, then id
-    order: BTreeMap<Key, Slot>,
+    order: BTreeSet<Key>,
+    /// The list order as one array of [`Slot`]s, made at the first list after a
+    /// change (of the order, or of an instance), then read by every list until the
+    /// next: a page without a filter is a slice of it, a filter's walk reads memory in
+    /// sequence. A resync that changes nothing keeps it.
+    slots: OnceLock<Vec<Slot>>,
     /// Counts every change; a resync only overrides what changed before it began.
     seq: u64,
     /// id -> `seq` and time of its removal, for [`GONE_FOR`]
@@ -106,6 +112,17 @@ struct Inner {
 }
 
 impl Inner {
+    /// The list order's slots (made now if a change dropped them).
+    fn slots(&self) -> &[Slot] {
+        self.slots.get_or_init(|| {
+            self.order
+                .iter()
+                .filter_map(|(_, id)| self.by_id.get(id))
+                .map(|e| Slot::of(&e.instance))
+                .collect()
+        })
+    }
+
     /// Whether `id` was upserted or removed after change `since`.
     fn newer(&self, id: &str, since: u64) -> bool {
         self.by_id.get(id).is_some_and(|e| e.touched > since)
@@ -275,10 +292,9 @@ impl Inventory {
             }
         }
         let arc = Arc::new(instance);
+        inner.slots.take();
         inner.names.insert(arc.name.clone(), arc.id.clone());
-        inner
-            .order
-            .insert((arc.created_at, arc.id.clone()), Slot::of(&arc));
+        inner.order.insert((arc.created_at, arc.id.clone()));
         inner
             .by_id
             .insert(arc.id.clone(), Entry::new(Arc::clone(&arc), seq));
@@ -319,6 +335,7 @@ impl Inventory {
         inner.gone.insert(id.to_owned(), (seq, now));
         let old = inner.by_id.remove(id)?.instance;
         inner.order.remove(&(old.created_at, old.id.clone()));
+        inner.slots.take();
         if inner.names.get(&old.name).map(String::as_str) == Some(id) {
             inner.names.remove(&old.name);
         }
@@ -376,9 +393,9 @@ impl Inventory {
         self.page(filter, page, page_size, Entry::json)
     }
 
-    /// Without a filter, the page is reached from the nearer end of the list and
-    /// only its instances are read; with one, every instance's [`Slot`] is looked at
-    /// (the total counts them all) and only the slots that may match are read.
+    /// The list's [`Slot`]s: without a filter, the page is a slice of them and only
+    /// its instances are read; with one, every slot is looked at (the total counts
+    /// them all) and only the instances that may match are read.
     fn page<T>(
         &self,
         filter: &ListFilter,
@@ -387,34 +404,26 @@ impl Inventory {
         take: impl Fn(&Entry) -> T,
     ) -> (Vec<T>, usize) {
         let inner = self.read();
+        let slots = inner.slots();
         let skip = (page.saturating_sub(1)).saturating_mul(page_size);
-        let mut out = Vec::with_capacity(page_size.min(inner.by_id.len()));
-        let entry = |id: &str| inner.by_id.get(id);
+        let mut out = Vec::with_capacity(page_size.min(slots.len()));
+        let entry = |slot: &Slot| inner.by_id.get(&slot.instance.id);
         if filter.is_empty() {
-            let total = inner.order.len();
-            let n = page_size.min(total.saturating_sub(skip));
-            if n == 0 {
-                return (out, total);
-            }
-            let after = total - skip - n;
-            if skip <= after {
-                let keys = inner.order.keys().skip(skip).take(n);
-                out.extend(keys.filter_map(|(_, id)| entry(id)).map(&take));
-            } else {
-                let keys = inner.order.keys().rev().skip(after).take(n);
-                out.extend(keys.filter_map(|(_, id)| entry(id)).map(&take));
-                out.reverse();
-            }
-            return (out, total);
+            let end = skip.saturating_add(page_size).min(slots.len());
+            let page = slots.get(skip..end).unwrap_or_default();
+            out.extend(page.iter().filter_map(entry).map(&take));
+            return (out, slots.len());
         }
         let need = filter.bloom();
+        // The slot says all of a filter on the state alone.
+        let exact = filter.backend.is_none() && filter.labels.is_empty();
         let mut total = 0;
-        for ((_, id), slot) in &inner.order {
-            if !filter.may_match(slot, need) || !filter.matches(&slot.instance) {
+        for slot in slots {
+            if !filter.may_match(slot, need) || !(exact || filter.matches(&slot.instance)) {
                 continue;
             }
             if total >= skip && out.len() < page_size {
-                match entry(id) {
+                match entry(slot) {
                     Some(e) => out.push(take(e)),
                     None => continue,
                 }
@@ -664,6 +673,10 @@ mod tests {
             ..Default::default()
         };
         assert!(inv.list(&paused, 1, 500).0.iter().any(|i| i.id == "i0001"));
+        inv.remove("i0001", Source::Api);
+        assert_eq!(inv.list(&filters[5], 1, 10).1, 0);
+        assert_eq!(inv.list(&ListFilter::default(), 1, 10).1, 499);
+        assert!(inv.list(&paused, 1, 500).0.iter().all(|i| i.id != "i0001"));
     }
 
     #[test]
