@@ -284,8 +284,9 @@ fn run(n: usize, requests: usize, window: Duration) -> Row {
 }
 
 /// The RSS a fake backend seeded with `n` instances adds to this process, in
-/// bytes per instance.
-fn fake_share(n: usize) -> f64 {
+/// bytes per instance; and the time of one `list` of it through the ABI (the plugin
+/// copies and encodes, the host decodes), with the list.
+fn fake_share(n: usize) -> (f64, Duration, Vec<unicompute_plugin_api::Instance>) {
     let plugin = loader::load_file(&fake_plugin()).expect("the fake plugin loads");
     let state = TempDir::new("uc-bench-scale");
     let settings = json!({"seed_instances": n, "state_dir": state.0.join("records")});
@@ -294,13 +295,20 @@ fn fake_share(n: usize) -> f64 {
         .create_backend("fake", &settings, EventSink::discard())
         .expect("a fake backend");
     let after = rss_kb(std::process::id());
+    let t = Instant::now();
+    let list = unicompute_plugin_api::Backend::list(&backend).expect("list");
+    let took = t.elapsed();
     drop(backend);
-    (after as f64 - before as f64) * 1024.0 / n as f64
+    (
+        (after as f64 - before as f64) * 1024.0 / n as f64,
+        took,
+        list,
+    )
 }
 
 /// The inventory alone, `n` seeded instances: p50/p99 of `requests` random pages of
 /// each query, as the server's handler asks them.
-fn inventory_alone(n: usize, requests: usize) {
+fn inventory_alone(n: usize, requests: usize, listed: Vec<unicompute_plugin_api::Instance>) {
     use unicompute_host::events::Source;
     use unicompute_host::inventory::{Inventory, ListFilter};
     use unicompute_plugin_api::InstanceState;
@@ -345,6 +353,22 @@ fn inventory_alone(n: usize, requests: usize) {
             percentile(&lat, 0.99)
         );
     }
+    // A resync's own part: the backend's list (as the service adopts it) replacing
+    // what is known, nothing changed.
+    let listed: Vec<_> = listed
+        .into_iter()
+        .map(|mut i| {
+            i.backend = "fake".into();
+            i
+        })
+        .collect();
+    let t = Instant::now();
+    inv.replace_backend("fake", listed, &Default::default(), inv.seq());
+    println!(
+        "inventory alone, {n} instances: a resync's replace of an unchanged list: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(inv.len(), n);
 }
 
 fn main() {
@@ -415,11 +439,15 @@ fn main() {
         }
     }
     if let Some(last) = rows.last() {
+        let (share, list_took, listed) = fake_share(last.n);
         println!(
-            "of which the fake plugin's own copy of its instances: {:.0} bytes per instance (seeded with {} in this process)",
-            fake_share(last.n),
+            "of which the fake plugin's own copy of its instances: {share:.0} bytes per instance (seeded with {} in this process)",
             last.n
         );
-        inventory_alone(last.n, requests);
+        println!(
+            "one list of {} instances through the ABI, in this process (the fake copies and encodes, the host decodes): {list_took:?}",
+            last.n
+        );
+        inventory_alone(last.n, requests, listed);
     }
 }
