@@ -5,7 +5,8 @@
 //! resyncs. It also reserves names, so that two creates of one name, even on two
 //! backends at once, cannot both succeed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -23,13 +24,16 @@ type Key = (DateTime<Utc>, String);
 struct Entry {
     instance: Arc<Instance>,
     json: OnceLock<Bytes>,
+    /// `seq` of its last upsert: a resync only overrides what changed before it began.
+    touched: u64,
 }
 
 impl Entry {
-    fn new(instance: Arc<Instance>) -> Self {
+    fn new(instance: Arc<Instance>, touched: u64) -> Self {
         Entry {
             instance,
             json: OnceLock::new(),
+            touched,
         }
     }
 
@@ -46,6 +50,49 @@ impl Entry {
     }
 }
 
+/// What a list walks, in list order, for each instance: its state and a summary of
+/// its labels and backend inline, so that a filter rules most instances out without
+/// reading them (the instance itself is elsewhere in memory: one cache miss each).
+/// The slots of the whole list are one array ([`Inner::slots`]), read in sequence.
+struct Slot {
+    state: InstanceState,
+    /// The bits of [`bits`] for each label and the backend: a filter needing a bit
+    /// that is not here cannot match. Set bits prove nothing: a match is always
+    /// checked on the instance.
+    bloom: u64,
+    instance: Arc<Instance>,
+}
+
+impl Slot {
+    fn of(instance: &Arc<Instance>) -> Self {
+        let mut bloom = bits(BACKEND, &instance.backend, "");
+        for (k, v) in &instance.metadata.labels {
+            bloom |= bits(LABEL, k, v);
+        }
+        Slot {
+            state: instance.state,
+            bloom,
+            instance: Arc::clone(instance),
+        }
+    }
+}
+
+const BACKEND: u8 = 0;
+const LABEL: u8 = 1;
+
+/// Two of 64 bits for a label `k=v` (or a backend), from a hash that is the same
+/// for the same input within the process.
+fn bits(tag: u8, k: &str, v: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (tag, k, v).hash(&mut h);
+    let h = h.finish();
+    (1 << (h & 63)) | (1 << ((h >> 6) & 63))
+}
+
+/// How many instances a resync applies per hold of the write lock: readers wait
+/// for one batch at most, not for the whole list.
+const RESYNC_BATCH: usize = 256;
+
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<String, Entry>,
@@ -53,12 +100,34 @@ struct Inner {
     names: HashMap<String, String>,
     /// list order: createdAt, then id
     order: BTreeSet<Key>,
+    /// The list order as one array of [`Slot`]s, made at the first list after a
+    /// change (of the order, or of an instance), then read by every list until the
+    /// next: a page without a filter is a slice of it, a filter's walk reads memory in
+    /// sequence. A resync that changes nothing keeps it.
+    slots: OnceLock<Vec<Slot>>,
     /// Counts every change; a resync only overrides what changed before it began.
     seq: u64,
-    /// id -> `seq` of its last upsert
-    touched: HashMap<String, u64>,
     /// id -> `seq` and time of its removal, for [`GONE_FOR`]
     gone: HashMap<String, (u64, Instant)>,
+}
+
+impl Inner {
+    /// The list order's slots (made now if a change dropped them).
+    fn slots(&self) -> &[Slot] {
+        self.slots.get_or_init(|| {
+            self.order
+                .iter()
+                .filter_map(|(_, id)| self.by_id.get(id))
+                .map(|e| Slot::of(&e.instance))
+                .collect()
+        })
+    }
+
+    /// Whether `id` was upserted or removed after change `since`.
+    fn newer(&self, id: &str, since: u64) -> bool {
+        self.by_id.get(id).is_some_and(|e| e.touched > since)
+            || self.gone.get(id).is_some_and(|(s, _)| *s > since)
+    }
 }
 
 /// How long a removed id is remembered: a late event about it, or a resync that
@@ -85,6 +154,25 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
+    /// Whether it lets every instance through.
+    fn is_empty(&self) -> bool {
+        self.backend.is_none() && self.state.is_none() && self.labels.is_empty()
+    }
+
+    /// The bits a [`Slot`] must have to match.
+    fn bloom(&self) -> u64 {
+        let mut need = self.backend.as_deref().map_or(0, |b| bits(BACKEND, b, ""));
+        for (k, v) in &self.labels {
+            need |= bits(LABEL, k, v);
+        }
+        need
+    }
+
+    /// Whether an instance of this slot can match (`need` is [`ListFilter::bloom`]).
+    fn may_match(&self, slot: &Slot, need: u64) -> bool {
+        slot.bloom & need == need && self.state.is_none_or(|s| slot.state == s)
+    }
+
     fn matches(&self, i: &Instance) -> bool {
         self.backend.as_deref().is_none_or(|b| i.backend == b)
             && self.state.is_none_or(|s| i.state == s)
@@ -163,39 +251,53 @@ impl Inventory {
 
     /// Adds or replaces an instance. `updatedAt` never goes backwards. What changed
     /// is published, as caused by `source`.
-    pub fn upsert(&self, mut instance: Instance, source: Source) -> Arc<Instance> {
+    pub fn upsert(&self, instance: Instance, source: Source) -> Arc<Instance> {
         let mut inner = self.write();
+        self.upsert_locked(&mut inner, instance, source)
+    }
+
+    fn upsert_locked(
+        &self,
+        inner: &mut Inner,
+        mut instance: Instance,
+        source: Source,
+    ) -> Arc<Instance> {
+        inner.seq += 1;
+        let seq = inner.seq;
+        inner.gone.remove(&instance.id);
+        let Inner { by_id, names, .. } = inner;
+        if let Some(entry) = by_id.get_mut(&instance.id) {
+            let old = &entry.instance;
+            if old.updated_at > instance.updated_at {
+                instance.updated_at = old.updated_at;
+            }
+            // Unchanged (a resync lists what is known): the same entry stays, with
+            // the JSON already made, in its place in the list; nothing to publish.
+            if **old == instance {
+                entry.touched = seq;
+                if names.get(&old.name) != Some(&old.id) {
+                    names.insert(old.name.clone(), old.id.clone());
+                }
+                return Arc::clone(old);
+            }
+        }
         let before = inner
             .by_id
             .get(&instance.id)
             .map(|e| Arc::clone(&e.instance));
-        if let Some(old) = before.clone() {
-            if old.updated_at > instance.updated_at {
-                instance.updated_at = old.updated_at;
-            }
+        if let Some(old) = &before {
             inner.order.remove(&(old.created_at, old.id.clone()));
             if old.name != instance.name && inner.names.get(&old.name) == Some(&old.id) {
                 inner.names.remove(&old.name);
             }
         }
-        // Unchanged (a resync lists what is known): the same entry stays, with the
-        // JSON already made.
-        let unchanged = before.as_deref() == Some(&instance);
-        let arc = match (&before, unchanged) {
-            (Some(old), true) => Arc::clone(old),
-            _ => Arc::new(instance),
-        };
-        inner.seq += 1;
-        let seq = inner.seq;
-        inner.touched.insert(arc.id.clone(), seq);
-        inner.gone.remove(&arc.id);
+        let arc = Arc::new(instance);
+        inner.slots.take();
         inner.names.insert(arc.name.clone(), arc.id.clone());
         inner.order.insert((arc.created_at, arc.id.clone()));
-        if !unchanged {
-            inner
-                .by_id
-                .insert(arc.id.clone(), Entry::new(Arc::clone(&arc)));
-        }
+        inner
+            .by_id
+            .insert(arc.id.clone(), Entry::new(Arc::clone(&arc), seq));
         self.hub.instance_changed(before.as_deref(), &arc, source);
         arc
     }
@@ -231,9 +333,9 @@ impl Inventory {
             .gone
             .retain(|_, (_, at)| now.duration_since(*at) < GONE_FOR);
         inner.gone.insert(id.to_owned(), (seq, now));
-        inner.touched.remove(id);
         let old = inner.by_id.remove(id)?.instance;
         inner.order.remove(&(old.created_at, old.id.clone()));
+        inner.slots.take();
         if inner.names.get(&old.name).map(String::as_str) == Some(id) {
             inner.names.remove(&old.name);
         }
@@ -291,6 +393,9 @@ impl Inventory {
         self.page(filter, page, page_size, Entry::json)
     }
 
+    /// The list's [`Slot`]s: without a filter, the page is a slice of them and only
+    /// its instances are read; with one, every slot is looked at (the total counts
+    /// them all) and only the instances that may match are read.
     fn page<T>(
         &self,
         filter: &ListFilter,
@@ -299,18 +404,29 @@ impl Inventory {
         take: impl Fn(&Entry) -> T,
     ) -> (Vec<T>, usize) {
         let inner = self.read();
+        let slots = inner.slots();
         let skip = (page.saturating_sub(1)).saturating_mul(page_size);
+        let mut out = Vec::with_capacity(page_size.min(slots.len()));
+        let entry = |slot: &Slot| inner.by_id.get(&slot.instance.id);
+        if filter.is_empty() {
+            let end = skip.saturating_add(page_size).min(slots.len());
+            let page = slots.get(skip..end).unwrap_or_default();
+            out.extend(page.iter().filter_map(entry).map(&take));
+            return (out, slots.len());
+        }
+        let need = filter.bloom();
+        // The slot says all of a filter on the state alone.
+        let exact = filter.backend.is_none() && filter.labels.is_empty();
         let mut total = 0;
-        let mut out = Vec::with_capacity(page_size.min(inner.by_id.len()));
-        for (_, id) in &inner.order {
-            let Some(entry) = inner.by_id.get(id) else {
-                continue;
-            };
-            if !filter.matches(&entry.instance) {
+        for slot in slots {
+            if !filter.may_match(slot, need) || !(exact || filter.matches(&slot.instance)) {
                 continue;
             }
             if total >= skip && out.len() < page_size {
-                out.push(take(entry));
+                match entry(slot) {
+                    Some(e) => out.push(take(e)),
+                    None => continue,
+                }
             }
             total += 1;
         }
@@ -339,24 +455,34 @@ impl Inventory {
         busy: &BTreeSet<String>,
         since: u64,
     ) {
-        let newer = |id: &str| {
+        let stale: Vec<String> = {
+            let fresh_ids: HashSet<&str> = fresh.iter().map(|i| i.id.as_str()).collect();
             let inner = self.read();
-            inner.touched.get(id).is_some_and(|s| *s > since)
-                || inner.gone.get(id).is_some_and(|(s, _)| *s > since)
+            inner
+                .by_id
+                .values()
+                .map(|e| &e.instance)
+                .filter(|i| {
+                    i.backend == backend
+                        && !fresh_ids.contains(i.id.as_str())
+                        && !busy.contains(&i.id)
+                        && !inner.newer(&i.id, since)
+                })
+                .map(|i| i.id.clone())
+                .collect()
         };
-        let fresh_ids: BTreeSet<String> = fresh.iter().map(|i| i.id.clone()).collect();
-        let stale: Vec<String> = self
-            .of_backend(backend)
-            .into_iter()
-            .filter(|i| !fresh_ids.contains(&i.id) && !busy.contains(&i.id) && !newer(&i.id))
-            .map(|i| i.id.clone())
-            .collect();
         for id in stale {
             self.remove(&id, Source::Backend);
         }
-        for inst in fresh {
-            if !busy.contains(&inst.id) && !newer(&inst.id) {
-                self.upsert(inst, Source::Backend);
+        // In batches, each under one hold of the lock: what is unchanged (most of a
+        // resync) costs a lookup and a comparison, and allocates nothing.
+        let mut fresh = fresh.into_iter().peekable();
+        while fresh.peek().is_some() {
+            let mut inner = self.write();
+            for inst in fresh.by_ref().take(RESYNC_BATCH) {
+                if !busy.contains(&inst.id) && !inner.newer(&inst.id, since) {
+                    self.upsert_locked(&mut inner, inst, Source::Backend);
+                }
             }
         }
     }
@@ -454,6 +580,128 @@ mod tests {
         );
         let (page, total) = inv.list(&f, 9, 2);
         assert_eq!((page.len(), total), (0, 5));
+    }
+
+    /// Instances of two backends, in four states, labelled `n=<n % 7>` and, one
+    /// in three, `odd=yes`.
+    fn many(count: usize) -> Inventory {
+        let inv = Inventory::default();
+        for n in 0..count {
+            let mut i = inst(
+                &format!("i{n:04}"),
+                &format!("n{n}"),
+                if n % 5 == 0 { "b" } else { "a" },
+                (n / 2) as i64,
+            );
+            i.state = InstanceState::ALL[n % 4];
+            i.metadata.labels.insert("n".into(), (n % 7).to_string());
+            if n % 3 == 0 {
+                i.metadata.labels.insert("odd".into(), "yes".into());
+            }
+            inv.upsert(i, Source::Api);
+        }
+        inv
+    }
+
+    #[test]
+    fn pages_and_filters_are_those_of_a_plain_scan() {
+        let inv = many(500);
+        let mut all: Vec<Arc<Instance>> = (0..500)
+            .map(|n| inv.get(&format!("i{n:04}")).unwrap())
+            .collect();
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let label = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let filters = [
+            ListFilter::default(),
+            ListFilter {
+                state: Some(InstanceState::Running),
+                ..Default::default()
+            },
+            ListFilter {
+                labels: vec![label("n", "3")],
+                ..Default::default()
+            },
+            ListFilter {
+                labels: vec![label("n", "3"), label("odd", "yes")],
+                state: Some(InstanceState::Created),
+                ..Default::default()
+            },
+            ListFilter {
+                backend: Some("b".into()),
+                labels: vec![label("odd", "yes")],
+                ..Default::default()
+            },
+            ListFilter {
+                labels: vec![label("n", "nope")],
+                ..Default::default()
+            },
+            ListFilter {
+                backend: Some("c".into()),
+                ..Default::default()
+            },
+        ];
+        for f in &filters {
+            let want: Vec<&str> = all
+                .iter()
+                .filter(|i| f.matches(i))
+                .map(|i| i.id.as_str())
+                .collect();
+            for size in [1, 7, 100, 499, 500, 1000] {
+                for page in 1..=(500 / size + 2) {
+                    let (got, total) = inv.list(f, page, size);
+                    assert_eq!(total, want.len(), "{f:?}");
+                    let from = ((page - 1) * size).min(want.len());
+                    let to = (from + size).min(want.len());
+                    assert_eq!(
+                        got.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+                        want[from..to],
+                        "{f:?} page {page} of {size}"
+                    );
+                    let (json, _) = inv.list_json(f, page, size);
+                    assert_eq!(json.len(), to - from);
+                }
+            }
+        }
+        // A change of state or labels moves the instance between filters.
+        let mut i = (*inv.get("i0001").unwrap()).clone();
+        i.state = InstanceState::Paused;
+        i.metadata.labels.insert("n".into(), "nope".into());
+        inv.upsert(i, Source::Backend);
+        assert_eq!(inv.list(&filters[5], 1, 10).1, 1);
+        let paused = ListFilter {
+            state: Some(InstanceState::Paused),
+            ..Default::default()
+        };
+        assert!(inv.list(&paused, 1, 500).0.iter().any(|i| i.id == "i0001"));
+        inv.remove("i0001", Source::Api);
+        assert_eq!(inv.list(&filters[5], 1, 10).1, 0);
+        assert_eq!(inv.list(&ListFilter::default(), 1, 10).1, 499);
+        assert!(inv.list(&paused, 1, 500).0.iter().all(|i| i.id != "i0001"));
+    }
+
+    #[test]
+    fn an_unchanged_resync_keeps_every_entry_and_publishes_nothing() {
+        let inv = many(1000);
+        let listed: Vec<Instance> = inv.of_backend("a").iter().map(|i| (**i).clone()).collect();
+        let json = inv.get_json("i0007").unwrap();
+        let event = inv.hub().last_id();
+        let since = inv.seq();
+        inv.replace_backend("a", listed.clone(), &BTreeSet::new(), since);
+        assert_eq!(inv.len(), 1000, "the other backend's are kept");
+        assert_eq!(inv.hub().last_id(), event, "nothing changed, nothing said");
+        assert_eq!(inv.get_json("i0007").unwrap().as_ptr(), json.as_ptr());
+        assert!(inv.seq() > since, "each instance listed counts as touched");
+        // A list taken before that resync changes nothing it touched...
+        let mut stale = listed.clone();
+        stale[0].state = InstanceState::Error;
+        let id = stale[0].id.clone();
+        inv.replace_backend("a", stale.clone(), &BTreeSet::new(), since);
+        assert_ne!(inv.get(&id).unwrap().state, InstanceState::Error);
+        // ...and a newer one does, and says so, once.
+        inv.replace_backend("a", stale, &BTreeSet::new(), inv.seq());
+        assert_eq!(inv.get(&id).unwrap().state, InstanceState::Error);
+        assert_eq!(inv.hub().last_id(), event + 1);
+        assert_eq!(inv.len(), 1000);
     }
 
     #[test]

@@ -360,6 +360,8 @@ pub struct ServerOptions {
     pub junk: Vec<(String, Vec<u8>)>,
     /// Extra TOML appended to the config (backends...).
     pub toml: String,
+    /// Extra keys of the config's `[server]` table (`resync_interval_secs = 1\n`).
+    pub server: String,
     /// Whether to write the test tokens into the config.
     pub tokens: bool,
     /// Extra environment.
@@ -374,6 +376,7 @@ impl Default for ServerOptions {
             plugins: vec![],
             junk: vec![],
             toml: String::new(),
+            server: String::new(),
             tokens: true,
             env: vec![],
             watch_interval_secs: None,
@@ -413,7 +416,8 @@ impl Server {
             std::fs::write(plugins.join(name), contents).expect("junk");
         }
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nhealth_interval_secs = 1\n[plugins]\ndirs = [\"plugins\"]\n{}{}\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nhealth_interval_secs = 1\n{}[plugins]\ndirs = [\"plugins\"]\n{}{}\n{}",
+            opts.server,
             opts.watch_interval_secs.map(|n| format!("watch_interval_secs = {n}\n")).unwrap_or_default(),
             if opts.tokens { auth_toml() } else { format!("[auth]\ntoken_file = \"{}\"\n", dir.0.join("admin.token").display()) },
             opts.toml

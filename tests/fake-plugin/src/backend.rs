@@ -67,6 +67,13 @@ pub struct FakeConfig {
     /// Milliseconds a pause takes (a slow freezer), for the check's timings.
     #[serde(default)]
     pub pause_ms: u64,
+    /// Instances made in memory when the backend starts, for scale benchmarks
+    /// (`tests/benches/scale.rs`); default 0, none. They are NOT written to
+    /// `state_dir` (100,000 files would be the benchmark), so they are made again, the
+    /// same, by each new backend of these settings: see [`seeded`]. A record in
+    /// `state_dir` of the same id (a seeded instance changed by an operation) wins.
+    #[serde(default)]
+    pub seed_instances: u32,
 }
 
 fn yes() -> bool {
@@ -102,6 +109,65 @@ fn plain_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// When the first seeded instance was made; the n-th was made n seconds later.
+const SEED_EPOCH_MS: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+/// Seeded instance `n` (see [`FakeConfig::seed_instances`]): the same for the same
+/// `n` in every backend, so that a reload or a restart finds the same instances. Its
+/// id is in the host's format (`i-`, 12 hex digits of the creation millisecond, 4 of
+/// a counter, 4 "random"), named `seed-<n>`, labelled `app=seed` and `n=<n % 100>`,
+/// 20% running, 40% stopped, 40% created.
+pub fn seeded(n: u32) -> Instance {
+    // A fixed odd multiplier scatters n over 64 bits (stable, unlike a hasher's seed).
+    let mix = u64::from(n)
+        .wrapping_add(1)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let ms = SEED_EPOCH_MS + i64::from(n) * 1000;
+    let created = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    let mut config = unicompute_plugin_api::JsonMap::new();
+    config.insert("image".into(), "busybox".into());
+    config.insert(
+        "env".into(),
+        serde_json::json!([format!("SEED={n}"), "MODE=bench"]),
+    );
+    Instance {
+        id: format!("i-{ms:012x}0000{:04x}", mix >> 48),
+        name: format!("seed-{n}"),
+        uuid: uuid::Builder::from_random_bytes(
+            (u128::from(mix) << 64 | u128::from(n)).to_le_bytes(),
+        )
+        .into_uuid()
+        .to_string(),
+        instance_type: InstanceType::Container,
+        backend: String::new(),
+        state: match n % 10 {
+            0 | 1 => InstanceState::Running,
+            2..=5 => InstanceState::Stopped,
+            _ => InstanceState::Created,
+        },
+        status: Default::default(),
+        config,
+        resources: Resources {
+            cpu: Some(unicompute_plugin_api::CpuResources { cores: Some(1) }),
+            memory: Some(unicompute_plugin_api::MemoryResources {
+                limit: Some(256 << 20),
+                used: None,
+            }),
+            storage: None,
+        },
+        pending_resources: None,
+        metadata: Metadata {
+            labels: [
+                ("app".to_owned(), "seed".to_owned()),
+                ("n".to_owned(), (n % 100).to_string()),
+            ]
+            .into(),
+        },
+        created_at: created,
+        updated_at: created,
+    }
+}
+
 /// The fake backend.
 pub struct FakeBackend {
     name: String,
@@ -133,8 +199,15 @@ impl FakeBackend {
             .clone()
             .unwrap_or_else(|| crate::store::default_dir(&ctx.name));
         let store = Store::open(&state_dir)?;
-        let instances = store.load();
+        let mut instances = store.load();
         tracing::info!(backend = %ctx.name, instances = instances.len(), state_dir = %state_dir.display(), "records read");
+        if config.seed_instances > 0 {
+            for n in 0..config.seed_instances {
+                let inst = seeded(n);
+                instances.entry(inst.id.clone()).or_insert(inst);
+            }
+            tracing::info!(backend = %ctx.name, seeded = config.seed_instances, "instances seeded in memory");
+        }
         Ok(FakeBackend {
             images: Mutex::new(config.images.iter().map(|n| (n.clone(), None)).collect()),
             name: ctx.name,
@@ -737,5 +810,81 @@ impl Backend for FakeBackend {
             }
             None => false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(config: serde_json::Value, dir: &std::path::Path) -> FakeBackend {
+        let mut config = config;
+        config["state_dir"] = dir.to_string_lossy().into_owned().into();
+        FakeBackend::new(BackendContext {
+            name: "fake".into(),
+            config,
+            events: EventSink::discard(),
+        })
+        .expect("fake backend")
+    }
+
+    fn temp_dir() -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "unicompute-fake-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    #[test]
+    fn seeded_instances_are_in_memory_only_and_the_same_each_time() {
+        let dir = temp_dir();
+        let b = backend(serde_json::json!({"seed_instances": 1000}), &dir);
+        let mut list = b.list().expect("list");
+        assert_eq!(list.len(), 1000);
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("state dir").count(),
+            0,
+            "seeded instances are not written"
+        );
+        list.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        for (n, i) in list.iter().enumerate() {
+            assert_eq!(i.name, format!("seed-{n}"));
+            let hex = i.id.strip_prefix("i-").expect("i- prefix");
+            assert_eq!(hex.len(), 20, "{}", i.id);
+            assert!(hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+            assert_eq!(i.metadata.labels["app"], "seed");
+            assert_eq!(i.metadata.labels["n"], (n % 100).to_string());
+            assert_eq!(i.resources.cores(), Some(1));
+            assert_eq!(i.resources.memory_limit(), Some(256 << 20));
+            assert_eq!(i.config["image"], "busybox");
+        }
+        // Ids sort as the list order (as the host's do), and are distinct.
+        let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let running = list
+            .iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .count();
+        assert_eq!(running, 200);
+        // An operation keeps the changed instance's record, and a new backend of the
+        // same settings finds the same instances, the changed one as changed.
+        let id = list[3].id.clone();
+        assert_eq!(b.start(&id).expect("start").state, InstanceState::Running);
+        assert_eq!(std::fs::read_dir(&dir).expect("state dir").count(), 1);
+        let again = backend(serde_json::json!({"seed_instances": 1000}), &dir);
+        assert_eq!(again.list().expect("list").len(), 1000);
+        assert_eq!(again.get(&id).expect("get").state, InstanceState::Running);
+        assert_eq!(again.get(&list[4].id).expect("get"), list[4]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn no_seed_by_default() {
+        let dir = temp_dir();
+        let b = backend(serde_json::json!({}), &dir);
+        assert!(b.list().expect("list").is_empty());
+        assert_eq!(b.config.seed_instances, 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -19,12 +19,15 @@
 //! while an instance's `config.image` names the image.
 //!
 //! Streams (interface 1.3): see [`streams`].
+//!
+//! Scale: `seed_instances = N` makes N instances in memory at start, not written to
+//! `state_dir` (see [`seeded`]), for `tests/benches/scale.rs`.
 
 mod backend;
 mod store;
 pub mod streams;
 
-pub use backend::{FakeBackend, FakeConfig};
+pub use backend::{seeded, FakeBackend, FakeConfig};
 
 unicompute_plugin_api::export_plugin! {
     name: "fake",
