@@ -69,7 +69,7 @@ sleep 1
 perf record -q -F 999 -g --call-graph fp -p "$server" -o "$out/reads.perf.data" -- sleep "$secs" 2>/dev/null
 wait "$load"
 perf report -i "$out/reads.perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null |
-  grep -v '^#' | grep '%' | sed 's/  */ /g' | head -60 >"$out/reads-top.txt"
+  grep -v '^#' | grep '%' | sed 's/  */ /g' | sed -n '1,60p' >"$out/reads-top.txt"
 if command -v inferno-collapse-perf >/dev/null && command -v inferno-flamegraph >/dev/null; then
   perf script -i "$out/reads.perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph >"$out/reads.svg"
   echo "profile-reads: flamegraph $out/reads.svg" >&2
