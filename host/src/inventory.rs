@@ -23,7 +23,8 @@ type Key = (DateTime<Utc>, String);
 /// change and then served as is: a read copies bytes instead of serializing.
 struct Entry {
     instance: Arc<Instance>,
-    json: OnceLock<Bytes>,
+    /// Shared with the instance's [`Slot`], so that a list page reads it from there.
+    json: Arc<OnceLock<Bytes>>,
     /// `seq` of its last upsert: a resync only overrides what changed before it began.
     touched: u64,
 }
@@ -32,7 +33,7 @@ impl Entry {
     fn new(instance: Arc<Instance>, touched: u64) -> Self {
         Entry {
             instance,
-            json: OnceLock::new(),
+            json: Arc::default(),
             touched,
         }
     }
@@ -40,14 +41,18 @@ impl Entry {
     /// The instance's JSON (empty if it could not be encoded, which a struct of
     /// strings, numbers and string-keyed maps cannot fail).
     fn json(&self) -> Bytes {
-        self.json
-            .get_or_init(|| {
-                serde_json::to_vec(&*self.instance)
-                    .map(Bytes::from)
-                    .unwrap_or_default()
-            })
-            .clone()
+        json_of(&self.json, &self.instance)
     }
+}
+
+/// The JSON in `cell`, made from `instance` if it is not there yet.
+fn json_of(cell: &OnceLock<Bytes>, instance: &Instance) -> Bytes {
+    cell.get_or_init(|| {
+        serde_json::to_vec(instance)
+            .map(Bytes::from)
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
 /// What a list walks, in list order, for each instance: its state and a summary of
@@ -61,10 +66,13 @@ struct Slot {
     /// checked on the instance.
     bloom: u64,
     instance: Arc<Instance>,
+    /// The entry's JSON cell: a page of the list needs no lookup by id.
+    json: Arc<OnceLock<Bytes>>,
 }
 
 impl Slot {
-    fn of(instance: &Arc<Instance>) -> Self {
+    fn of(entry: &Entry) -> Self {
+        let instance = &entry.instance;
         let mut bloom = bits(BACKEND, &instance.backend, "");
         for (k, v) in &instance.metadata.labels {
             bloom |= bits(LABEL, k, v);
@@ -73,7 +81,12 @@ impl Slot {
             state: instance.state,
             bloom,
             instance: Arc::clone(instance),
+            json: Arc::clone(&entry.json),
         }
+    }
+
+    fn json(&self) -> Bytes {
+        json_of(&self.json, &self.instance)
     }
 }
 
@@ -118,7 +131,7 @@ impl Inner {
             self.order
                 .iter()
                 .filter_map(|(_, id)| self.by_id.get(id))
-                .map(|e| Slot::of(&e.instance))
+                .map(Slot::of)
                 .collect()
         })
     }
@@ -380,7 +393,7 @@ impl Inventory {
         page: usize,
         page_size: usize,
     ) -> (Vec<Arc<Instance>>, usize) {
-        self.page(filter, page, page_size, |e| Arc::clone(&e.instance))
+        self.page(filter, page, page_size, |s| Arc::clone(&s.instance))
     }
 
     /// [`Inventory::list`], as each instance's JSON.
@@ -390,7 +403,7 @@ impl Inventory {
         page: usize,
         page_size: usize,
     ) -> (Vec<Bytes>, usize) {
-        self.page(filter, page, page_size, Entry::json)
+        self.page(filter, page, page_size, Slot::json)
     }
 
     /// The list's [`Slot`]s: without a filter, the page is a slice of them and only
@@ -401,17 +414,16 @@ impl Inventory {
         filter: &ListFilter,
         page: usize,
         page_size: usize,
-        take: impl Fn(&Entry) -> T,
+        take: impl Fn(&Slot) -> T,
     ) -> (Vec<T>, usize) {
         let inner = self.read();
         let slots = inner.slots();
         let skip = (page.saturating_sub(1)).saturating_mul(page_size);
         let mut out = Vec::with_capacity(page_size.min(slots.len()));
-        let entry = |slot: &Slot| inner.by_id.get(&slot.instance.id);
         if filter.is_empty() {
             let end = skip.saturating_add(page_size).min(slots.len());
             let page = slots.get(skip..end).unwrap_or_default();
-            out.extend(page.iter().filter_map(entry).map(&take));
+            out.extend(page.iter().map(&take));
             return (out, slots.len());
         }
         let need = filter.bloom();
@@ -423,10 +435,7 @@ impl Inventory {
                 continue;
             }
             if total >= skip && out.len() < page_size {
-                match entry(slot) {
-                    Some(e) => out.push(take(e)),
-                    None => continue,
-                }
+                out.push(take(slot));
             }
             total += 1;
         }
