@@ -40,6 +40,8 @@ command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 # The dashboard's browser tests: headless Chromium through chromedriver (WebDriver).
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_pkgs+=(chromium-driver)
+# The read benchmark's load (tests/benches/reads.rs; benchmarks are not run by the tests).
+command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need_pkgs+=(python3-venv) # the OpenAPI fuzz (Schemathesis) runs in a venv
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
