@@ -10,11 +10,6 @@ use std::time::{Duration, Instant};
 
 use unicompute_tests::*;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 fn main() {
     std::env::set_var("UCTEST_PROFILE", "release");
     let s = Server::fake("");

@@ -34,11 +34,6 @@ const INSTANCES: &str = "/api/v1/compute/instances";
 const EVENTS: &str = "/api/v1/compute/events";
 const T: Duration = Duration::from_secs(10);
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -66,18 +61,6 @@ fn uptime() -> String {
             format!("load average {} {} {}", f[0], f[1], f[2])
         })
         .unwrap_or_default()
-}
-
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|st| {
-            st.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// utime + stime of `pid`, as a duration.

@@ -193,12 +193,7 @@ fn main() {
     );
     let bare = format!("http://{}", bare_server(Arc::clone(&bodies)));
     // The bare server serves what unicompute serves.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let same = request(&agent, &bare, "GET", &get_path, None, None);
+    let same = request(&agent(), &bare, "GET", &get_path, None, None);
     assert_eq!(same.text.as_bytes(), &bodies.get[..]);
 
     let rounds: usize = std::env::var("UC_BENCH_ROUNDS")
@@ -244,13 +239,5 @@ fn main() {
             ours.0 / theirs.0
         );
     }
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", s.pid()))
-        .ok()
-        .and_then(|st| {
-            st.lines()
-                .find(|l| l.starts_with("VmRSS"))
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    println!("server after the runs: {rss}");
+    println!("server after the runs: VmRSS {} kB", rss_kib(s.pid()));
 }

@@ -36,11 +36,6 @@ use unicompute_tests::*;
 
 const LIST: &str = "/api/v1/compute/instances";
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 /// A small PRNG (xorshift64*): random pages and ids, the same each run.
 struct Rng(u64);
 
@@ -51,16 +46,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
     }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        // Loopback only: never through a proxy from the environment.
-        .proxy(None)
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
 }
 
 /// GET as admin: the status and the body's bytes (not parsed).
@@ -90,18 +75,6 @@ fn get_json(agent: &ureq::Agent, base: &str, path: &str) -> Value {
         String::from_utf8_lossy(&body)
     );
     serde_json::from_slice(&body).expect("JSON")
-}
-
-/// `VmRSS` of a process, in kB.
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|st| {
-            st.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .expect("VmRSS")
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -199,7 +172,7 @@ fn run(n: usize, requests: usize, window: Duration) -> Row {
     let ready = t.elapsed();
     // What the start left behind settles (the blocking pool's threads, the allocator).
     std::thread::sleep(Duration::from_millis(500));
-    let rss_start = rss_kb(pid);
+    let rss_start = rss_kib(pid);
 
     // Every page once: each instance's JSON is made; keep the ids.
     let mut ids = Vec::with_capacity(n);
@@ -210,7 +183,7 @@ fn run(n: usize, requests: usize, window: Duration) -> Row {
         }
     }
     assert_eq!(ids.len(), n);
-    let rss_listed = rss_kb(pid);
+    let rss_listed = rss_kib(pid);
 
     let mut rng = Rng(0x5eed_0000_0000_0001 ^ n as u64);
     let pages = n.div_ceil(100);
@@ -290,11 +263,11 @@ fn fake_share(n: usize) -> (f64, Duration, Vec<unicompute_plugin_api::Instance>)
     let plugin = loader::load_file(&fake_plugin()).expect("the fake plugin loads");
     let state = TempDir::new("uc-bench-scale");
     let settings = json!({"seed_instances": n, "state_dir": state.0.join("records")});
-    let before = rss_kb(std::process::id());
+    let before = rss_kib(std::process::id());
     let backend = plugin
         .create_backend("fake", &settings, EventSink::discard())
         .expect("a fake backend");
-    let after = rss_kb(std::process::id());
+    let after = rss_kib(std::process::id());
     let t = Instant::now();
     let list = unicompute_plugin_api::Backend::list(&backend).expect("list");
     let took = t.elapsed();

@@ -384,7 +384,8 @@ impl Default for ServerOptions {
     }
 }
 
-fn agent() -> ureq::Agent {
+/// An HTTP agent for loopback: no proxy, statuses as answers, a 120 s limit.
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         // Loopback only: never through a proxy from the environment.
         .proxy(None)
@@ -392,6 +393,24 @@ fn agent() -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(120)))
         .build()
         .into()
+}
+
+/// The value at fraction `p` (0..=1) of sorted durations (a benchmark's p50, p99).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// `VmRSS` of a process, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl Server {

@@ -152,11 +152,7 @@ impl Service {
         page: usize,
         page_size: usize,
     ) -> Result<(Vec<Arc<Instance>>, usize), Error> {
-        if let Some(b) = &filter.backend {
-            if self.registry().get(b).is_none() {
-                return Err(Error::InvalidBackend(b.clone()));
-            }
-        }
+        self.check_filter(filter)?;
         Ok(self.inventory.list(filter, page, page_size))
     }
 
@@ -168,12 +164,16 @@ impl Service {
         page: usize,
         page_size: usize,
     ) -> Result<(Vec<bytes::Bytes>, usize), Error> {
-        if let Some(b) = &filter.backend {
-            if self.registry().get(b).is_none() {
-                return Err(Error::InvalidBackend(b.clone()));
-            }
-        }
+        self.check_filter(filter)?;
         Ok(self.inventory.list_json(filter, page, page_size))
+    }
+
+    /// A list filter's backend must be configured.
+    fn check_filter(&self, filter: &ListFilter) -> Result<(), Error> {
+        match &filter.backend {
+            Some(b) if self.registry().get(b).is_none() => Err(Error::InvalidBackend(b.clone())),
+            _ => Ok(()),
+        }
     }
 
     /// Creates an instance.
